@@ -1,0 +1,3 @@
+"""The package version, kept in one place so the server and the plug-ins report the same."""
+
+__version__ = "0.1.0"

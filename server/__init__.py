@@ -1,0 +1,1 @@
+"""The torch half of inpaintd: models, weights, the inpainting pipeline and the CLI."""

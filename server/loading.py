@@ -1,0 +1,112 @@
+"""Turn a ``--model`` argument (a registry name or a path) into a ready generator.
+
+Names resolve in this order: a path that exists; a model imported into ``$INPAINTD_HOME``;
+a model shipped inside the package. A name that is known but not installed (``big-lama``)
+says how to get it; anything else is an unknown model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from inpaintd.protocol.errors import CheckpointError, ModelMissingError, UnknownModelError
+
+from .models import build_generator
+from .models.lama import LamaConfig
+from .weights import store
+from .weights.fetch import KNOWN_SOURCES
+from .weights.formats import RawCheckpoint, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "lama"
+
+
+@dataclass
+class LoadedModel:
+    """A generator with its weights loaded, in eval mode, and what is known about it."""
+
+    name: str
+    architecture: str
+    config: dict[str, Any]
+    module: nn.Module
+    source: Path
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(spec: str) -> Path:
+    """The file or folder a ``--model`` argument names."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    looks_like_path = "/" in spec or "\\" in spec or path.suffix in {".ckpt", ".pt", ".pth",
+                                                                      ".safetensors"}
+    if looks_like_path:
+        raise CheckpointError(f"{spec}: no such file or folder")
+    installed = store.installed_models()
+    if spec in installed:
+        return installed[spec]
+    if spec in KNOWN_SOURCES:
+        raise ModelMissingError(
+            f"model {spec!r} is not installed; run `inpaintd weights fetch {spec}` on a machine "
+            "with internet, or `inpaintd weights import PATH --name NAME`")
+    names = ", ".join(sorted(set(installed) | set(KNOWN_SOURCES))) or "none"
+    if spec == DEFAULT_MODEL or spec == "pennet":
+        raise ModelMissingError(
+            f"the bundled model {spec!r} is missing from this installation (known: {names})")
+    raise UnknownModelError(f"unknown model {spec!r} (known: {names})")
+
+
+def config_of(raw: RawCheckpoint) -> dict[str, Any]:
+    """The architecture config, from the card, the official YAML, or the tensor shapes."""
+    if raw.card and raw.card.get("config"):
+        return dict(raw.card["config"])
+    if raw.architecture == "lama":
+        try:
+            if raw.lama_generator_config:
+                return LamaConfig.from_official_yaml(raw.lama_generator_config).to_dict()
+            return LamaConfig.from_state_dict(raw.state_dict).to_dict()
+        except ValueError as exc:
+            raise CheckpointError(f"{raw.source}: {exc}") from None
+    if raw.architecture == "pennet":
+        w = raw.state_dict.get("dw_conv01.0.weight")
+        if w is None:
+            raise CheckpointError(f"{raw.source}: not a PEN-Net generator (no dw_conv01)")
+        return {"cnum": int(w.shape[0])}
+    raise CheckpointError(f"{raw.source}: unknown architecture {raw.architecture!r}")
+
+
+def build_from_checkpoint(raw: RawCheckpoint, name: str) -> LoadedModel:
+    """Build the generator a checkpoint describes and load its weights strictly."""
+    config = config_of(raw)
+    module = build_generator(raw.architecture, config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in raw.state_dict.items()}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        reason = first[1].strip() if len(first) > 1 else first[0]
+        raise CheckpointError(f"{raw.source}: weights do not fit the {raw.architecture} "
+                              f"architecture they describe ({reason})") from None
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(name=name, architecture=raw.architecture, config=config, module=module,
+                       source=raw.source, card=dict(raw.card or {}))
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model by registry name or path onto ``device``."""
+    path = resolve(spec)
+    raw = load_checkpoint(path)
+    name = spec if not Path(spec).expanduser().exists() else path.stem
+    model = build_from_checkpoint(raw, name)
+    model.module.to(device)
+    log.info("loaded %s (%s, %s) from %s", model.name, model.architecture, raw.format, path)
+    return model

@@ -1,0 +1,225 @@
+"""PEN-Net's generator (Zeng et al., CVPR 2019, "Learning Pyramid-Context Encoder Network").
+
+A U-Net over 256x256 images. Its Attention Transfer Network (:class:`AtnConv`) runs at five
+levels, deepest first: it scores every 3x3 patch of the deeper feature map against every
+other by cosine similarity, masks out patches that touch the hole, softmax-weights them
+(scale 10) and pastes the matching patches of the next *shallower* feature map into the
+hole with a transposed convolution; four dilated 3x3 convolutions (rates 1, 2, 4, 8) refine
+the result. The decoder emits a pyramid of RGB images (128 px down to 8 px) for the pyramid
+L1 loss, and the full-size output.
+
+Names follow the official ``model/pennet.py`` so that ``gen_XXXXXXXX.pth`` loads strictly.
+
+The official ATN loops over the batch in Python with one convolution per sample.
+:meth:`AtnConv.forward` keeps that loop as the reference (``batched=False``) and by default
+computes the same numbers for the whole batch at once with grouped convolutions.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def extract_patches(x: torch.Tensor, kernel: int = 3, stride: int = 1) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H', W', C, k, k) patches, zero-padded by 1 unless k == 1."""
+    if kernel != 1:
+        x = F.pad(x, (1, 1, 1, 1))
+    x = x.permute(0, 2, 3, 1)
+    return x.unfold(1, kernel, stride).unfold(2, kernel, stride)
+
+
+class AtnConv(nn.Module):
+    """Attention transfer: fill the hole of ``x1`` with its own context, guided by ``x2``."""
+
+    def __init__(self, input_channels: int = 128, output_channels: int = 64, groups: int = 4,
+                 ksize: int = 3, stride: int = 1, rate: int = 2, softmax_scale: float = 10.0,
+                 fuse: bool = True, rates: tuple[int, ...] = (1, 2, 4, 8)) -> None:
+        super().__init__()
+        self.ksize = ksize
+        self.stride = stride
+        self.rate = rate
+        self.softmax_scale = softmax_scale
+        self.groups = groups
+        self.fuse = fuse
+        #: False selects the official per-sample loop (the reference path).
+        self.batched = True
+        if self.fuse:
+            for i in range(groups):
+                self.__setattr__(f"conv{i:02d}", nn.Sequential(
+                    nn.Conv2d(input_channels, output_channels // groups, kernel_size=3,
+                              dilation=rates[i], padding=rates[i]),
+                    nn.ReLU(inplace=True)))
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x1: shallow features (B, C1, 2H, 2W); x2: deep features (B, C2, H, W); mask: 1 = hole."""
+        b, c1 = x1.shape[:2]
+        _, c2, h2, w2 = x2.shape
+        kernel = 2 * self.rate
+
+        # Patches of x1 to paste (raw_w) and of x2 to match against (w): (B, L, C, k, k).
+        raw_w = extract_patches(x1, kernel=kernel, stride=self.rate * self.stride)
+        raw_w = raw_w.contiguous().view(b, -1, c1, kernel, kernel)
+        w = extract_patches(x2, kernel=self.ksize, stride=self.stride)
+        w = w.contiguous().view(b, -1, c2, self.ksize, self.ksize)
+
+        if mask is None:
+            mask = x2.new_zeros(1, 1, h2, w2)
+        else:
+            mask = F.interpolate(mask, size=(h2, w2), mode="bilinear", align_corners=True)
+        # A key patch may be used only if it touches no hole pixel at all.
+        m = extract_patches(mask, kernel=self.ksize, stride=self.stride)
+        m = m.contiguous().view(mask.shape[0], -1, 1, self.ksize, self.ksize)
+        m = m.mean([2, 3, 4]).unsqueeze(-1).unsqueeze(-1)
+        mm = m.eq(0.0).to(x2.dtype)  # (B or 1, L, 1, 1)
+        if mm.shape[0] != b:
+            mm = mm.expand(b, -1, -1, -1)
+
+        if self.batched:
+            y = self._attend_batched(x2, w, raw_w, mm)
+        else:
+            y = self._attend_per_sample(x2, w, raw_w, mm)
+
+        if self.fuse:
+            y = torch.cat([getattr(self, f"conv{i:02d}")(y) for i in range(self.groups)], dim=1)
+        return y
+
+    def _scores_to_weights(self, yi: torch.Tensor, mi: torch.Tensor) -> torch.Tensor:
+        yi = yi * mi
+        yi = F.softmax(yi * self.softmax_scale, dim=1)
+        yi = yi * mi
+        return yi.clamp(min=1e-8)
+
+    def _normalise(self, wi: torch.Tensor) -> torch.Tensor:
+        """Unit-norm key patches for cosine similarity; 1e-4 keeps all-zero patches finite."""
+        norm = torch.sqrt((wi * wi).sum([-3, -2, -1], keepdim=True))
+        return wi / torch.clamp(norm, min=1e-4)
+
+    def _attend_per_sample(self, x2: torch.Tensor, w: torch.Tensor, raw_w: torch.Tensor,
+                           mm: torch.Tensor) -> torch.Tensor:
+        """The official loop: one convolution and one transposed convolution per sample."""
+        _, _, h2, w2 = x2.shape
+        padding = 0 if self.ksize == 1 else 1
+        y = []
+        for xi, wi, raw_wi, mi in zip(x2.split(1), w, raw_w, mm.split(1)):
+            yi = F.conv2d(xi, self._normalise(wi), stride=1, padding=padding)
+            yi = yi.contiguous().view(1, h2 // self.stride * w2 // self.stride, h2, w2)
+            yi = self._scores_to_weights(yi, mi)
+            y.append(F.conv_transpose2d(yi, raw_wi, stride=self.rate, padding=1) / 4.0)
+        return torch.cat(y, dim=0)
+
+    def _attend_batched(self, x2: torch.Tensor, w: torch.Tensor, raw_w: torch.Tensor,
+                        mm: torch.Tensor) -> torch.Tensor:
+        """All samples at once: the batch folded into the channels of one grouped convolution."""
+        b, c2, h2, w2 = x2.shape
+        n_keys = w.shape[1]
+        padding = 0 if self.ksize == 1 else 1
+        kernels = self._normalise(w).reshape(b * n_keys, c2, self.ksize, self.ksize)
+        y = F.conv2d(x2.reshape(1, b * c2, h2, w2), kernels, padding=padding, groups=b)
+        y = self._scores_to_weights(y.view(b, n_keys, h2, w2), mm)
+        raw = raw_w.reshape(b * n_keys, *raw_w.shape[2:])
+        y = F.conv_transpose2d(y.reshape(1, b * n_keys, h2, w2), raw, stride=self.rate,
+                               padding=1, groups=b) / 4.0
+        return y.view(b, -1, *y.shape[2:])
+
+
+def _down(cin: int, cout: int, act: nn.Module) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel_size=3, stride=2, padding=1), act)
+
+
+def _up(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1),
+                         nn.ReLU(inplace=True))
+
+
+def _torgb(cin: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, 3, kernel_size=1, stride=1, padding=0), nn.Tanh())
+
+
+def _up2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+class InpaintGenerator(nn.Module):
+    """PEN-Net generator. Input: ``cat([masked, mask])`` in [-1, 1], the hole set to 1; 256x256.
+
+    Returns ``(pyramid, output)``: pyramid = [img1 (128 px), ..., img5 (8 px)].
+    """
+
+    #: The official model is trained and run at this size only.
+    size = 256
+
+    def __init__(self, cnum: int = 32) -> None:
+        super().__init__()
+        self.cnum = cnum
+        lrelu = nn.LeakyReLU(0.2, inplace=True)
+        self.dw_conv01 = _down(4, cnum, lrelu)
+        self.dw_conv02 = _down(cnum, cnum * 2, lrelu)
+        self.dw_conv03 = _down(cnum * 2, cnum * 4, lrelu)
+        self.dw_conv04 = _down(cnum * 4, cnum * 8, lrelu)
+        self.dw_conv05 = _down(cnum * 8, cnum * 16, lrelu)
+        self.dw_conv06 = _down(cnum * 16, cnum * 16, nn.ReLU(inplace=True))
+
+        self.at_conv05 = AtnConv(cnum * 16, cnum * 16, ksize=1, fuse=False)
+        self.at_conv04 = AtnConv(cnum * 8, cnum * 8)
+        self.at_conv03 = AtnConv(cnum * 4, cnum * 4)
+        self.at_conv02 = AtnConv(cnum * 2, cnum * 2)
+        self.at_conv01 = AtnConv(cnum, cnum)
+
+        self.up_conv05 = _up(cnum * 16, cnum * 16)
+        self.up_conv04 = _up(cnum * 32, cnum * 8)
+        self.up_conv03 = _up(cnum * 16, cnum * 4)
+        self.up_conv02 = _up(cnum * 8, cnum * 2)
+        self.up_conv01 = _up(cnum * 4, cnum)
+
+        self.torgb5 = _torgb(cnum * 32)
+        self.torgb4 = _torgb(cnum * 16)
+        self.torgb3 = _torgb(cnum * 8)
+        self.torgb2 = _torgb(cnum * 4)
+        self.torgb1 = _torgb(cnum * 2)
+
+        self.decoder = nn.Sequential(
+            nn.Conv2d(cnum * 2, cnum, kernel_size=3, stride=1, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cnum, 3, kernel_size=3, stride=1, padding=1),
+            nn.Tanh())
+
+    def set_batched_attention(self, batched: bool) -> None:
+        """True: whole-batch ATN (default). False: the official per-sample loop."""
+        for m in self.modules():
+            if isinstance(m, AtnConv):
+                m.batched = batched
+
+    def forward(self, img: torch.Tensor,
+                mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x1 = self.dw_conv01(img)
+        x2 = self.dw_conv02(x1)
+        x3 = self.dw_conv03(x2)
+        x4 = self.dw_conv04(x3)
+        x5 = self.dw_conv05(x4)
+        x6 = self.dw_conv06(x5)
+
+        x5 = self.at_conv05(x5, x6, mask)
+        x4 = self.at_conv04(x4, x5, mask)
+        x3 = self.at_conv03(x3, x4, mask)
+        x2 = self.at_conv02(x2, x3, mask)
+        x1 = self.at_conv01(x1, x2, mask)
+
+        upx5 = self.up_conv05(_up2(x6))
+        upx4 = self.up_conv04(_up2(torch.cat([upx5, x5], dim=1)))
+        upx3 = self.up_conv03(_up2(torch.cat([upx4, x4], dim=1)))
+        upx2 = self.up_conv02(_up2(torch.cat([upx3, x3], dim=1)))
+        upx1 = self.up_conv01(_up2(torch.cat([upx2, x2], dim=1)))
+
+        img5 = self.torgb5(torch.cat([upx5, x5], dim=1))
+        img4 = self.torgb4(torch.cat([upx4, x4], dim=1))
+        img3 = self.torgb3(torch.cat([upx3, x3], dim=1))
+        img2 = self.torgb2(torch.cat([upx2, x2], dim=1))
+        img1 = self.torgb1(torch.cat([upx1, x1], dim=1))
+
+        output = self.decoder(_up2(torch.cat([upx1, x1], dim=1)))
+        return [img1, img2, img3, img4, img5], output

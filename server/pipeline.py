@@ -1,0 +1,353 @@
+"""Image + mask in, filled image out: the one path every front end (CLI, server) uses.
+
+The pipeline owns everything around the generator: dtype conversion, binarising the mask,
+picking the region the model sees (the *strategy*), running the model the way its official
+code does, and compositing. Whatever the strategy, every pixel outside the hole comes back
+exactly as it went in, and so does alpha.
+
+Strategies:
+
+- ``full``: the whole image goes through the model.
+- ``crop``: each connected hole region's bounding box plus a context margin (boxes that
+  overlap after the margin are merged) goes through the model on its own, and only its hole
+  pixels are pasted back. Cost follows the hole, not the canvas.
+- ``resize``: the image is scaled so its longer side is ``resize_limit``, filled, and the
+  fill is scaled back up and composited.
+- ``auto`` (the default): ``full`` when the longer side is at most ``crop_trigger``, else
+  ``crop``. Any region (or whole image) longer than ``resize_limit`` is run resized.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inpaintd.protocol.errors import BadInputError, MaskSizeError
+
+from .loading import DEFAULT_MODEL, LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "full", "crop", "resize")
+#: Progress callback: fraction done in [0, 1].
+Progress = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """Where the strategies switch. Defaults follow IOPaint's HD strategy, measured here."""
+
+    #: ``auto`` crops when the longer side exceeds this many pixels.
+    crop_trigger: int = 1024
+    #: Context around each hole region, at least this many pixels ...
+    crop_margin: int = 128
+    #: ... or this share of the region's longer side, whichever is larger.
+    crop_margin_ratio: float = 0.5
+    #: Regions (or images) longer than this run at this size and are scaled back.
+    resize_limit: int = 2048
+    #: Cell size of the coarse grid that finds hole regions in one pass over the mask.
+    region_cell: int = 8
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise BadInputError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("device 'cuda' was asked for, but no CUDA device is available")
+    return dev
+
+
+# --- models as the pipeline sees them: float RGB [0,1] + binary mask -> float RGB [0,1] ---
+
+class ModelAdapter:
+    """Runs one generator exactly as its official inference code does."""
+
+    #: Inputs are padded to a multiple of this (0: the model has a fixed size instead).
+    pad_mod: int = 1
+    #: Fixed input size, or 0 when any size (multiple of ``pad_mod``) works.
+    fixed_size: int = 0
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.module = model.module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """image (B,3,H,W) in [0,1], mask (B,1,H,W) in {0,1} -> raw prediction (B,3,H,W)."""
+        raise NotImplementedError
+
+
+class LamaAdapter(ModelAdapter):
+    """``bin/predict.py``: symmetric pad to a multiple of 8, ``cat([img*(1-m), m])``."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        super().__init__(model)
+        self.pad_mod = int(getattr(self.module, "pad_mod", 8))
+
+    def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        image, mask = pad_symmetric(image, self.pad_mod), pad_symmetric(mask, self.pad_mod)
+        out = self.module(torch.cat([image * (1 - mask), mask], dim=1))
+        return out[..., :h, :w]
+
+
+class PennetAdapter(ModelAdapter):
+    """``test.py``: [-1,1], the hole set to 1, ``cat([masked, m])`` and m, at 256x256."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        super().__init__(model)
+        self.fixed_size = int(getattr(self.module, "size", 256))
+
+    def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        s = self.fixed_size
+        if (h, w) != (s, s):
+            image = F.interpolate(image, size=(s, s), mode="bilinear", align_corners=False,
+                                  antialias=True)
+            # Any hole pixel makes its low-res pixel a hole, so no thin stroke vanishes.
+            mask = (F.interpolate(mask, size=(s, s), mode="area") > 0).to(image.dtype)
+        img = image * 2 - 1
+        masked = img * (1 - mask) + mask
+        _, out = self.module(torch.cat([masked, mask], dim=1), mask)
+        out = (out + 1) / 2
+        if (h, w) != (s, s):
+            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        return out
+
+
+ADAPTERS: dict[str, type[ModelAdapter]] = {"lama": LamaAdapter, "pennet": PennetAdapter}
+
+
+def pad_symmetric(x: torch.Tensor, mod: int) -> torch.Tensor:
+    """Pad bottom/right to a multiple of ``mod`` like ``np.pad(mode='symmetric')``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % mod, (-w) % mod
+    if ph == 0 and pw == 0:
+        return x
+    # Symmetric = the edge row repeated, then mirrored inwards; tile for tiny inputs.
+    while ph > 0:
+        step = min(ph, x.shape[-2])
+        x = torch.cat([x, x[..., -step:, :].flip(-2)], dim=-2)
+        ph -= step
+    while pw > 0:
+        step = min(pw, x.shape[-1])
+        x = torch.cat([x, x[..., -step:].flip(-1)], dim=-1)
+        pw -= step
+    return x
+
+
+# --- dtype handling -------------------------------------------------------------------
+
+def _scale_of(dtype: np.dtype) -> float:
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    if dtype == np.float32:
+        return 1.0
+    raise BadInputError(f"image dtype {dtype} is not supported (use uint8, uint16 or float32)")
+
+
+def _to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+    """HxWx3 array of any supported dtype -> (1,3,H,W) float32 in [0,1]."""
+    scale = _scale_of(rgb.dtype)
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
+    t = t.permute(2, 0, 1).unsqueeze(0).float()
+    if scale != 1.0:
+        t = t / scale
+    return t.clamp_(0, 1)
+
+
+def _from_tensor(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """(1,3,H,W) float in [0,1] -> HxWx3 of ``dtype`` (rounded to nearest for integers)."""
+    scale = _scale_of(dtype)
+    a = t[0].permute(1, 2, 0).float().clamp(0, 1).cpu().numpy()
+    if scale == 1.0:
+        return a.astype(np.float32)
+    return np.rint(a * scale).astype(dtype)
+
+
+# --- hole regions ---------------------------------------------------------------------
+
+Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive)
+
+
+def hole_regions(hole: np.ndarray, cell: int = 8) -> list[Box]:
+    """Bounding boxes of the connected hole regions, found on a coarse grid.
+
+    One pass reduces the mask to ``cell``-sized blocks; regions are labelled on that small
+    grid (8-connected), and each box is then tightened to the exact hole pixels inside it.
+    Two holes closer than a cell may share a box, which only adds context.
+    """
+    h, w = hole.shape
+    gh, gw = math.ceil(h / cell), math.ceil(w / cell)
+    padded = np.zeros((gh * cell, gw * cell), dtype=bool)
+    padded[:h, :w] = hole
+    grid = padded.reshape(gh, cell, gw, cell).any(axis=(1, 3))
+    labels = np.zeros(grid.shape, dtype=np.int32)
+    boxes: list[Box] = []
+    for sy, sx in zip(*np.nonzero(grid)):
+        if labels[sy, sx]:
+            continue
+        n = len(boxes) + 1
+        labels[sy, sx] = n
+        stack = [(int(sy), int(sx))]
+        y0 = y1 = int(sy)
+        x0 = x1 = int(sx)
+        while stack:
+            y, x = stack.pop()
+            y0, y1, x0, x1 = min(y0, y), max(y1, y), min(x0, x), max(x1, x)
+            for ny in range(max(y - 1, 0), min(y + 2, gh)):
+                for nx in range(max(x - 1, 0), min(x + 2, gw)):
+                    if grid[ny, nx] and not labels[ny, nx]:
+                        labels[ny, nx] = n
+                        stack.append((ny, nx))
+        by0, bx0 = y0 * cell, x0 * cell
+        by1, bx1 = min((y1 + 1) * cell, h), min((x1 + 1) * cell, w)
+        sub = hole[by0:by1, bx0:bx1]
+        rows, cols = np.nonzero(sub.any(axis=1))[0], np.nonzero(sub.any(axis=0))[0]
+        boxes.append((by0 + int(rows[0]), bx0 + int(cols[0]),
+                      by0 + int(rows[-1]) + 1, bx0 + int(cols[-1]) + 1))
+    return boxes
+
+
+def expand_and_merge(boxes: list[Box], shape: tuple[int, int], margin: int,
+                     margin_ratio: float) -> list[Box]:
+    """Add context around each box (clamped to the image) and merge boxes that overlap."""
+    h, w = shape
+    grown = []
+    for y0, x0, y1, x1 in boxes:
+        m = max(margin, int(margin_ratio * max(y1 - y0, x1 - x0)))
+        grown.append((max(0, y0 - m), max(0, x0 - m), min(h, y1 + m), min(w, x1 + m)))
+    merged = True
+    while merged:
+        merged = False
+        out: list[Box] = []
+        for b in grown:
+            for i, o in enumerate(out):
+                if b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3]:
+                    out[i] = (min(b[0], o[0]), min(b[1], o[1]), max(b[2], o[2]), max(b[3], o[3]))
+                    merged = True
+                    break
+            else:
+                out.append(b)
+        grown = out
+    return grown
+
+
+# --- the pipeline ---------------------------------------------------------------------
+
+class Inpainter:
+    """A loaded model plus the strategy logic; :meth:`fill` is thread-compatible, not -safe."""
+
+    def __init__(self, model: LoadedModel, options: StrategyOptions = StrategyOptions()) -> None:
+        try:
+            self.adapter = ADAPTERS[model.architecture](model)
+        except KeyError:
+            raise BadInputError(f"no pipeline for architecture {model.architecture!r}") from None
+        self.model = model
+        self.options = options
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def fill(self, image: np.ndarray, mask: np.ndarray, strategy: Optional[str] = None,
+             progress: Optional[Progress] = None) -> np.ndarray:
+        """Fill the hole (mask > 127) of an HxWx3/HxWx4 uint8/uint16/float32 image."""
+        strategy = strategy or "auto"
+        if strategy not in STRATEGIES:
+            raise BadInputError(f"unknown strategy {strategy!r} (use {', '.join(STRATEGIES)})")
+        image, hole = self._check(image, mask)
+        out = image.copy()
+        if not hole.any():
+            log.warning("the mask is empty: the image is returned unchanged")
+            if progress:
+                progress(1.0)
+            return out
+
+        h, w = hole.shape
+        o = self.options
+        if strategy == "auto":
+            strategy = "full" if max(h, w) <= o.crop_trigger else "crop"
+        if strategy == "crop":
+            boxes = expand_and_merge(hole_regions(hole, o.region_cell), (h, w), o.crop_margin,
+                                     o.crop_margin_ratio)
+        else:
+            boxes = [(0, 0, h, w)]
+        limit = o.resize_limit if strategy != "full" else 0
+        if strategy == "resize":
+            limit = min(o.resize_limit, max(h, w))
+
+        for i, (y0, x0, y1, x1) in enumerate(boxes):
+            self._fill_box(image, hole, out, (y0, x0, y1, x1), limit)
+            if progress:
+                progress((i + 1) / len(boxes))
+        return out
+
+    def _check(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] not in (3, 4):
+            shape = getattr(image, "shape", None)
+            raise BadInputError(f"the image must be HxWx3 or HxWx4, not {shape}")
+        _scale_of(image.dtype)
+        if not isinstance(mask, np.ndarray):
+            raise BadInputError("the mask must be an array")
+        if mask.ndim == 3 and mask.shape[2] == 1:
+            mask = mask[..., 0]
+        if mask.ndim != 2:
+            raise BadInputError(f"the mask must be HxW, not {mask.shape}")
+        if mask.shape != image.shape[:2]:
+            raise MaskSizeError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                                f"{image.shape[1]}x{image.shape[0]}")
+        if mask.dtype == bool:
+            hole = mask
+        elif mask.dtype == np.uint8:
+            hole = mask > 127
+        else:
+            raise BadInputError(f"the mask must be uint8 (>127 is hole), not {mask.dtype}")
+        return image, hole
+
+    @torch.inference_mode()
+    def _fill_box(self, image: np.ndarray, hole: np.ndarray, out: np.ndarray, box: Box,
+                  limit: int) -> None:
+        y0, x0, y1, x1 = box
+        sub_hole = hole[y0:y1, x0:x1]
+        if not sub_hole.any():
+            return
+        device = self.adapter.device
+        rgb = _to_tensor(image[y0:y1, x0:x1, :3], device)
+        m = torch.from_numpy(np.ascontiguousarray(sub_hole)).to(device)[None, None].float()
+        h, w = y1 - y0, x1 - x0
+        if limit and max(h, w) > limit:
+            s = limit / max(h, w)
+            size = (max(1, round(h * s)), max(1, round(w * s)))
+            small = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False,
+                                  antialias=True)
+            small_m = (F.interpolate(m, size=size, mode="area") > 0).float()
+            pred = self.adapter.predict(small, small_m)
+            pred = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False)
+        else:
+            pred = self.adapter.predict(rgb, m)
+        filled = _from_tensor(pred, image.dtype)
+        region = out[y0:y1, x0:x1]
+        region[..., :3][sub_hole] = filled[sub_hole]
+
+
+def load_inpainter(model: str = DEFAULT_MODEL, device: str = "auto",
+                   options: StrategyOptions = StrategyOptions()) -> Inpainter:
+    """Load a model by registry name or path and wrap it in the pipeline."""
+    return Inpainter(load_model(model, pick_device(device)), options)

@@ -1,0 +1,247 @@
+"""Score inpainting methods on a case folder: the model(s) against OpenCV's classical fills.
+
+Every method fills every case; :mod:`.metrics` scores each fill; the scores are summarised
+per mask kind and overall. The baselines are OpenCV's ``cv2.inpaint`` with
+``INPAINT_TELEA`` (Telea 2004, fast marching) and ``INPAINT_NS`` (Navier-Stokes), both with
+an inpainting radius of :data:`OPENCV_RADIUS` = 3 px, the value OpenCV's own sample uses.
+They are what a model has to beat to be worth shipping.
+
+OpenCV (``pip install 'inpaintd[eval]'``) is needed for the baselines only, and imported
+only when one is asked for: the server never depends on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from inpaintd.protocol.errors import BadInputError, InternalError
+
+from . import metrics
+from .cases import ALL_KIND, Case, read_case
+
+log = logging.getLogger(__name__)
+
+#: ``(image HxWx3 uint8, mask HxW uint8) -> filled image`` of the same shape and dtype.
+Filler = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+OPENCV_RADIUS = 3
+BASELINES = ("telea", "ns")
+OVERALL = "overall"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way of filling a hole."""
+
+    name: str
+    fill: Filler
+
+
+def import_cv2() -> Any:
+    """OpenCV, or a clear error saying how to get it."""
+    try:
+        import cv2
+    except ImportError:
+        raise BadInputError(
+            "the telea/ns baselines need OpenCV, which is an optional extra: "
+            "pip install 'inpaintd[eval]' (or opencv-python-headless), or pass --baselines none"
+        ) from None
+    return cv2
+
+
+def opencv_method(name: str, radius: int = OPENCV_RADIUS) -> Method:
+    """``telea`` or ``ns``: ``cv2.inpaint`` with that flag and ``radius``."""
+    if name not in BASELINES:
+        raise BadInputError(f"unknown baseline {name!r} (choose from {', '.join(BASELINES)})")
+    cv2 = import_cv2()
+    flag = cv2.INPAINT_TELEA if name == "telea" else cv2.INPAINT_NS
+
+    def fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        hole = ((mask > metrics.HOLE_THRESHOLD) * 255).astype(np.uint8)
+        rgb = np.ascontiguousarray(image[..., :3])
+        out = image.copy()
+        out[..., :3] = cv2.inpaint(rgb, hole, radius, flag)
+        return out
+
+    return Method(name, fill)
+
+
+def model_method(spec: str, device: str = "auto", name: Optional[str] = None) -> Method:
+    """A model by registry name or checkpoint path, run through the inpainting pipeline."""
+    from inpaintd.server.pipeline import load_inpainter  # lazily: torch is slow to import
+
+    inpainter = load_inpainter(spec, device=device)
+    return Method(name or method_name(spec), lambda image, mask: inpainter.fill(image, mask))
+
+
+def method_name(spec: str) -> str:
+    """A short column name for a model argument: a registry name as is, a path's file stem."""
+    p = Path(spec)
+    return p.stem if (len(p.parts) > 1 or p.suffix) else spec
+
+
+def build_methods(models: Sequence[str], baselines: Sequence[str],
+                  device: str = "auto") -> list[Method]:
+    """Load every model and baseline up front, so a bad name fails before any case runs."""
+    methods: list[Method] = []
+    for spec in models:
+        methods.append(model_method(spec, device))
+    for name in baselines:
+        methods.append(opencv_method(name))
+    seen: dict[str, int] = {}
+    unique = []
+    for m in methods:
+        n = seen.get(m.name, 0)
+        seen[m.name] = n + 1
+        unique.append(m if n == 0 else Method(f"{m.name}#{n + 1}", m.fill))
+    if not unique:
+        raise BadInputError("nothing to evaluate: no model and no baseline")
+    return unique
+
+
+@dataclass(frozen=True)
+class CaseScore:
+    """One method on one case."""
+
+    case: str
+    kind: str
+    method: str
+    hole_psnr: float
+    ssim: float
+    changed_outside: bool
+    seconds: float
+
+
+@dataclass
+class EvalReport:
+    """Every score, plus the fills of the cases kept for a comparison picture."""
+
+    case_dir: str
+    methods: list[str]
+    scores: list[CaseScore]
+    #: case name -> (original, mask, {method: fill}), for the cases asked to be kept.
+    kept: dict[str, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = field(
+        default_factory=dict)
+
+    def kinds(self) -> list[str]:
+        """The mask kinds present, in a stable order (known kinds first)."""
+        present = {s.kind for s in self.scores}
+        order = ["thick", "medium", "thin", "box", ALL_KIND]
+        return [k for k in order if k in present] + sorted(present - set(order))
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{method: {kind | "overall": {cases, hole_psnr, ssim, changed_outside, seconds}}}``.
+
+        ``hole_psnr``, ``ssim`` and ``seconds`` are means over cases; ``changed_outside`` is
+        the share (0..1) of cases where any pixel outside the hole changed.
+        """
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for method in self.methods:
+            rows = [s for s in self.scores if s.method == method]
+            groups = {k: [s for s in rows if s.kind == k] for k in self.kinds()}
+            groups[OVERALL] = rows
+            out[method] = {k: _aggregate(v) for k, v in groups.items() if v}
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, as plain JSON types, for the training README and the weight cards."""
+        return {
+            "case_dir": self.case_dir,
+            "cases": len({s.case for s in self.scores}),
+            "methods": self.methods,
+            "definitions": {
+                "hole_psnr": "dB on the 8-bit scale over hole pixels (mask > 127) only; "
+                             f"mean over cases; an exact fill counts {metrics.PSNR_CAP_DB} dB",
+                "ssim": "whole image, 11x11 Gaussian window (sigma 1.5), per RGB channel, "
+                        "averaged; mean over cases",
+                "changed_outside": "share of cases with any pixel outside the hole changed",
+                "seconds": "mean wall time of one fill",
+                "baselines": f"cv2.inpaint, radius {OPENCV_RADIUS}",
+            },
+            "summary": self.summary(),
+            "per_case": [asdict(s) for s in self.scores],
+        }
+
+
+def _aggregate(rows: Sequence[CaseScore]) -> dict[str, float]:
+    return {
+        "cases": len(rows),
+        "hole_psnr": float(np.mean([r.hole_psnr for r in rows])),
+        "ssim": float(np.mean([r.ssim for r in rows])),
+        "changed_outside": float(np.mean([r.changed_outside for r in rows])),
+        "seconds": float(np.mean([r.seconds for r in rows])),
+    }
+
+
+def evaluate(cases: Sequence[Case], methods: Sequence[Method], *,
+             keep: Iterable[str] = (), case_dir: str = "",
+             progress: Optional[bool] = None) -> EvalReport:
+    """Fill and score every case with every method.
+
+    ``keep`` names cases whose fills are kept in the report (for a comparison picture), so
+    the picture costs no second run. ``progress=None`` shows the bar only on a terminal.
+    """
+    keep = set(keep)
+    scores: list[CaseScore] = []
+    kept: dict[str, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = {}
+    bar = tqdm(cases, desc="eval", unit="case", disable=None if progress is None else not progress)
+    for case in bar:
+        image, mask = read_case(case)
+        fills: dict[str, np.ndarray] = {}
+        for m in methods:
+            t0 = time.perf_counter()
+            filled = m.fill(image.copy(), mask)
+            seconds = time.perf_counter() - t0
+            if not isinstance(filled, np.ndarray) or filled.shape != image.shape \
+                    or filled.dtype != image.dtype:
+                raise InternalError(f"method {m.name} returned "
+                                    f"{getattr(filled, 'shape', None)} "
+                                    f"{getattr(filled, 'dtype', None)} for a {image.shape} "
+                                    f"{image.dtype} image")
+            scores.append(CaseScore(
+                case=case.name, kind=case.kind, method=m.name,
+                hole_psnr=metrics.hole_psnr(filled, image, mask),
+                ssim=metrics.ssim(filled, image),
+                changed_outside=metrics.changed_outside(filled, image, mask),
+                seconds=seconds))
+            if case.name in keep:
+                fills[m.name] = filled
+        if case.name in keep:
+            kept[case.name] = (image, mask, fills)
+    return EvalReport(case_dir=case_dir, methods=[m.name for m in methods], scores=scores,
+                      kept=kept)
+
+
+def format_table(report: EvalReport) -> str:
+    """The plain-text table `inpaintd eval` prints: one row per kind and method, then overall."""
+    summary = report.summary()
+    kinds = report.kinds()
+    groups = ([] if kinds == [ALL_KIND] else kinds) + [OVERALL]
+    width = max([6] + [len(m) for m in report.methods])
+    head = (f"{'kind':<8} {'cases':>5}  {'method':<{width}}  {'hole PSNR':>9}  {'SSIM':>6}  "
+            f"{'changed outside':>15}  {'s/case':>7}")
+    lines = [head, "-" * len(head)]
+    for g in groups:
+        for i, method in enumerate(report.methods):
+            s = summary[method].get(g)
+            if s is None:
+                continue
+            label = (g, str(int(s["cases"]))) if i == 0 else ("", "")
+            psnr = "inf" if math.isinf(s["hole_psnr"]) else f"{s['hole_psnr']:.2f}"
+            lines.append(f"{label[0]:<8} {label[1]:>5}  {method:<{width}}  {psnr:>9}  "
+                         f"{s['ssim']:>6.4f}  {s['changed_outside']:>14.1%}  "
+                         f"{s['seconds']:>7.3f}")
+        if g != OVERALL:
+            lines.append("")
+    lines.append(f"hole PSNR: dB over hole pixels, mean over cases; SSIM: whole image; "
+                 f"changed outside: share of cases; baselines: cv2.inpaint radius "
+                 f"{OPENCV_RADIUS}")
+    return "\n".join(lines)

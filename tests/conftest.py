@@ -1,0 +1,26 @@
+"""Shared test fixtures: where ../shared lives, and the golden vectors in it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("INPAINTD_SHARED", REPO.parent / "shared"))
+GOLDEN = SHARED / "golden"
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    """The official-code reference vectors; skipped (with the reason) where ../shared is absent."""
+    if not (GOLDEN / "state_dict_manifest.json").is_file():
+        pytest.skip(f"golden vectors not found at {GOLDEN} (../shared is not beside the repo)")
+    return GOLDEN
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the user's model directory."""
+    monkeypatch.setenv("INPAINTD_HOME", str(tmp_path_factory.mktemp("inpaintd_home")))
