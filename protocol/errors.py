@@ -19,6 +19,8 @@ class InpaintdError(Exception):
     code: ClassVar[str] = "internal"
     #: Exit status the CLI uses for this kind of error.
     exit_status: ClassVar[int] = 1
+    #: Whether the same request may succeed later, unchanged (SPEC.md, section 6).
+    retryable: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -90,6 +92,68 @@ class InternalError(InpaintdError):
     """A bug: something failed that should not have. The server logs the traceback."""
 
     code = "internal"
+    retryable = True
+
+
+# --- protocol and server errors (SPEC.md, section 6) ---------------------------------
+
+class BadMessageError(BadInputError):
+    """A malformed protocol message: not msgpack, wrong types, unknown fields or frames."""
+
+    code = "bad_message"
+
+
+class VersionMismatchError(BadInputError):
+    """The peer speaks another major protocol version."""
+
+    code = "version_mismatch"
+
+
+class TooLargeError(BadInputError):
+    """Over a size limit: pixels, side length, message or header size."""
+
+    code = "too_large"
+
+
+class BusyError(InpaintdError):
+    """The server's queue, or this client's share of it, is full. Try again later."""
+
+    code = "busy"
+    retryable = True
+
+
+class NotFoundError(InpaintdError):
+    """The job named (by a cancel or a data chunk) is not known to the server."""
+
+    code = "not_found"
+
+
+class RequestTimeoutError(InpaintdError):
+    """No answer in time: a stalled upload on the server, or a silent server on the client."""
+
+    code = "timeout"
+    retryable = True
+
+
+class OutOfMemoryError(InpaintdError):
+    """The device ran out of memory on this job."""
+
+    code = "out_of_memory"
+    retryable = True
+
+
+class WorkerCrashedError(InpaintdError):
+    """The worker process died while running this job; a new one was started."""
+
+    code = "worker_crashed"
+    retryable = True
+
+
+class NoWorkersError(InpaintdError):
+    """No worker is alive to run the job (scale-out mode), within the wait allowed."""
+
+    code = "no_workers"
+    retryable = True
 
 
 def _all_subclasses(cls: type[InpaintdError]) -> list[type[InpaintdError]]:
