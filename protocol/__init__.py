@@ -1,10 +1,45 @@
 """Pure-Python half of inpaintd: shared by the server, the client and the host plug-ins.
 
 Nothing in this package may import torch: the plug-ins vendor it into Krita's and GIMP's
-own Python interpreters.
+own Python interpreters. numpy, pyzmq and zstandard are imported only where needed:
+``Client`` (and ``Job``) load on first access, so the codec works without pyzmq.
 """
 
+from typing import Any
+
+from .codec import (
+    PROTOCOL_VERSION,
+    SIGNATURE,
+    BufferDesc,
+    Message,
+    NotOurs,
+    available_encodings,
+    decode_message,
+    encode_message,
+    error_header,
+    header,
+    pack_array,
+    split_chunks,
+    unpack_array,
+    validate_reply,
+    validate_request,
+)
 from .errors import InpaintdError
 from .version import __version__
 
-__all__ = ["InpaintdError", "__version__"]
+__all__ = [
+    "InpaintdError", "__version__",
+    "PROTOCOL_VERSION", "SIGNATURE", "BufferDesc", "Message", "NotOurs",
+    "available_encodings", "decode_message", "encode_message", "error_header", "header",
+    "pack_array", "split_chunks", "unpack_array", "validate_reply", "validate_request",
+    "Client", "Job",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Load the client (and pyzmq) only when it is asked for."""
+    if name in ("Client", "Job"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
