@@ -47,11 +47,33 @@ def _cases_in(folder: Path) -> list[tuple[Path, Path, str]]:
     return cases
 
 
+class _RemoteInpainter:
+    """``fill --server``: the same fill, run by an ``inpaintd serve`` through the client."""
+
+    def __init__(self, endpoint: str, model: str, server_key: Optional[str],
+                 client_key: Optional[str]) -> None:
+        from inpaintd.protocol import Client
+
+        self.client = Client(endpoint, server_key=server_key, client_keys=client_key,
+                             name="inpaintd-fill")
+        self.model = model
+
+    def fill(self, image, mask, strategy=None):  # type: ignore[no-untyped-def]
+        return self.client.inpaint(image, mask, model=self.model, strategy=strategy)
+
+
+def _inpainter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    if args.server:
+        return _RemoteInpainter(args.server, args.model, args.server_key, args.client_key)
+    from .pipeline import load_inpainter
+
+    return load_inpainter(args.model, args.device)
+
+
 def cmd_fill(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .imageio import read_image, read_mask, write_image
-    from .pipeline import load_inpainter
 
     src = Path(args.input)
     out = Path(args.output)
@@ -62,7 +84,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
         cases = _cases_in(src)
         if not cases:
             raise BadInputError(f"{src}: no name.png + name_mask*.png pairs found")
-        inpainter = load_inpainter(args.model, args.device)
+        inpainter = _inpainter(args)
         for image_path, mask_path, name in tqdm(cases, desc="fill", unit="image",
                                                 disable=args.quiet):
             result = inpainter.fill(read_image(image_path), read_mask(mask_path), args.strategy)
@@ -72,7 +94,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
     if not args.mask:
         raise BadInputError("--mask MASK is required for a single image")
     image, mask = read_image(src), read_mask(args.mask)
-    inpainter = load_inpainter(args.model, args.device)
+    inpainter = _inpainter(args)
     write_image(out, inpainter.fill(image, mask, args.strategy))
     return 0
 
@@ -93,6 +115,12 @@ def _add_fill(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="auto", choices=STRATEGIES,
                    help="auto: full up to 1024 px, crop around each hole above (default)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda[:N]")
+    p.add_argument("--server", metavar="ENDPOINT",
+                   help="fill through a running `inpaintd serve` (e.g. tcp://127.0.0.1:5557)")
+    p.add_argument("--server-key", metavar="FILE",
+                   help="with --server: the server's public CURVE key file")
+    p.add_argument("--client-key", metavar="FILE",
+                   help="with --server: this client's secret CURVE key file")
     p.set_defaults(func=cmd_fill)
 
 
@@ -148,10 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from inpaintd.host_plugins.plugin_cli import add_plugin_parser
+
+    from .serve_cli import add_server_parsers
     from .train.eval_cli import add_eval_parser
+    from .train.train_cli import add_train_parser
 
     adders: list[Callable[[argparse._SubParsersAction], None]] = [
-        _add_fill, _add_weights, add_eval_parser]
+        add_server_parsers, _add_fill, _add_weights, add_train_parser, add_eval_parser,
+        add_plugin_parser]
     for add in adders:
         add(sub)
     return parser

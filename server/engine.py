@@ -1,0 +1,536 @@
+"""The engine: the job queue, fair scheduling, and the supervised worker process.
+
+The front end (:mod:`inpaintd.server.service`) owns the sockets and the protocol; the engine
+owns what happens to a job once its upload is complete: it waits in a queue that is served
+round-robin across clients, runs in the one worker process that owns the device, reports its
+stages, and ends with a result or an error. The engine never blocks: the front end's loop
+polls :meth:`Engine.poll_items` and calls :meth:`Engine.handle` and :meth:`Engine.tick`.
+
+Why a supervised process rather than a thread: a crash, a hang or an out-of-memory kill in
+the device code ends only the job it was running (``worker_crashed``), and a cancel that the
+job does not honour in time (it is stuck inside one long crop) can still be enforced by
+killing the worker (SPEC.md, section 8). The price is a model reload after a kill.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import zmq
+
+from inpaintd.protocol.errors import (CancelledError, InpaintdError, InternalError,
+                                      WorkerCrashedError, error_from_code)
+
+from .worker import pack, unpack, worker_main
+
+log = logging.getLogger("inpaintd.engine")
+
+#: Overall job fraction at each stage (SPEC 4.3: ``fraction`` never goes down).
+FRACTION_LOADING = 0.05
+FRACTION_RUNNING = (0.1, 0.9)
+FRACTION_COMPOSITING = 0.95
+
+
+class JobState(enum.Enum):
+    UPLOADING = "uploading"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class Job:
+    """One ``inpaint`` request, from ``accepted`` to its result or error."""
+
+    client: str  # the identity jobs, fairness and cancel rights follow (SPEC 7)
+    request_id: str
+    route: bytes  # the ROUTER routing id replies go to
+    model: str
+    strategy: str
+    image: dict[str, Any]  # buffer descriptors, as on the wire
+    mask: dict[str, Any]
+    reply_encoding: str
+    total: int  # bytes in the upload stream
+    label: str = ""  # the client, for logs
+    number: int = 0  # unique per engine; names the job on the worker channel
+    state: JobState = JobState.UPLOADING
+    accepted_at: float = field(default_factory=time.monotonic)
+    last_activity: float = field(default_factory=time.monotonic)
+    received: int = 0
+    credit: int = 0
+    chunks: list[Any] = field(default_factory=list)
+    seq: int = 0
+    position: Optional[int] = None
+    fraction: float = 0.0
+    started_at: Optional[float] = None
+    cancel_at: Optional[float] = None
+    #: The error this job ends with once the worker lets go of it (a cancel, a bad chunk).
+    end_error: Optional[InpaintdError] = None
+    #: ``(route, cancel request id)`` of cancels answered when the running job ends.
+    cancel_replies: list[tuple[bytes, str]] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.client, self.request_id)
+
+
+class EngineListener(Protocol):
+    """What the front end does with a job's events (it turns them into replies)."""
+
+    def job_progress(self, job: Job, stage: str, fraction: float, message: str,
+                     position: Optional[int]) -> None: ...
+
+    def job_result(self, job: Job, image: dict[str, Any], frames: list[Any],
+                   run_ms: int) -> None: ...
+
+    def job_failed(self, job: Job, error: InpaintdError) -> None: ...
+
+
+class FairQueue:
+    """Queued jobs, taken round-robin across clients.
+
+    The next job is the oldest job of the client that was served least recently (a client
+    never served, or not for a long time, goes first). So with clients always busy this is
+    plain round-robin, and a client that shows up with one job waits for at most one job of
+    each other client, however many they have queued (SPEC 8.2).
+    """
+
+    def __init__(self, history: int = 4096) -> None:
+        self._by_client: dict[str, deque[Job]] = {}
+        self._last_served: OrderedDict[str, int] = OrderedDict()
+        self._served = 0
+        self._arrivals = 0
+        self._count = 0
+        self._history = history
+
+    def __len__(self) -> int:
+        return self._count
+
+    def clients(self) -> int:
+        return len(self._by_client)
+
+    def push(self, job: Job) -> None:
+        job.seq = self._arrivals
+        self._arrivals += 1
+        self._by_client.setdefault(job.client, deque()).append(job)
+        self._count += 1
+
+    def remove(self, job: Job) -> bool:
+        jobs = self._by_client.get(job.client)
+        if not jobs or job not in jobs:
+            return False
+        jobs.remove(job)
+        if not jobs:
+            del self._by_client[job.client]
+        self._count -= 1
+        return True
+
+    @staticmethod
+    def _pick(by_client: dict[str, deque[Job]], last_served: dict[str, int]) -> Optional[str]:
+        best: Optional[tuple[int, int, str]] = None
+        for client, jobs in by_client.items():
+            rank = (last_served.get(client, -1), jobs[0].seq, client)
+            if best is None or rank < best:
+                best = rank
+        return None if best is None else best[2]
+
+    def pop(self) -> Optional[Job]:
+        client = self._pick(self._by_client, self._last_served)
+        if client is None:
+            return None
+        jobs = self._by_client[client]
+        job = jobs.popleft()
+        if not jobs:
+            del self._by_client[client]
+        self._count -= 1
+        self._last_served[client] = self._served
+        self._last_served.move_to_end(client)
+        self._served += 1
+        while len(self._last_served) > self._history:
+            self._last_served.popitem(last=False)
+        return job
+
+    def order(self) -> list[Job]:
+        """The queued jobs in the order :meth:`pop` would return them."""
+        by_client = {c: deque(jobs) for c, jobs in self._by_client.items()}
+        last = dict(self._last_served)
+        served = self._served
+        out: list[Job] = []
+        while True:
+            client = self._pick(by_client, last)
+            if client is None:
+                return out
+            out.append(by_client[client].popleft())
+            if not by_client[client]:
+                del by_client[client]
+            last[client] = served
+            served += 1
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """One worker process and the channel to it."""
+
+    proc: Any  # multiprocessing.process.BaseProcess
+    sock: zmq.Socket
+    path: Path
+    started_at: float
+    last_message: float
+    state: str = "starting"  # starting | idle | busy
+    pid: Optional[int] = None
+    kill_reason: Optional[str] = None
+
+
+_DIR_PREFIX = "inpaintd-"
+
+
+def _remove_stale_dirs() -> None:
+    """Remove ipc directories left by servers that were killed (``inpaintd-PID-*``, ours,
+    PID no longer running): a clean stop removes its own."""
+    root = Path(tempfile.gettempdir())
+    for path in root.glob(f"{_DIR_PREFIX}*-*"):
+        try:
+            pid = int(path.name[len(_DIR_PREFIX):].split("-", 1)[0])
+            if path.stat().st_uid != os.getuid() or not path.is_dir():
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, OSError):
+            continue
+
+
+class Engine:
+    """Queue + worker supervision. Single-threaded: only the front end's loop calls it."""
+
+    def __init__(self, listener: EngineListener, ctx: zmq.Context, device: str = "auto",
+                 preload: tuple[str, ...] | list[str] = (), hang_timeout: float = 300.0,
+                 cancel_grace: float = 10.0, startup_timeout: float = 600.0,
+                 log_level: int = logging.INFO) -> None:
+        self.listener = listener
+        self.ctx = ctx
+        self.device_spec = device
+        self.device = device
+        self.device_memory: Optional[dict[str, int]] = None
+        self.preload = list(preload)
+        self.hang_timeout = hang_timeout
+        self.cancel_grace = cancel_grace
+        self.startup_timeout = startup_timeout
+        self.log_level = log_level
+        self.queue = FairQueue()
+        self.running: Optional[Job] = None
+        self.worker: Optional[WorkerHandle] = None
+        self.restarts = 0
+        self.loaded_models: set[str] = set()
+        self._jobs_started = 0
+        #: Result chunk size; the front end sets it from its limits.
+        self.chunk_bytes = 4 << 20
+        _remove_stale_dirs()
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))  # mode 0700
+        self._generation = 0
+        self._respawn_at: Optional[float] = None
+        self._failures = 0
+        self._fatal: Optional[InpaintdError] = None
+        self._mp = multiprocessing.get_context("spawn")
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self, timeout: Optional[float] = None) -> None:
+        """Start the worker and wait until it is ready (models preloaded).
+
+        Raises the worker's error when it cannot start (a bad ``--device``, a ``--preload``
+        model that fails to load), so ``serve`` fails at once instead of looping.
+        """
+        self._spawn()
+        deadline = time.monotonic() + (timeout or self.startup_timeout)
+        while self.worker is not None and self.worker.state == "starting":
+            if time.monotonic() > deadline:
+                self.stop()
+                raise InternalError("the worker did not start in time")
+            poller = zmq.Poller()
+            for item, flags in self.poll_items():
+                poller.register(item, flags)
+            self.handle(dict(poller.poll(200)), respawn=False)
+            if self._fatal is not None or self.worker is None:
+                err = self._fatal or InternalError("the worker process exited while starting")
+                self.stop()
+                raise err
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to exit, kill it if it doesn't, and fail what was left."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            try:
+                worker.sock.send(pack({"op": "exit"}), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            worker.proc.join(timeout)
+            if worker.proc.is_alive():
+                worker.proc.kill()
+                worker.proc.join(timeout)
+            worker.sock.close(linger=0)
+        gone = InternalError("the server is shutting down")
+        if self.running is not None:
+            job, self.running = self.running, None
+            self._end(job)
+            self.listener.job_failed(job, gone)
+        while (job := self.queue.pop()) is not None:
+            self._end(job)
+            self.listener.job_failed(job, gone)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _spawn(self) -> None:
+        self._generation += 1
+        path = self._dir / f"worker-{self._generation}.sock"
+        sock = self.ctx.socket(zmq.PAIR)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(f"ipc://{path}")
+        proc = self._mp.Process(target=worker_main, name=f"inpaintd-worker-{self._generation}",
+                                args=(f"ipc://{path}", self.device_spec, self.preload,
+                                      self.log_level), daemon=True)
+        proc.start()
+        now = time.monotonic()
+        self.worker = WorkerHandle(proc=proc, sock=sock, path=path, started_at=now,
+                                   last_message=now, pid=proc.pid)
+        log.info("worker %d started (pid %s)", self._generation, proc.pid)
+
+    def kill_worker(self, reason: str) -> None:
+        """Kill the worker now (hang, ignored cancel); its death is handled as usual."""
+        worker = self.worker
+        if worker is None or worker.kill_reason is not None:
+            return
+        worker.kill_reason = reason
+        log.warning("killing worker pid %s: %s", worker.pid, reason)
+        worker.proc.kill()
+
+    # --- the loop's hooks --------------------------------------------------------------
+
+    def poll_items(self) -> list[tuple[Any, int]]:
+        if self.worker is None:
+            return []
+        return [(self.worker.sock, zmq.POLLIN), (self.worker.proc.sentinel, zmq.POLLIN)]
+
+    def handle(self, events: dict[Any, int], respawn: bool = True) -> None:
+        """Process what the worker sent, then notice whether it died."""
+        worker = self.worker
+        if worker is None:
+            return
+        if worker.sock in events:
+            while worker.sock.poll(0, zmq.POLLIN):
+                self._on_message(worker, worker.sock.recv_multipart(copy=False))
+        if worker.proc.sentinel in events or not worker.proc.is_alive():
+            # Read what it sent just before dying: a result that made it counts.
+            while worker.sock.poll(0, zmq.POLLIN):
+                self._on_message(worker, worker.sock.recv_multipart(copy=False))
+            self._on_death(worker, respawn)
+
+    def tick(self, now: Optional[float] = None) -> None:
+        """Timers: respawn, start timeout, hang detection, cancel grace; then dispatch."""
+        now = time.monotonic() if now is None else now
+        if self.worker is None and self._respawn_at is not None and now >= self._respawn_at:
+            self._respawn_at = None
+            self._spawn()
+        worker = self.worker
+        if worker is not None and worker.kill_reason is None:
+            if worker.state == "starting" and now - worker.started_at > self.startup_timeout:
+                self.kill_worker(f"not ready after {self.startup_timeout:.0f} s")
+            job = self.running
+            if job is not None:
+                if now - worker.last_message > self.hang_timeout:
+                    self.kill_worker(f"no progress for {self.hang_timeout:g} s on job "
+                                     f"{job.request_id}")
+                elif job.cancel_at is not None and now - job.cancel_at > self.cancel_grace:
+                    self.kill_worker(f"job {job.request_id} ignored its cancel for "
+                                     f"{self.cancel_grace:g} s")
+        self._dispatch()
+
+    # --- jobs --------------------------------------------------------------------------
+
+    def enqueue(self, job: Job) -> None:
+        """A fully uploaded job joins the queue."""
+        self._jobs_started += 1
+        job.number = self._jobs_started
+        job.state = JobState.QUEUED
+        self.queue.push(job)
+        self._report_positions()
+        self._dispatch()
+
+    def cancel(self, job: Job, error: InpaintdError) -> bool:
+        """End a queued job now (True), or ask the running one to stop at its next stage."""
+        if job.state is JobState.QUEUED and self.queue.remove(job):
+            self._end(job)
+            self.listener.job_failed(job, error)
+            self._report_positions()
+            return True
+        if job is self.running and self.worker is not None:
+            if job.end_error is None:
+                job.end_error = error
+                job.cancel_at = time.monotonic()
+                try:
+                    self.worker.sock.send(pack({"op": "cancel", "job": str(job.number)}),
+                                          zmq.NOBLOCK)
+                except zmq.ZMQError as exc:
+                    log.warning("could not pass a cancel to the worker: %s", exc)
+            return False
+        return False
+
+    def status(self) -> dict[str, Any]:
+        worker = self.worker
+        state = "starting" if worker is None else worker.state
+        return {"queue": len(self.queue), "running": int(self.running is not None),
+                "clients": self.queue.clients(), "device": self.device,
+                "device_memory": self.device_memory,
+                "worker": {"pid": int(worker.pid or 0) if worker else 0,
+                           "restarts": self.restarts, "state": state}}
+
+    def _dispatch(self) -> None:
+        worker = self.worker
+        if worker is None or worker.state != "idle" or self.running is not None:
+            return
+        job = self.queue.pop()
+        if job is None:
+            return
+        header = {"op": "job", "job": str(job.number), "model": job.model,
+                  "strategy": job.strategy, "image": job.image, "mask": job.mask,
+                  "reply_encoding": job.reply_encoding, "chunk_bytes": self.chunk_bytes}
+        chunks, job.chunks = job.chunks, []
+        job.state = JobState.RUNNING
+        job.started_at = time.monotonic()
+        job.position = None
+        self.running = job
+        worker.state = "busy"
+        worker.last_message = job.started_at
+        worker.sock.send_multipart([pack(header), *chunks], copy=False)
+        self._report_positions()
+
+    def _report_positions(self) -> None:
+        for position, job in enumerate(self.queue.order()):
+            if job.position != position:
+                job.position = position
+                ahead = "next" if position == 0 else f"{position} job{'s' * (position > 1)} ahead"
+                self._progress(job, "queued", 0.0, ahead, position)
+
+    def _progress(self, job: Job, stage: str, fraction: float, message: str,
+                  position: Optional[int] = None) -> None:
+        job.fraction = max(job.fraction, fraction)
+        self.listener.job_progress(job, stage, job.fraction, message, position)
+
+    def _end(self, job: Job) -> None:
+        job.state = JobState.DONE
+        job.chunks = []
+
+    # --- worker events -----------------------------------------------------------------
+
+    def _on_message(self, worker: WorkerHandle, msg: list[Any]) -> None:
+        if worker is not self.worker:
+            return
+        worker.last_message = time.monotonic()
+        try:
+            header = unpack(msg[0].buffer)
+        except ValueError as exc:
+            log.error("unreadable message from the worker: %s", exc)
+            return
+        if "device_memory" in header:
+            self.device_memory = header["device_memory"]
+        ev = header.get("ev")
+        if ev == "ready":
+            worker.state = "idle"
+            worker.pid = int(header.get("pid") or worker.pid or 0)
+            self.device = str(header.get("device") or self.device)
+            self._failures = 0
+            log.info("worker pid %s ready on %s", worker.pid, self.device)
+            self._dispatch()
+        elif ev == "model":
+            self.loaded_models.add(str(header["name"]))
+        elif ev == "fatal":
+            self._fatal = error_from_code(str(header.get("code")), str(header.get("message")))
+            log.error("the worker cannot start: %s", self._fatal)
+        elif ev in ("stage", "done", "error"):
+            job = self.running
+            if job is None or header.get("job") != str(job.number):
+                return  # about a job that already ended (killed or cancelled)
+            if ev == "stage":
+                self._on_stage(job, header)
+            else:
+                self._on_end(worker, job, header, msg[1:])
+
+    def _on_stage(self, job: Job, header: dict[str, Any]) -> None:
+        stage = header.get("stage")
+        if stage == "loading":
+            self._progress(job, "loading", FRACTION_LOADING, f"loading model {job.model}")
+        elif stage == "running":
+            done, total = int(header.get("done", 0)), int(header.get("total", 0))
+            lo, hi = FRACTION_RUNNING
+            if total <= 0:
+                self._progress(job, "running", lo, "crop 1")
+            elif done < total:
+                self._progress(job, "running", lo + (hi - lo) * done / total,
+                               f"crop {done + 1} of {total}")
+            else:
+                self._progress(job, "running", hi, f"crop {total} of {total} done")
+        elif stage == "compositing":
+            self._progress(job, "compositing", FRACTION_COMPOSITING, "compositing")
+
+    def _on_end(self, worker: WorkerHandle, job: Job, header: dict[str, Any],
+                frames: list[Any]) -> None:
+        self.running = None
+        worker.state = "idle"
+        self._end(job)
+        if header["ev"] == "done":
+            if job.end_error is not None and not isinstance(job.end_error, CancelledError):
+                self.listener.job_failed(job, job.end_error)
+            else:
+                # Finished before a cancel took effect: the result stands (SPEC 4.4).
+                self.listener.job_result(job, header["image"], frames, int(header["run_ms"]))
+        else:
+            error = error_from_code(str(header.get("code")), str(header.get("message")))
+            if job.end_error is not None and error.code == CancelledError.code:
+                error = job.end_error
+            self.listener.job_failed(job, error)
+        self._dispatch()
+
+    def _on_death(self, worker: WorkerHandle, respawn: bool) -> None:
+        worker.proc.join(1.0)
+        code = worker.proc.exitcode
+        how = (f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
+               and -code in signal.Signals._value2member_map_ else f"exit code {code}")
+        self.worker = None
+        worker.sock.close(linger=0)
+        try:
+            os.unlink(worker.path)
+        except OSError:
+            pass
+        job, self.running = self.running, None
+        self.loaded_models.clear()  # the next worker starts with only the preloaded ones
+        if worker.kill_reason is None:
+            log.error("worker pid %s died (%s)", worker.pid, how)
+        if job is not None:
+            self._end(job)
+            if worker.kill_reason is not None and job.end_error is not None:
+                error = job.end_error  # a hard cancel
+            elif worker.kill_reason is not None:
+                error = WorkerCrashedError(f"the worker was restarted: {worker.kill_reason}")
+            else:
+                error = WorkerCrashedError(f"the worker process died on this job ({how}); "
+                                           "a new one was started")
+            self.listener.job_failed(job, error)
+        if not respawn:
+            return
+        self.restarts += 1
+        self._failures += 1 if worker.state == "starting" else 0
+        delay = 0.0 if self._failures <= 1 else min(30.0, 2.0 ** (self._failures - 1))
+        if delay:
+            log.error("the worker keeps failing to start; next try in %.0f s", delay)
+        self._respawn_at = time.monotonic() + delay
+        self.tick()

@@ -1,0 +1,232 @@
+"""CurveZMQ keys: the server's keypair, the client allow-list, and the ZAP authenticator.
+
+The key directory (SPEC.md section 7) looks like SSH's::
+
+    DIR/server.key            the server's public key: give it to every client
+    DIR/server.key_secret     the server's secret key: never leaves the server
+    DIR/clients/NAME.key      an allowed client's public key (the allow-list)
+    DIR/issued/NAME.key_secret  a client's keypair made by ``keys add-client``: hand it
+                              to that artist, then delete it here
+
+The files are ZeroMQ's certificate format (``zmq.auth``), so keys made with other ZeroMQ
+tools work too: to allow a client that made its own keypair, copy its public ``.key`` file
+into ``DIR/clients/``.
+
+Why our own allow-list instead of ``configure_curve(location=...)``: pyzmq's loader gives up
+on the whole directory when one file is bad, and is only re-read when asked. Ours skips a bad
+file with a warning, is re-read within a second of any change (keys added or removed without
+a restart), and is also consulted per message, so a removed key stops being served even on a
+connection that authenticated before the removal (ZAP alone runs only at the handshake).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from inpaintd.protocol.errors import BadInputError
+
+log = logging.getLogger("inpaintd.keys")
+
+SERVER_NAME = "server"
+#: The ZAP domain the server's socket announces; ZAP_ENFORCE_DOMAIN makes it mandatory.
+ZAP_DOMAIN = "inpaintd"
+#: How often the allow-list directory is checked for changes (SPEC 7 promises 2 s).
+RELOAD_INTERVAL_S = 1.0
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(name: str) -> str:
+    """A client name becomes a file name: letters, digits, ``._-``, at most 64."""
+    if not _NAME_RE.fullmatch(name) or name == SERVER_NAME:
+        raise BadInputError(f"client name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
+                            f"(starting with a letter or digit), and not {SERVER_NAME!r}")
+    return name
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def init_keys(directory: Path, force: bool = False) -> tuple[Path, Path]:
+    """Create the server's keypair in ``directory``; returns (public, secret) paths.
+
+    Refuses to replace an existing keypair unless ``force``: every client holds the old
+    public key, and would stop connecting.
+    """
+    directory = _private_dir(Path(directory).expanduser())
+    public = directory / f"{SERVER_NAME}.key"
+    secret = directory / f"{SERVER_NAME}.key_secret"
+    if (public.exists() or secret.exists()) and not force:
+        raise BadInputError(f"{directory} already has a server keypair; --force replaces it "
+                            f"(every client then needs the new {public.name})")
+    _private_dir(directory / "clients")
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        pub, sec = zmq.auth.create_certificates(tmp, SERVER_NAME)
+        os.chmod(sec, 0o600)
+        os.replace(sec, secret)
+        os.replace(pub, public)
+    return public, secret
+
+
+def add_client(directory: Path, name: str, force: bool = False) -> tuple[Path, Path]:
+    """Make a client keypair and allow-list its public key; returns (public, secret)."""
+    directory = Path(directory).expanduser()
+    check_name(name)
+    if not (directory / f"{SERVER_NAME}.key_secret").is_file():
+        raise BadInputError(f"{directory} has no server keypair; run `inpaintd keys init "
+                            f"--dir {directory}` first")
+    clients = _private_dir(directory / "clients")
+    issued = _private_dir(directory / "issued")
+    public = clients / f"{name}.key"
+    secret = issued / f"{name}.key_secret"
+    if public.exists() and not force:
+        raise BadInputError(f"client {name!r} already exists ({public}); --force replaces "
+                            "its key")
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        pub, sec = zmq.auth.create_certificates(tmp, name)
+        os.chmod(sec, 0o600)
+        os.replace(sec, secret)
+        # The public key goes in last: the allow-list never names a key with no secret.
+        os.chmod(pub, 0o644)
+        shutil.move(pub, public)
+    return public, secret
+
+
+def server_keypair(directory: Path) -> tuple[bytes, bytes]:
+    """(public, secret) z85 keys of the server, from ``DIR/server.key_secret``."""
+    path = Path(directory).expanduser() / f"{SERVER_NAME}.key_secret"
+    if not path.is_file():
+        raise BadInputError(f"{path}: no server keypair; run `inpaintd keys init --dir "
+                            f"{Path(directory)}`")
+    public, secret = zmq.auth.load_certificate(path)
+    if not secret:
+        raise BadInputError(f"{path}: no secret key in this file")
+    return public, secret
+
+
+def load_public_key(path: Path) -> bytes:
+    """The z85 public key in a ``.key`` (or ``.key_secret``) certificate file."""
+    public, _ = zmq.auth.load_certificate(Path(path).expanduser())
+    return public
+
+
+def load_keypair(path: Path) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``.key_secret`` file, for clients."""
+    public, secret = zmq.auth.load_certificate(Path(path).expanduser())
+    if not secret:
+        raise BadInputError(f"{path}: not a secret key file (expected NAME.key_secret)")
+    return public, secret
+
+
+class AllowList:
+    """The allowed client keys (z85) and their names, re-read when the directory changes.
+
+    It is also the ZAP credentials provider: pyzmq's authenticator calls :meth:`callback`
+    for every CURVE handshake on the ``inpaintd`` domain.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+        self._keys: dict[str, str] = {}
+        self._signature: Any = None
+        self.reload()
+
+    def _scan(self) -> Any:
+        try:
+            entries = sorted(self.directory.glob("*.key"))
+            return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in entries)
+        except OSError:
+            return ()
+
+    def reload(self, force: bool = True) -> bool:
+        """Re-read the directory if it changed (or ``force``); True when it was re-read."""
+        signature = self._scan()
+        if not force and signature == self._signature:
+            return False
+        keys: dict[str, str] = {}
+        for path in sorted(self.directory.glob("*.key")):
+            try:
+                public, _ = zmq.auth.load_certificate(path)
+            except (OSError, ValueError) as exc:
+                log.warning("%s: not a public key file, skipped (%s)", path, exc)
+                continue
+            if public:
+                keys[public.decode("ascii")] = path.stem
+        with self._lock:
+            changed = keys != self._keys
+            self._keys = keys
+            self._signature = signature
+        if changed:
+            log.info("allow-list: %d client key(s) in %s", len(keys), self.directory)
+        return True
+
+    def name_of(self, user_id: Optional[str]) -> Optional[str]:
+        """The client's name when its key (the message's User-Id) is allowed, else None."""
+        if not user_id:
+            return None
+        with self._lock:
+            return self._keys.get(user_id)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP: allow the handshake only for an allow-listed key."""
+        allowed = self.name_of(key.decode("ascii", "replace")) is not None
+        if not allowed:
+            log.warning("refused a CURVE client with an unknown key %s", key[:8])
+        return allowed
+
+
+class CurveSecurity:
+    """The server side of CURVE: keys, the ZAP authenticator thread and the reload thread."""
+
+    def __init__(self, ctx: zmq.Context, directory: Path) -> None:
+        self.directory = Path(directory).expanduser()
+        self.public, self.secret = server_keypair(self.directory)
+        self.allow = AllowList(self.directory / "clients")
+        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("inpaintd.zap"))
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="inpaintd-keys", daemon=True)
+
+    def start(self) -> None:
+        """Start authenticating; call before the server socket binds."""
+        self._auth.start()
+        self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self.allow)
+        self._watcher.start()
+
+    def configure(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE server that fails closed (ZAP_ENFORCE_DOMAIN)."""
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(RELOAD_INTERVAL_S):
+            try:
+                self.allow.reload(force=False)
+            except OSError as exc:  # the directory vanished or is unreadable for a moment
+                log.warning("could not re-read %s: %s", self.allow.directory, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher.is_alive():
+            self._watcher.join(2 * RELOAD_INTERVAL_S)
+        self._auth.stop()

@@ -1,0 +1,631 @@
+"""The ZeroMQ front end: one ROUTER socket speaking protocol 1.0 (``protocol/SPEC.md``).
+
+One thread owns the socket and runs a poll loop. It decodes and checks every request with
+the codec's limits, answers ``hello``/``status``/``cancel`` itself, runs the credit-based
+upload of each ``inpaint`` job, and hands complete jobs to the :class:`Engine`, whose worker
+process owns the device. It never touches pixels: upload chunks are forwarded to the worker
+and result chunks back to the client, zero-copy, so the loop stays responsive while a job
+runs and a large image costs the front end no decoding.
+
+Why replies are sent with ``NOBLOCK`` and an outbox: with ``ROUTER_MANDATORY`` a send to a
+peer whose pipe is full would block the whole loop (and every other client) on one client
+that stopped reading. A full pipe queues the reply in that peer's outbox; a peer that is gone
+(``EHOSTUNREACH``) has its replies dropped and its jobs cancelled, once, with no error loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import zmq
+
+from inpaintd.protocol.codec import (BufferDesc, NotOurs, available_encodings, decode_message,
+                                     encode_message, error_header, header, validate_request)
+from inpaintd.protocol.errors import (BadInputError, BadMessageError, BusyError, CancelledError,
+                                      InpaintdError, InternalError, ModelMissingError,
+                                      NotFoundError, RequestTimeoutError, UnknownModelError)
+from inpaintd.protocol.version import __version__
+
+from .engine import Engine, Job, JobState
+
+log = logging.getLogger("inpaintd.serve")
+
+DEFAULT_PORT = 5557
+DEFAULT_BIND = f"tcp://127.0.0.1:{DEFAULT_PORT}"
+MiB = 1 << 20
+
+#: ZMTP heartbeats (SPEC 1), milliseconds.
+HEARTBEAT_IVL_MS = 5_000
+HEARTBEAT_TIMEOUT_MS = 15_000
+HEARTBEAT_TTL_MS = 30_000
+#: Messages a peer may have waiting in the server, per connection; small, as every message
+#: may be a whole chunk (research notes, section 2).
+RCVHWM = 32
+SNDHWM = 1000
+#: A peer whose replies could not be delivered for this long is dropped.
+OUTBOX_TIMEOUT_S = 60.0
+#: Most messages read from the socket per loop turn, so worker events are never starved.
+RECV_BATCH = 256
+_UNSAFE_LABEL = re.compile(r"[^A-Za-z0-9._+:-]+")
+
+
+def _clean(text: str) -> str:
+    """Client-chosen text made safe for a log line (a newline could forge entries)."""
+    return _UNSAFE_LABEL.sub("_", text) or "_"
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``inpaintd serve`` can set (SPEC 5 limits, security, supervision)."""
+
+    bind: str = DEFAULT_BIND
+    device: str = "auto"
+    preload: tuple[str, ...] = ()
+    curve_dir: Optional[Path] = None
+    insecure: bool = False
+    max_message_mb: float = 8.0
+    max_queue: int = 64
+    max_jobs_per_client: int = 16
+    max_pixels: int = 64 * MiB
+    max_side: int = 16384
+    upload_timeout_s: float = 60.0
+    hang_timeout_s: float = 300.0
+    cancel_grace_s: float = 10.0
+    log_level: int = logging.INFO
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mb * MiB)
+
+    @property
+    def chunk_bytes(self) -> int:
+        return min(4 * MiB, self.max_message_bytes // 2)
+
+    @property
+    def window_bytes(self) -> int:
+        return 4 * self.chunk_bytes
+
+    def limits(self) -> dict[str, int]:
+        """The ``limits`` map of ``welcome`` (SPEC 4.1)."""
+        return {"max_message_bytes": self.max_message_bytes, "chunk_bytes": self.chunk_bytes,
+                "window_bytes": self.window_bytes, "max_pixels": self.max_pixels,
+                "max_side": self.max_side, "max_queue": self.max_queue,
+                "max_jobs_per_client": self.max_jobs_per_client}
+
+    def check(self) -> None:
+        """Refuse settings that can't work, before anything starts."""
+        if self.max_message_bytes < 128 * 1024:
+            raise BadInputError("--max-message-mb must be at least 0.125 (128 KiB): a header "
+                                "alone may be 64 KiB")
+        if self.max_queue < 1 or self.max_jobs_per_client < 1:
+            raise BadInputError("--max-queue must be at least 1")
+        check_bind(self.bind, self.curve_dir is not None, self.insecure)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable only from this machine.
+
+    ``ipc://`` and ``inproc://`` are local; ``tcp://`` is local only on a loopback address
+    (``127.0.0.0/8``, ``::1``, ``localhost``, the ``lo`` interface). Anything else,
+    including ``*``, a host name and other transports, counts as reachable from outside.
+    """
+    transport, _, rest = endpoint.partition("://")
+    if transport in ("ipc", "inproc"):
+        return True
+    if transport != "tcp" or not rest:
+        return False
+    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    if ";" in host:  # tcp://source;dest: the bound address is the destination
+        host = host.split(";", 1)[1]
+    host = host.strip("[]")
+    if host in ("localhost", "lo"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(endpoint: str, curve: bool, insecure: bool) -> None:
+    """SPEC 7: no non-loopback bind without CURVE unless ``--insecure``."""
+    if "://" not in endpoint:
+        raise BadInputError(f"--bind {endpoint!r}: expected an endpoint like {DEFAULT_BIND}")
+    if not curve and not insecure and not is_loopback(endpoint):
+        raise BadInputError(
+            f"refusing to bind {endpoint} without CURVE: anyone who can reach it could use "
+            "the server. Use --curve DIR (see `inpaintd keys init`), bind 127.0.0.1, or pass "
+            "--insecure on a network you trust")
+
+
+class ModelCatalog:
+    """The models a client may name, and their state (SPEC 4.1).
+
+    Only registry names are served, never paths: a remote client must not make the server
+    open files of its choosing. Re-scanned at most every 2 s, so models imported while the
+    server runs become available without a restart.
+    """
+
+    TTL_S = 2.0
+
+    def __init__(self, loaded: Callable[[], set[str]]) -> None:
+        self._loaded = loaded
+        self._scanned_at = -1e9
+        self._installed: dict[str, Path] = {}
+        self._arch: dict[tuple[Path, int], str] = {}
+
+    def _scan(self) -> dict[str, Path]:
+        now = time.monotonic()
+        if now - self._scanned_at > self.TTL_S:
+            from .weights import store
+
+            self._installed = store.installed_models()
+            self._scanned_at = now
+        return self._installed
+
+    @staticmethod
+    def _known_missing() -> set[str]:
+        from .weights.fetch import KNOWN_SOURCES
+
+        return set(KNOWN_SOURCES) | {"lama", "pennet"}
+
+    def _architecture(self, path: Path) -> str:
+        """From our card when there is one, else from the kind of file."""
+        try:
+            key = (path, path.stat().st_mtime_ns)
+        except OSError:
+            return "unknown"
+        if key not in self._arch:
+            arch = "pennet" if path.suffix == ".pth" else "lama"
+            card = path.with_suffix(".json")
+            if path.suffix == ".safetensors" and card.is_file():
+                import json
+
+                try:
+                    arch = str(json.loads(card.read_text(encoding="utf-8"))["architecture"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    arch = "unknown"
+            self._arch[key] = arch[:64] or "unknown"
+        return self._arch[key]
+
+    def models(self) -> list[dict[str, str]]:
+        installed = self._scan()
+        loaded = self._loaded()
+        out = [{"name": name, "architecture": self._architecture(path),
+                "state": "loaded" if name in loaded else "available"}
+               for name, path in sorted(installed.items()) if len(name) <= 64]
+        for name in sorted(self._known_missing() - set(installed)):
+            out.append({"name": name, "architecture": "pennet" if name == "pennet" else "lama",
+                        "state": "missing"})
+        return out[:256]
+
+    def check(self, name: str) -> None:
+        """Raise unless ``name`` is an installed model."""
+        if name in self._scan():
+            return
+        if name in self._known_missing():
+            raise ModelMissingError(f"model {name!r} is not installed on this server")
+        known = ", ".join(sorted(self._installed)) or "none"
+        raise UnknownModelError(f"unknown model {name!r} (this server has: {known})"[:900])
+
+
+class Server:
+    """The ROUTER front end plus its engine. ``start()``, then ``serve_forever()``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        config.check()
+        self.config = config
+        self.boot_id = uuid.uuid4().hex
+        self.started_at = time.monotonic()
+        self.ctx = zmq.Context()
+        self.router: Optional[zmq.Socket] = None
+        self.endpoint = config.bind
+        self.security: Any = None
+        self.jobs: dict[tuple[str, str], Job] = {}
+        self.engine = Engine(self, self.ctx, device=config.device, preload=config.preload,
+                             hang_timeout=config.hang_timeout_s,
+                             cancel_grace=config.cancel_grace_s, log_level=config.log_level)
+        self.engine.chunk_bytes = config.chunk_bytes
+        self.catalog = ModelCatalog(lambda: self.engine.loaded_models)
+        self._labels: OrderedDict[str, str] = OrderedDict()
+        self._outbox: dict[bytes, deque[tuple[float, list[Any]]]] = {}
+        self._dropping: set[bytes] = set()
+        self._stop = threading.Event()
+        self._closed = False
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Start the worker (preloading), security, then bind. Returns the bound endpoint."""
+        try:
+            if self.config.curve_dir is not None:
+                from .keys import CurveSecurity
+
+                self.security = CurveSecurity(self.ctx, self.config.curve_dir)
+                self.security.start()
+                if not len(self.security.allow):
+                    log.warning("no client keys in %s yet: nobody can connect until one is "
+                                "added (`inpaintd keys add-client NAME`)",
+                                self.security.allow.directory)
+            self.engine.start()
+            self.router = self._bind()
+        except BaseException:
+            self.close()
+            raise
+        log.info("serving on %s (%s, device %s, boot %s)", self.endpoint,
+                 "CURVE" if self.security else "no encryption", self.engine.device,
+                 self.boot_id[:8])
+        return self.endpoint
+
+    def _bind(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        sock.setsockopt(zmq.SNDHWM, SNDHWM)
+        sock.setsockopt(zmq.LINGER, 500)
+        if "[" in self.config.bind or self.config.bind.count(":") > 2:
+            sock.setsockopt(zmq.IPV6, 1)
+        if self.security is not None:
+            self.security.configure(sock)
+        try:
+            sock.bind(self.config.bind)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise BadInputError(f"cannot bind {self.config.bind}: {exc}") from None
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock
+
+    def stop(self) -> None:
+        """Ask the loop to finish (thread- and signal-safe)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Stop the worker, answer what is left, close everything. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        gone = InternalError("the server is shutting down")
+        for job in [j for j in self.jobs.values() if j.state is JobState.UPLOADING]:
+            self._fail_now(job, gone)
+        self.engine.stop()
+        if self.router is not None:
+            self._flush_outbox(final=True)
+            self.router.close()
+        if self.security is not None:
+            self.security.stop()
+        self.ctx.term()
+
+    def serve_forever(self) -> None:
+        """The loop: requests, worker events, timers, pending replies. Until :meth:`stop`."""
+        assert self.router is not None, "call start() first"
+        try:
+            while not self._stop.is_set():
+                self.turn(10 if self._outbox else 250)
+        finally:
+            self.close()
+
+    def turn(self, timeout_ms: int) -> None:
+        """One turn of the loop."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        for item, flags in self.engine.poll_items():
+            poller.register(item, flags)
+        events = dict(poller.poll(timeout_ms))
+        if self.router in events:
+            self._receive()
+        self.engine.handle(events)
+        now = time.monotonic()
+        self.engine.tick(now)
+        self._expire_uploads(now)
+        if self._outbox:
+            self._flush_outbox()
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        assert self.router is not None
+        for _ in range(RECV_BATCH):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._handle(frames)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the server
+                log.exception("unexpected error handling a message; dropped")
+
+    def _identify(self, route: bytes, frame: Any) -> tuple[Optional[str], str]:
+        """(identity, label for logs): the CURVE key when on (SPEC 7), else the route."""
+        if self.security is None:
+            ident = "route:" + route.hex()
+            return ident, self._labels.get(ident, route.hex()[:10])
+        try:
+            user_id = frame.get("User-Id")
+        except zmq.ZMQError:
+            user_id = None
+        name = self.security.allow.name_of(user_id)
+        if name is None:
+            return None, ""  # key removed since the handshake: serve nothing
+        return "key:" + user_id, name
+
+    def _handle(self, frames: list[Any]) -> None:
+        if len(frames) < 2:
+            return
+        route = frames[0].bytes
+        identity, label = self._identify(route, frames[-1])
+        if identity is None:
+            return
+        try:
+            msg = decode_message(frames[1:])
+        except NotOurs:
+            return
+        except InpaintdError as exc:
+            self._reject(route, identity, exc)
+            return
+        try:
+            req = validate_request(msg.header, nframes=len(msg.frames))
+        except InpaintdError as exc:
+            self._reject(route, identity, exc)
+            return
+        kind = req["type"]
+        try:
+            if kind == "hello":
+                self._on_hello(route, identity, req)
+            elif kind == "status":
+                self._send(route, header("status", re=req["id"], boot_id=self.boot_id,
+                                         **self._status()))
+            elif kind == "inpaint":
+                self._on_inpaint(route, identity, label, req)
+            elif kind == "data":
+                self._on_data(route, identity, req, msg.frames[0])
+            elif kind == "cancel":
+                self._on_cancel(route, identity, req)
+        except InpaintdError as exc:
+            exc.re = req["id"]  # type: ignore[attr-defined]
+            self._reject(route, identity, exc)
+
+    def _reject(self, route: bytes, identity: str, exc: InpaintdError) -> None:
+        """Answer a bad request. An error naming a job in flight ends that job (SPEC 4.3)."""
+        re = getattr(exc, "re", None)
+        if re is None:
+            log.debug("dropped an unreadable request: %s", exc)
+            return
+        job = self.jobs.get((identity, re))
+        if job is not None:
+            self._end_job(job, exc)
+            return
+        self._send(route, error_header(re, exc.code, exc.message, exc.retryable, self.boot_id))
+
+    # --- requests ----------------------------------------------------------------------
+
+    def _on_hello(self, route: bytes, identity: str, req: dict[str, Any]) -> None:
+        if req.get("client") and self.security is None:
+            self._labels[identity] = f"{_clean(req['client'][:32])}@{route.hex()}"
+            self._labels.move_to_end(identity)
+            while len(self._labels) > 1024:
+                self._labels.popitem(last=False)
+        self._send(route, header("welcome", re=req["id"], boot_id=self.boot_id,
+                                 server=f"inpaintd {__version__}", device=self.engine.device,
+                                 models=self.catalog.models(), encodings=available_encodings(),
+                                 limits=self.config.limits()))
+
+    def _status(self) -> dict[str, Any]:
+        st = self.engine.status()
+        clients = {j.client for j in self.jobs.values()}
+        return {"queue": st["queue"], "running": st["running"], "clients": len(clients),
+                "models": self.catalog.models(), "device": st["device"],
+                "device_memory": st["device_memory"], "worker": st["worker"],
+                "uptime_s": round(time.monotonic() - self.started_at, 3)}
+
+    def _on_inpaint(self, route: bytes, identity: str, label: str, req: dict[str, Any]) -> None:
+        rid = req["id"]
+        if (identity, rid) in self.jobs:
+            raise BadMessageError(f"request id {rid!r} is already in flight")
+        self.catalog.check(req["model"])
+        image = BufferDesc.from_wire(req["image"], path="image", re=rid)
+        mask = BufferDesc.from_wire(req["mask"], path="mask", re=rid)
+        image.check_limits(self.config.max_pixels, self.config.max_side, re=rid)
+        waiting = sum(1 for j in self.jobs.values()
+                      if j.state in (JobState.UPLOADING, JobState.QUEUED))
+        if waiting >= self.config.max_queue:
+            raise BusyError(f"the server is busy: {waiting} jobs queued")
+        mine = sum(1 for j in self.jobs.values() if j.client == identity)
+        if mine >= self.config.max_jobs_per_client:
+            raise BusyError(f"this client already has {mine} jobs in flight (the limit is "
+                            f"{self.config.max_jobs_per_client})")
+        job = Job(client=identity, request_id=rid, route=route, model=req["model"],
+                  strategy=req["strategy"], image=image.to_wire(), mask=mask.to_wire(),
+                  reply_encoding=req["options"]["reply_encoding"],
+                  total=image.nbytes + mask.nbytes, label=label)
+        job.credit = min(job.total, self.config.window_bytes)
+        self.jobs[job.key] = job
+        self._send(route, header("accepted", re=rid, boot_id=self.boot_id, credit=job.credit))
+
+    def _on_data(self, route: bytes, identity: str, req: dict[str, Any], chunk: memoryview
+                 ) -> None:
+        rid = req["id"]
+        job = self.jobs.get((identity, rid))
+        if job is None:
+            raise NotFoundError(f"no job {rid!r} is uploading (it ended, or never existed)")
+        if job.state is not JobState.UPLOADING:
+            raise BadMessageError(f"data for job {rid!r}, which is not uploading any more")
+        size, offset = len(chunk), req["offset"]
+        if offset != job.received:
+            raise BadMessageError(f"data at offset {offset}; the next byte expected is "
+                                  f"{job.received}")
+        if not 0 < size <= self.config.chunk_bytes:
+            raise BadMessageError(f"a data frame of {size} bytes; frames are 1.."
+                                  f"{self.config.chunk_bytes} bytes")
+        if offset + size > job.credit:
+            raise BadMessageError(f"data up to byte {offset + size}, past the credit of "
+                                  f"{job.credit}")
+        job.chunks.append(chunk)
+        job.received += size
+        job.route = route
+        job.last_activity = time.monotonic()
+        if job.received == job.total:
+            self.engine.enqueue(job)
+            return
+        credit = min(job.total, job.received + self.config.window_bytes)
+        if credit > job.credit:
+            job.credit = credit
+            self._send(route, header("credit", re=rid, boot_id=self.boot_id, credit=credit))
+
+    def _on_cancel(self, route: bytes, identity: str, req: dict[str, Any]) -> None:
+        job = self.jobs.get((identity, req["target"]))
+        if job is None:
+            raise NotFoundError(f"no job {req['target']!r} to cancel (it ended, or never "
+                                "existed)")
+        job.cancel_replies.append((route, req["id"]))
+        self._end_job(job, CancelledError("the job was cancelled by its client"))
+
+    # --- ending jobs -------------------------------------------------------------------
+
+    def _end_job(self, job: Job, error: InpaintdError) -> None:
+        """End a job with ``error``: now if it is not running, else at its next stage."""
+        if job.state is JobState.UPLOADING:
+            self._fail_now(job, error)
+        else:
+            self.engine.cancel(job, error)
+
+    def _fail_now(self, job: Job, error: InpaintdError) -> None:
+        job.state = JobState.DONE
+        job.chunks = []
+        self.job_failed(job, error)
+
+    def _expire_uploads(self, now: float) -> None:
+        limit = self.config.upload_timeout_s
+        for job in [j for j in self.jobs.values() if j.state is JobState.UPLOADING
+                    and now - j.last_activity > limit]:
+            self._fail_now(job, RequestTimeoutError(f"the upload stalled for {limit:g} s"))
+
+    # --- engine events (EngineListener) -------------------------------------------------
+
+    def job_progress(self, job: Job, stage: str, fraction: float, message: str,
+                     position: Optional[int]) -> None:
+        fields: dict[str, Any] = {"stage": stage, "fraction": round(fraction, 4),
+                                  "message": message}
+        if position is not None:
+            fields["position"] = position
+        self._send(job.route, header("progress", re=job.request_id, boot_id=self.boot_id,
+                                     **fields))
+
+    def job_result(self, job: Job, image: dict[str, Any], frames: list[Any],
+                   run_ms: int) -> None:
+        self.jobs.pop(job.key, None)
+        elapsed = round((time.monotonic() - job.accepted_at) * 1000)
+        self._send(job.route, header("result", re=job.request_id, boot_id=self.boot_id,
+                                     image=image, frames=len(frames), model=job.model,
+                                     elapsed_ms=elapsed), frames)
+        self._answer_cancels(job, cancelled=False)
+        self._log_job(job, "ok", elapsed, run_ms)
+
+    def job_failed(self, job: Job, error: InpaintdError) -> None:
+        self.jobs.pop(job.key, None)
+        elapsed = round((time.monotonic() - job.accepted_at) * 1000)
+        self._send(job.route, error_header(job.request_id, error.code, error.message,
+                                           error.retryable, self.boot_id))
+        self._answer_cancels(job, cancelled=error.code == CancelledError.code)
+        self._log_job(job, error.code, elapsed, None)
+        if error.code in ("internal", "worker_crashed", "out_of_memory"):
+            log.warning("job %s: %s", _clean(job.request_id), error.message)
+
+    def _answer_cancels(self, job: Job, cancelled: bool) -> None:
+        for route, cancel_id in job.cancel_replies:
+            if cancelled:
+                self._send(route, header("cancelled", re=cancel_id, boot_id=self.boot_id,
+                                         target=job.request_id))
+            else:
+                self._send(route, error_header(cancel_id, NotFoundError.code,
+                                               f"job {job.request_id!r} had already ended",
+                                               False, self.boot_id))
+        job.cancel_replies = []
+
+    def _log_job(self, job: Job, outcome: str, elapsed_ms: int, run_ms: Optional[int]) -> None:
+        im = job.image
+        size = f"{im['width']}x{im['height']}x{im['channels']} {im['dtype']}"
+        run = f" (run {run_ms} ms)" if run_ms is not None else ""
+        log.info("job %s client %s model %s %s %d ms%s %s", _clean(job.request_id),
+                 job.label, job.model, size, elapsed_ms, run, outcome)
+
+    # --- sending -----------------------------------------------------------------------
+
+    def _send(self, route: bytes, head: dict[str, Any], frames: Any = ()) -> None:
+        """Send a reply without ever blocking the loop (see the module docstring)."""
+        if route in self._dropping:
+            return
+        parts = [route, *encode_message(head, frames)]
+        pending = self._outbox.get(route)
+        if pending:
+            pending.append((time.monotonic(), parts))
+            return
+        self._try_send(route, parts)
+
+    def _try_send(self, route: bytes, parts: list[Any]) -> bool:
+        """True when sent or dropped for good; False when the peer's pipe is full."""
+        assert self.router is not None
+        try:
+            self.router.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            self._outbox.setdefault(route, deque()).append((time.monotonic(), parts))
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._peer_gone(route)
+            return True
+
+    def _flush_outbox(self, final: bool = False) -> None:
+        assert self.router is not None
+        now = time.monotonic()
+        for route in list(self._outbox):
+            pending = self._outbox[route]
+            while pending:
+                queued_at, parts = pending[0]
+                try:
+                    self.router.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    if final or now - queued_at > OUTBOX_TIMEOUT_S:
+                        log.warning("client %s stopped reading replies; dropping it",
+                                    route.hex()[:10])
+                        del self._outbox[route]
+                        self._peer_gone(route)
+                    break
+                except zmq.ZMQError as exc:
+                    if exc.errno != errno.EHOSTUNREACH:
+                        raise
+                    self._outbox.pop(route, None)
+                    self._peer_gone(route)
+                    break
+                pending.popleft()
+            if route in self._outbox and not self._outbox[route]:
+                del self._outbox[route]
+
+    def _peer_gone(self, route: bytes) -> None:
+        """The peer disconnected: drop its replies, and stop its jobs (once)."""
+        if route in self._dropping:
+            return
+        self._dropping.add(route)
+        try:
+            jobs = [j for j in self.jobs.values() if j.route == route]
+            if jobs:
+                log.info("client %s is gone; cancelling its %d job(s)", route.hex()[:10],
+                         len(jobs))
+            for job in jobs:
+                self._end_job(job, CancelledError("the client disconnected"))
+        finally:
+            self._dropping.discard(route)
