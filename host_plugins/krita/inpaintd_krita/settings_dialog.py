@@ -1,0 +1,170 @@
+"""Filter > Inpaint settings...: the server, its keys, the context margin, a connection test.
+
+The settings are :class:`~inpaintd.protocol.plugin_settings.PluginSettings`, stored in
+``inpaintd``'s config folder (``krita.json``), not in the plug-in's folder, so they survive
+reinstalling the plug-in. "Test connection" runs on a worker thread: a server that is down
+must not freeze Krita for the seconds the check takes. Its answer comes back through a queue
+polled by a QTimer, so no Qt object is touched from that thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Optional
+
+from PyQt5.QtCore import QTimer
+from PyQt5.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from inpaintd.protocol.plugin_connection import ConnectionReport, check_connection
+from inpaintd.protocol.plugin_settings import (
+    PluginSettings,
+    load_settings,
+    save_settings,
+    settings_path,
+)
+
+log = logging.getLogger("inpaintd.krita")
+
+HOST = "krita"
+
+
+class SettingsDialog(QDialog):
+    """Edits and saves the plug-in's settings."""
+
+    def __init__(self, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("inpaintd_settings")
+        self.setWindowTitle("Inpaint settings")
+        self.path = settings_path(HOST)
+        current = load_settings(self.path)
+        self.endpoint = QLineEdit(current.endpoint)
+        self.endpoint.setPlaceholderText("tcp://127.0.0.1:5557")
+        self.server_key = QLineEdit(current.server_key_file)
+        self.server_key.setPlaceholderText("empty: a server on this computer (no keys)")
+        self.client_key = QLineEdit(current.client_key_file)
+        self.client_key.setPlaceholderText("NAME.key_secret from the server's admin")
+        self.margin = QSpinBox()
+        self.margin.setRange(0, 4096)
+        self.margin.setSuffix(" px")
+        self.margin.setValue(current.margin)
+        self.margin.setToolTip("The least context sent around the selection; large "
+                               "selections get a quarter of their diagonal.")
+        self.timeout = QDoubleSpinBox()
+        self.timeout.setRange(1, 3600)
+        self.timeout.setSuffix(" s")
+        self.timeout.setValue(current.timeout_s)
+        self._connect_timeout = current.connect_timeout_s
+        self.status = QLabel("")
+        self.status.setObjectName("inpaintd_test_result")
+        self.status.setWordWrap(True)
+        self.test_button = QPushButton("Test connection")
+        self.test_button.clicked.connect(self.test_connection)
+
+        form = QFormLayout()
+        form.addRow("Server address", self.endpoint)
+        form.addRow("Server key file",
+                    self._with_browse(self.server_key, "Server key (server.key)"))
+        form.addRow("Client key file", self._with_browse(self.client_key,
+                                                         "Client secret key (*.key_secret)"))
+        form.addRow("Context margin", self.margin)
+        form.addRow("Timeout", self.timeout)
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.save_and_close)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        row = QHBoxLayout()
+        row.addWidget(self.test_button)
+        row.addStretch(1)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+        layout.addWidget(buttons)
+        self._reports: "queue.SimpleQueue[ConnectionReport]" = queue.SimpleQueue()
+        self._poll = QTimer(self)
+        self._poll.setInterval(50)
+        self._poll.timeout.connect(self._check_report)
+
+    def _with_browse(self, edit: QLineEdit, title: str) -> QWidget:
+        box = QWidget()
+        row = QHBoxLayout(box)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(edit, 1)
+        button = QPushButton("Browse...")
+
+        def browse() -> None:
+            path, _ = QFileDialog.getOpenFileName(self, title, edit.text())
+            if path:
+                edit.setText(path)
+
+        button.clicked.connect(browse)
+        row.addWidget(button)
+        return box
+
+    def settings(self) -> PluginSettings:
+        """What the dialog shows now."""
+        return PluginSettings(endpoint=self.endpoint.text().strip(),
+                              server_key_file=self.server_key.text().strip(),
+                              client_key_file=self.client_key.text().strip(),
+                              margin=int(self.margin.value()),
+                              timeout_s=float(self.timeout.value()),
+                              connect_timeout_s=self._connect_timeout)
+
+    def _show(self, text: str, ok: bool) -> None:
+        self.status.setStyleSheet("" if ok else "color: #c0392b;")
+        self.status.setText(text)
+
+    def test_connection(self) -> None:
+        """Probe and say hello on a worker thread; the answer comes back as a signal."""
+        settings = self.settings()
+        self.test_button.setEnabled(False)
+        self._show(f"Connecting to {settings.endpoint}...", True)
+
+        def run() -> None:
+            try:
+                report = check_connection(settings, "krita-plugin")
+            except Exception:  # check_connection catches what it expects; this is a bug
+                log.exception("the connection test failed")
+                report = ConnectionReport(False, "The connection test failed (details in "
+                                                 "the log).")
+            self._reports.put(report)
+
+        self._poll.start()
+        threading.Thread(target=run, name="inpaintd-test-connection", daemon=True).start()
+
+    def _check_report(self) -> None:
+        try:
+            report = self._reports.get_nowait()
+        except queue.Empty:
+            return
+        self._poll.stop()
+        self.test_button.setEnabled(True)
+        self._show(report.sentence, report.ok)
+
+    def save_and_close(self) -> None:
+        settings = self.settings()
+        problems = settings.problems()
+        if problems:
+            self._show(problems[0], False)
+            return
+        try:
+            save_settings(settings, self.path)
+        except OSError as exc:
+            log.exception("saving the settings failed")
+            self._show(f"The settings could not be saved to {self.path} ({exc}).", False)
+            return
+        self.accept()

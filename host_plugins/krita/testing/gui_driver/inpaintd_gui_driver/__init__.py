@@ -1,0 +1,278 @@
+"""A test-only Krita plug-in that drives the real GUI (tests/test_krita_real.py).
+
+Enabled in a throw-away kritarc beside the inpaintd plug-in, under ``xvfb-run krita``. Once
+the first window exists it: records the Filter menu, opens the test image, makes an
+elliptical feathered selection, checks that "Inpaint (LaMa)" is disabled without a
+selection and enabled with one, triggers it by its action id, waits for the new layer,
+grabs a screenshot, runs the settings dialog's connection test, shows the message for a
+server that is not there, cancels a fill from the progress dialog (against a silent fake
+server), undoes the fill, writes ``gui.json`` and quits. Config: the JSON file named by
+``INPAINTD_KRITA_GUI_TEST``.
+"""
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+from krita import Extension, Krita, Selection
+from PyQt5.QtCore import QByteArray, QTimer
+from PyQt5.QtWidgets import QApplication
+
+
+class Driver(Extension):
+    def __init__(self, parent):
+        super().__init__(parent)
+        self.cfg = json.loads(Path(os.environ["INPAINTD_KRITA_GUI_TEST"]).read_text())
+        self.out = Path(self.cfg["out"])
+        self.results = {"steps": []}
+        self.window = None
+        self.doc = None
+        self.started = 0.0
+
+    def setup(self):
+        pass
+
+    def createActions(self, window):
+        # The wrapper passed here dies after the call: look the window up again later.
+        if not self.started:
+            self.started = time.perf_counter()
+            QTimer.singleShot(3000, self.guarded(self.step_menu))
+
+    # --- plumbing ---
+
+    def guarded(self, fn):
+        def run():
+            try:
+                self.results["steps"].append(fn.__name__)
+                fn()
+            except Exception:
+                self.results["error"] = traceback.format_exc()
+                self.finish()
+        return run
+
+    def later(self, ms, fn):
+        QTimer.singleShot(ms, self.guarded(fn))
+
+    def save(self):
+        (self.out / "gui.json").write_text(json.dumps(self.results, indent=2, default=str))
+
+    def finish(self):
+        self.save()
+        for doc in Krita.instance().documents():
+            doc.setModified(False)
+        QTimer.singleShot(200, Krita.instance().action("file_quit").trigger)
+
+    # --- steps ---
+
+    def filter_menu(self):
+        bar = self.window.qwindow().menuBar()
+        for action in bar.actions():
+            menu = action.menu()
+            if menu is not None and (menu.objectName().lower() == "filter"
+                                     or action.text().replace("&", "") == "Filter"):
+                return action, menu
+        return None, None
+
+    def step_menu(self):
+        self.window = Krita.instance().activeWindow() or Krita.instance().windows()[0]
+        # No window manager under Xvfb: size the window to the screen ourselves.
+        self.window.qwindow().setGeometry(QApplication.primaryScreen().availableGeometry())
+        _, menu = self.filter_menu()
+        self.results["filter_menu"] = ([a.text().replace("&", "") for a in menu.actions()]
+                                       if menu is not None else None)
+        self.doc = Krita.instance().openDocument(self.cfg["image"])
+        self.window.addView(self.doc)
+        self.later(1500, self.step_select)
+
+    def step_select(self):
+        k = Krita.instance()
+        self.results["enabled_without_selection"] = k.action("inpaintd_lama").isEnabled()
+        w, h = self.doc.width(), self.doc.height()
+        x0, y0, ew, eh = self.cfg["ellipse"]
+        data = bytearray(w * h)
+        for y in range(y0, y0 + eh):
+            dy = (y + 0.5 - (y0 + eh / 2)) / (eh / 2)
+            for x in range(x0, x0 + ew):
+                dx = (x + 0.5 - (x0 + ew / 2)) / (ew / 2)
+                if dx * dx + dy * dy <= 1.0:
+                    data[y * w + x] = 255
+        sel = Selection()
+        sel.setPixelData(QByteArray(bytes(data)), 0, 0, w, h)
+        sel.feather(self.cfg["feather"])
+        self.doc.setSelection(sel)
+        self.doc.waitForDone()
+        self.results["layers_before"] = [n.name() for n in self.doc.rootNode().childNodes()]
+        self.later(1500, self.step_trigger)
+
+    def step_trigger(self):
+        k = Krita.instance()
+        action = k.action("inpaintd_lama")
+        self.results["enabled_with_selection"] = action.isEnabled()
+        self.results["active_layer"] = (self.doc.activeNode().name()
+                                        if self.doc.activeNode() is not None else None)
+        self.started = time.perf_counter()
+        action.trigger()
+        self.later(200, self.step_wait)
+
+    def step_wait(self):
+        names = [n.name() for n in self.doc.rootNode().childNodes()]
+        if "LaMa" in names:
+            self.results["seconds_to_layer"] = time.perf_counter() - self.started
+            self.results["layers_after"] = names
+            self.later(1500, self.step_screenshot)
+        elif time.perf_counter() - self.started > self.cfg.get("timeout", 60):
+            self.results["layers_after"] = names
+            self.results["timed_out"] = True
+            self.finish()
+        else:
+            self.later(200, self.step_wait)
+
+    def step_screenshot(self):
+        # The Filter menu open over the result: the actions and the new layer in one picture.
+        action, menu = self.filter_menu()
+        bar = self.window.qwindow().menuBar()
+        bar.setActiveAction(action)
+        self.later(800, self.step_grab)
+
+    def step_grab(self):
+        QApplication.primaryScreen().grabWindow(0).save(str(self.out / "screenshot.png"))
+        self.results["screenshot"] = str(self.out / "screenshot.png")
+        _, menu = self.filter_menu()
+        menu.hide()
+        self.later(500, self.step_grab_result)
+
+    def step_grab_result(self):
+        QApplication.primaryScreen().grabWindow(0).save(str(self.out / "result.png"))
+        self.results["result_screenshot"] = str(self.out / "result.png")
+        self.later(100, self.step_settings)
+
+    def step_settings(self):
+        from inpaintd_krita.settings_dialog import SettingsDialog
+
+        self.dialog = SettingsDialog(self.window.qwindow())
+        self.dialog.show()
+        self.results["settings_endpoint"] = self.dialog.endpoint.text()
+        self.dialog.test_connection()
+        self.tested_at = time.perf_counter()
+        self.later(200, self.step_settings_wait)
+
+    def step_settings_wait(self):
+        text = self.dialog.status.text()
+        if self.dialog.test_button.isEnabled() or time.perf_counter() - self.tested_at > 20:
+            self.results["test_connection"] = text
+            self.dialog.reject()
+            self.later(100, self.step_dead_server)
+        else:
+            self.later(200, self.step_settings_wait)
+
+    # --- failures in the GUI: a message, a cancel ---
+
+    def extension(self):
+        for ext in Krita.instance().extensions():
+            if type(ext).__name__ == "InpaintExtension":
+                return ext
+        raise RuntimeError("the inpaintd extension is not loaded")
+
+    def use_endpoint(self, endpoint):
+        from inpaintd.protocol.plugin_settings import (load_settings, save_settings,
+                                                       settings_path)
+
+        path = settings_path("krita")
+        old = load_settings(path)
+        save_settings(type(old)(**{**old.to_dict(), "endpoint": endpoint}), path)
+        return old.endpoint
+
+    def message_boxes(self):
+        return [w for w in QApplication.topLevelWidgets()
+                if w.objectName() == "inpaintd_message" and w.isVisible()]
+
+    def step_dead_server(self):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.saved_endpoint = self.use_endpoint(f"tcp://127.0.0.1:{port}")
+        self.extension().last_result = None
+        self.mark = time.perf_counter()
+        Krita.instance().action("inpaintd_lama").trigger()
+        self.later(200, self.step_dead_wait)
+
+    def step_dead_wait(self):
+        boxes = self.message_boxes()
+        if boxes or time.perf_counter() - self.mark > 20:
+            self.results["dead_server_message"] = boxes[0].text() if boxes else None
+            self.results["dead_server_seconds"] = time.perf_counter() - self.mark
+            for box in boxes:
+                box.close()
+            self.later(100, self.step_cancel)
+        else:
+            self.later(100, self.step_dead_wait)
+
+    def step_cancel(self):
+        """A server that accepts the connection and never answers: the progress dialog
+        stays up until Cancel, which must end the fill at once."""
+        import zmq
+
+        self.silent = zmq.Context.instance().socket(zmq.ROUTER)
+        self.silent.linger = 0
+        port = self.silent.bind_to_random_port("tcp://127.0.0.1")
+        self.use_endpoint(f"tcp://127.0.0.1:{port}")
+        self.extension().last_result = None
+        self.layers_before_cancel = [n.name() for n in self.doc.rootNode().childNodes()]
+        self.mark = time.perf_counter()
+        Krita.instance().action("inpaintd_lama").trigger()
+        self.later(300, self.step_cancel_dialog)
+
+    def step_cancel_dialog(self):
+        dialogs = [w for w in QApplication.topLevelWidgets()
+                   if w.objectName() == "inpaintd_progress" and w.isVisible()]
+        if not dialogs and time.perf_counter() - self.mark < 10:
+            self.later(100, self.step_cancel_dialog)
+            return
+        self.results["progress_dialog_text"] = dialogs[0].labelText() if dialogs else None
+        if dialogs:
+            from PyQt5.QtWidgets import QPushButton
+
+            self.cancelled_at = time.perf_counter()
+            dialogs[0].findChild(QPushButton).click()  # what the artist's click does
+        self.later(100, self.step_cancel_wait)
+
+    def step_cancel_wait(self):
+        result = self.extension().last_result
+        if result is None and time.perf_counter() - self.mark < 20:
+            self.later(100, self.step_cancel_wait)
+            return
+        self.results["cancel_state"] = result.state.value if result is not None else None
+        self.results["cancel_message"] = result.message if result is not None else None
+        self.results["cancel_seconds"] = (time.perf_counter() - self.cancelled_at
+                                          if hasattr(self, "cancelled_at") else None)
+        self.results["cancel_boxes"] = [b.text() for b in self.message_boxes()]
+        self.results["layers_after_cancel"] = [n.name() for n in self.doc.rootNode().childNodes()]
+        self.results["layers_before_cancel"] = self.layers_before_cancel
+        self.silent.close()
+        self.use_endpoint(self.saved_endpoint)
+        self.later(100, self.step_undo)
+
+    def step_undo(self):
+        """One undo removes the fill, and the artist's layer is as it was."""
+        Krita.instance().action("edit_undo").trigger()
+        self.later(1000, self.step_undo_check)
+
+    def step_undo_check(self):
+        self.doc.waitForDone()
+        nodes = self.doc.rootNode().childNodes()
+        self.results["layers_after_undo"] = [n.name() for n in nodes]
+        from PyQt5.QtGui import QImage
+
+        image = QImage(self.cfg["image"]).convertToFormat(QImage.Format_ARGB32)
+        ptr = image.constBits()
+        ptr.setsize(image.sizeInBytes())
+        self.results["background_is_the_image"] = (
+            bytes(nodes[0].pixelData(0, 0, self.doc.width(), self.doc.height())) == bytes(ptr))
+        self.finish()
+
+
+Krita.instance().addExtension(Driver(Krita.instance()))

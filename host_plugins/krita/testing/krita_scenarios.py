@@ -1,0 +1,263 @@
+"""Scenarios run inside headless Krita by tests/test_krita_real.py (not installed).
+
+``kritarunner -s krita_scenarios -f main`` with this folder on PYTHONPATH and
+``INPAINTD_KRITA_TEST`` naming a JSON config. Each scenario drives the installed plug-in's
+fill (``inpaintd_krita.controller.fill``: the menu action minus its dialogs) on a real Krita
+document and records what Krita then holds; the pytest side checks it against the server.
+Everything is written to the config's ``out`` folder: ``results.json`` and raw buffers.
+One Krita start runs every scenario, because each start costs ~10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def _ellipse(width: int, height: int, box: list[int]) -> bytes:
+    """A hard-edged ellipse inscribed in ``box`` (x, y, w, h), 255 inside, 1 byte/pixel."""
+    x0, y0, w, h = box
+    cx, cy, rx, ry = x0 + w / 2, y0 + h / 2, w / 2, h / 2
+    out = bytearray(width * height)
+    for y in range(y0, y0 + h):
+        dy = (y + 0.5 - cy) / ry
+        for x in range(x0, x0 + w):
+            dx = (x + 0.5 - cx) / rx
+            if dx * dx + dy * dy <= 1.0:
+                out[y * width + x] = 255
+    return bytes(out)
+
+
+class Scenarios:
+    def __init__(self, config: dict[str, Any]) -> None:
+        from krita import Krita
+
+        self.k = Krita.instance()
+        self.cfg = config
+        self.out = Path(config["out"])
+        self.w, self.h = config["width"], config["height"]
+        self.results: dict[str, Any] = {}
+        sys.path.insert(0, config["pykrita"])
+        from inpaintd_krita import controller  # the installed plug-in, vendored libraries
+
+        from inpaintd.protocol.plugin_settings import PluginSettings
+
+        self.controller = controller
+        self.settings = PluginSettings(endpoint=config["endpoint"], margin=config["margin"])
+        self.dead = PluginSettings(endpoint=config["dead_endpoint"], margin=config["margin"])
+
+    # --- helpers ---
+
+    def pixels(self, depth: str) -> bytes:
+        return (Path(self.cfg["pixels"][depth])).read_bytes()
+
+    def document(self, name: str, model: str = "RGBA", depth: str = "U8") -> Any:
+        doc = self.k.createDocument(self.w, self.h, name, model, depth, "", 72.0)
+        doc.waitForDone()
+        return doc
+
+    def select_ellipse(self, doc: Any) -> None:
+        from krita import Selection
+        from PyQt5.QtCore import QByteArray
+
+        sel = Selection()
+        sel.setPixelData(QByteArray(_ellipse(self.w, self.h, self.cfg["ellipse"])), 0, 0,
+                         self.w, self.h)
+        sel.feather(self.cfg["feather"])
+        doc.setSelection(sel)
+        doc.waitForDone()
+
+    def dump(self, name: str, data: Any) -> str:
+        path = self.out / f"{name}.bin"
+        path.write_bytes(bytes(data))
+        return str(path)
+
+    def record(self, key: str, doc: Any, source: Any, result: Any, t: float) -> dict[str, Any]:
+        parent = source.parentNode()
+        names = [n.name() for n in parent.childNodes()] if parent is not None else []
+        entry: dict[str, Any] = {
+            "ok": result.ok, "message": result.message, "seconds": time.perf_counter() - t,
+            "state": result.state.value, "timings": result.timings,
+            "crop": list(result.crop) if result.crop is not None else None,
+            "siblings": names, "source_name": source.name(),
+            "layer_count": len(doc.rootNode().childNodes()),
+        }
+        if result.ok:
+            node = result.node
+            siblings = parent.childNodes()
+            entry.update(
+                layer_name=node.name(), layer_type=node.type(),
+                layer_colour=[node.colorModel(), node.colorDepth()],
+                same_parent=node.parentNode() == parent,
+                source_index=[i for i, n in enumerate(siblings) if n == source][0],
+                layer_index=[i for i, n in enumerate(siblings) if n == node][0],
+                layer=self.dump(f"{key}_layer", node.pixelData(0, 0, self.w, self.h)),
+            )
+        entry["source_after"] = self.dump(f"{key}_source", source.pixelData(0, 0, self.w,
+                                                                            self.h))
+        if source.type() == "grouplayer":
+            entry["projection"] = self.dump(f"{key}_projection", source.projectionPixelData(
+                0, 0, self.w, self.h))
+        sel = doc.selection()
+        if sel is not None:
+            entry["selection"] = self.dump(f"{key}_selection", sel.pixelData(0, 0, self.w,
+                                                                             self.h))
+        self.results[key] = entry
+        return entry
+
+    # --- scenarios ---
+
+    def fill_depth(self, depth: str, model: str = "lama", key: str = "") -> None:
+        key = key or f"fill_{depth}"
+        doc = self.document(key, "RGBA", depth)
+        source = doc.rootNode().childNodes()[0]
+        source.setPixelData(self.pixels(depth), 0, 0, self.w, self.h)
+        self.select_ellipse(doc)
+        t = time.perf_counter()
+        result = self.controller.fill(doc, source, model, self.settings)
+        self.record(key, doc, source, result, t)
+
+    def group(self) -> None:
+        doc = self.document("group")
+        root = doc.rootNode()
+        background = root.childNodes()[0]
+        group = doc.createNode("Group", "grouplayer")
+        inner = doc.createNode("Inner", "paintlayer")
+        inner.setPixelData(self.pixels("U8"), 0, 0, self.w, self.h)
+        group.addChildNode(inner, None)
+        root.addChildNode(group, background)
+        doc.waitForDone()
+        self.select_ellipse(doc)
+        t = time.perf_counter()
+        result = self.controller.fill(doc, group, "lama", self.settings)
+        self.record("group", doc, group, result, t)
+
+    def cmyk(self) -> None:
+        doc = self.document("cmyk", "CMYKA", "U8")
+        source = doc.rootNode().childNodes()[0]
+        self.select_ellipse(doc)
+        t = time.perf_counter()
+        result = self.controller.fill(doc, source, "lama", self.settings)
+        self.record("cmyk", doc, source, result, t)
+
+    def no_selection(self) -> None:
+        doc = self.document("nosel")
+        source = doc.rootNode().childNodes()[0]
+        t = time.perf_counter()
+        result = self.controller.fill(doc, source, "lama", self.settings)
+        self.record("no_selection", doc, source, result, t)
+        # An empty selection (select, then deselect every pixel) reads the same.
+        from krita import Selection
+
+        empty = Selection()
+        empty.select(0, 0, 4, 4, 255)
+        empty.clear()
+        doc.setSelection(empty)
+        t = time.perf_counter()
+        result = self.controller.fill(doc, source, "lama", self.settings)
+        self.record("empty_selection", doc, source, result, t)
+
+    def no_server(self) -> None:
+        doc = self.document("noserver")
+        source = doc.rootNode().childNodes()[0]
+        self.select_ellipse(doc)
+        t = time.perf_counter()
+        result = self.controller.fill(doc, source, "lama", self.dead)
+        self.record("no_server", doc, source, result, t)
+
+    def closed_document(self) -> None:
+        doc = self.document("closed")
+        source = doc.rootNode().childNodes()[0]
+        self.select_ellipse(doc)
+        t = time.perf_counter()
+        result = self.controller.fill(doc, source, "lama", self.settings,
+                                      before_apply=lambda: doc.close())
+        self.results["closed_document"] = {"ok": result.ok, "message": result.message,
+                                           "seconds": time.perf_counter() - t,
+                                           "open": any(d == doc for d in self.k.documents())}
+
+    def layer_removed(self) -> None:
+        doc = self.document("removed")
+        root = doc.rootNode()
+        source = doc.createNode("Doomed", "paintlayer")
+        root.addChildNode(source, root.childNodes()[0])
+        doc.waitForDone()
+        self.select_ellipse(doc)
+        t = time.perf_counter()
+        result = self.controller.fill(doc, source, "lama", self.settings,
+                                      before_apply=lambda: source.remove())
+        self.results["layer_removed"] = {
+            "ok": result.ok, "message": result.message, "seconds": time.perf_counter() - t,
+            "siblings": [n.name() for n in root.childNodes()]}
+
+    def import_bundle(self) -> None:
+        """Krita's own Import Python Plugin from File logic, on our bundle."""
+        sys.path.insert(0, "/usr/share/krita/pykrita")
+        from plugin_importer.plugin_importer import PluginImporter
+
+        dest = Path(self.cfg["import_dest"])
+        dest.mkdir(parents=True, exist_ok=True)
+        imported = PluginImporter(self.cfg["import_zip"], str(dest),
+                                  lambda plugin: True).import_all()
+        self.results["import_bundle"] = {
+            "imported": [p["name"] for p in imported],
+            "files": sorted(str(p.relative_to(dest)) for p in dest.rglob("*")
+                            if p.is_file() and "_vendor" not in p.parts),
+        }
+
+    def bench(self) -> None:
+        """One fill of a selection on a large image, timed by stage (docs/krita.md)."""
+        b = self.cfg["bench"]
+        doc = self.k.createDocument(b["width"], b["height"], "bench", "RGBA", "U8", "", 72.0)
+        source = doc.rootNode().childNodes()[0]
+        import random
+
+        rng = random.Random(0)
+        row = bytes(rng.randrange(256) for _ in range(b["width"] * 4))
+        source.setPixelData(row * b["height"], 0, 0, b["width"], b["height"])
+        from krita import Selection
+
+        sel = Selection()
+        x, y, s = b["x"], b["y"], b["size"]
+        sel.select(x, y, s, s, 255)
+        doc.setSelection(sel)
+        doc.waitForDone()
+        runs = []
+        for _ in range(b.get("runs", 3)):
+            t = time.perf_counter()
+            result = self.controller.fill(doc, source, "lama", self.settings)
+            runs.append({"ok": result.ok, "message": result.message,
+                         "seconds": time.perf_counter() - t, "timings": result.timings,
+                         "crop": list(result.crop) if result.crop else None})
+            if result.ok:
+                result.node.remove()
+                doc.waitForDone()
+        self.results["bench"] = runs
+
+
+def main(*args: Any) -> None:
+    config = json.loads(Path(os.environ["INPAINTD_KRITA_TEST"]).read_text())
+    out = Path(config["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    try:
+        s = Scenarios(config)
+        results = s.results
+        for name in config["scenarios"]:
+            method, _, arg = name.partition(":")
+            try:
+                if arg:
+                    depth, _, model = arg.partition(":")
+                    s.fill_depth(depth, model or "lama", key=name.replace(":", "_"))
+                else:
+                    getattr(s, method)()
+            except Exception:
+                results[name.replace(":", "_")] = {"crashed": traceback.format_exc()}
+    except Exception:
+        results["setup"] = {"crashed": traceback.format_exc()}
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))

@@ -1,0 +1,106 @@
+"""``inpaintd plugin install krita`` and ``inpaintd plugin bundle krita``.
+
+``add_plugin_parser(subparsers)`` registers the ``plugin`` command on the main ``inpaintd``
+parser; the work is in :mod:`inpaintd.host_plugins.installer`. Kept apart so that the CLI
+does not import the installer (or pip) until the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["add_plugin_parser", "main"]
+
+HOSTS = ("krita",)
+
+
+def _numpy(args: argparse.Namespace) -> Optional[bool]:
+    return {"auto": None, "yes": True, "no": False}[args.numpy]
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from .installer import main_install
+
+    print(main_install(args.krita_dir, args.python_version, args.platform, args.kritarc,
+                       args.wheels, _numpy(args), enable=not args.no_enable))
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from .installer import main_bundle
+
+    print(main_bundle(args.output, args.python_version, args.platform, args.wheels,
+                      _numpy(args)))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("host", choices=HOSTS, help="the application (only krita for now)")
+    p.add_argument("--wheels", metavar="DIR",
+                   help="take the dependency wheels from DIR only (offline); by default pip "
+                   "downloads them from PyPI")
+    p.add_argument("--numpy", choices=("auto", "yes", "no"), default="auto",
+                   help="vendor numpy: auto = only when the target Python lacks it (install) "
+                   "or always (bundle)")
+
+
+def add_plugin_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``plugin install`` and ``plugin bundle`` on the ``inpaintd`` parser."""
+    p = sub.add_parser("plugin", help="install or bundle the host plug-ins",
+                       description="Install the Krita plug-in with the libraries built for "
+                       "Krita's own Python, or bundle it as a zip for Krita's "
+                       "Import Python Plugin from File.")
+    psub = p.add_subparsers(dest="plugin_command", required=True, metavar="COMMAND")
+
+    inst = psub.add_parser("install", help="install into the local Krita and enable it",
+                           description="Copy the plug-in into Krita's pykrita folder, vendor "
+                           "pyzmq, msgpack, zstandard (and numpy if needed) built for "
+                           "Krita's Python, and enable it in kritarc. Restart Krita after.")
+    _common(inst)
+    inst.add_argument("--krita-dir", metavar="DIR",
+                      help="Krita's resource folder, the one holding pykrita/ (default: "
+                      "detected: ~/.local/share/krita, %%APPDATA%%\\krita, ...)")
+    inst.add_argument("--kritarc", metavar="FILE",
+                      help="the kritarc to enable the plug-in in (default: detected)")
+    inst.add_argument("--python-version", metavar="X.Y",
+                      help="Krita's Python version (default: detected from the local Krita)")
+    inst.add_argument("--platform", metavar="TAG",
+                      help="pip platform tag for Krita's Python, e.g. linux_x86_64, "
+                      "win_amd64, macosx_arm64 (with --python-version)")
+    inst.add_argument("--no-enable", action="store_true", help="do not edit kritarc")
+    inst.set_defaults(func=cmd_install)
+
+    bun = psub.add_parser("bundle", help="a zip for Krita's Import Python Plugin from File",
+                          description="Build the plug-in with its libraries for another "
+                          "machine's Krita: Tools > Scripts > Import Python Plugin from "
+                          "File takes the zip.")
+    _common(bun)
+    bun.add_argument("--python-version", required=True, metavar="X.Y",
+                     help="that Krita's Python: 3.10 for Krita 5.2, see docs/krita.md")
+    bun.add_argument("--platform", required=True, metavar="TAG",
+                     help="win_amd64, macosx_arm64, macosx_x86_64, linux_x86_64, or any "
+                     "pip platform tag")
+    bun.add_argument("-o", "--output", required=True, metavar="FILE.zip")
+    bun.set_defaults(func=cmd_bundle)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The plug-in commands alone (``python -m inpaintd.host_plugins.plugin_cli``)."""
+    from inpaintd.protocol.errors import InpaintdError
+
+    parser = argparse.ArgumentParser(prog="inpaintd")
+    add_plugin_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="inpaintd: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except InpaintdError as exc:
+        print(f"inpaintd: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

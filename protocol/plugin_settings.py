@@ -1,0 +1,214 @@
+"""The host plug-ins' settings and log file: pure Python, shared by Krita and GIMP.
+
+Why a file of our own, outside the host's plug-in folder: installing or importing a new
+version of a plug-in replaces its folder (Krita's importer deletes it first), and an
+artist must not lose the server address and key paths they set up. So the settings live in
+the user's config directory under ``inpaintd/``, one JSON file per host
+(``krita.json``, ``gimp.json``), beside the plug-in's log file.
+
+The file is read leniently: a missing file gives the defaults, and a corrupt file or a bad
+value gives the defaults for what is wrong (with a warning in the log), because a settings
+file must never stop the plug-in from loading. Writing is atomic (temporary file +
+``os.replace``), so a crash mid-save can't leave half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .geometry import DEFAULT_MARGIN
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_ENDPOINT", "PluginSettings", "config_dir", "settings_path", "log_path",
+    "load_settings", "save_settings", "setup_logging",
+]
+
+#: The client's default endpoint (``inpaintd.protocol.client.DEFAULT_ENDPOINT``), repeated
+#: here so that reading settings does not import pyzmq.
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
+#: Silence allowed before a request fails (the Client's ``timeout``).
+DEFAULT_TIMEOUT_S = 30.0
+#: How long the connection check before a fill may take.
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+_SCHEMES = ("tcp://", "ipc://")
+
+
+def config_dir() -> Path:
+    """``inpaintd``'s per-user config folder, following each OS's convention.
+
+    Linux and other Unixes: ``$XDG_CONFIG_HOME/inpaintd`` (``~/.config/inpaintd``);
+    Windows: ``%APPDATA%\\inpaintd``; macOS: ``~/Library/Application Support/inpaintd``.
+    """
+    if sys.platform == "win32":
+        base = os.environ.get("APPDATA") or str(Path.home() / "AppData" / "Roaming")
+        return Path(base) / "inpaintd"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "inpaintd"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "inpaintd"
+
+
+def settings_path(host: str) -> Path:
+    """The settings file of one host plug-in (``"krita"``, ``"gimp"``)."""
+    return config_dir() / f"{host}.json"
+
+
+def log_path(host: str) -> Path:
+    """Where a host plug-in writes its log, tracebacks included."""
+    return config_dir() / f"{host}.log"
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """What an artist can set in the plug-in's settings dialog.
+
+    ``server_key_file`` is the server's public certificate (``server.key``) and
+    ``client_key_file`` this artist's secret certificate (``NAME.key_secret``), both made by
+    ``inpaintd keys``; empty means a plain (loopback) connection. ``margin`` is the least
+    context, in pixels, sent around the selection (more for big selections: a quarter of
+    the selection's diagonal).
+    """
+
+    endpoint: str = DEFAULT_ENDPOINT
+    server_key_file: str = ""
+    client_key_file: str = ""
+    margin: int = DEFAULT_MARGIN
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+
+    def problems(self) -> list[str]:
+        """Each thing wrong with these settings, as one sentence; empty when all is well."""
+        out: list[str] = []
+        if not self.endpoint.startswith(_SCHEMES) or len(self.endpoint) <= 6:
+            out.append(f"The server address {self.endpoint!r} must look like "
+                       f"tcp://HOST:PORT or ipc://PATH.")
+        elif self.endpoint.startswith("tcp://") and ":" not in self.endpoint[6:].rsplit("]", 1)[-1]:
+            out.append(f"The server address {self.endpoint!r} needs a port, as in "
+                       f"tcp://127.0.0.1:5557.")
+        if self.client_key_file and not self.server_key_file:
+            out.append("A client key file needs the server's key file (server.key) too.")
+        for what, path in (("server key file", self.server_key_file),
+                           ("client key file", self.client_key_file)):
+            if path and not Path(path).expanduser().is_file():
+                out.append(f"The {what} {path} does not exist.")
+        if not 0 <= self.margin <= 4096:
+            out.append(f"The context margin must be between 0 and 4096 pixels, not "
+                       f"{self.margin}.")
+        if not 1 <= self.timeout_s <= 3600:
+            out.append(f"The timeout must be between 1 and 3600 seconds, not {self.timeout_s:g}.")
+        if not 0.2 <= self.connect_timeout_s <= 120:
+            out.append(f"The connection timeout must be between 0.2 and 120 seconds, not "
+                       f"{self.connect_timeout_s:g}.")
+        return out
+
+    @property
+    def uses_curve(self) -> bool:
+        return bool(self.server_key_file)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`inpaintd.protocol.Client` (endpoint included)."""
+        kwargs: dict[str, Any] = {"endpoint": self.endpoint, "timeout": self.timeout_s}
+        if self.server_key_file:
+            kwargs["server_key"] = str(Path(self.server_key_file).expanduser())
+            if self.client_key_file:
+                kwargs["client_keys"] = str(Path(self.client_key_file).expanduser())
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PluginSettings":
+        """Settings from a JSON object; unknown keys and values of the wrong type are
+        dropped with a warning (a newer plug-in may have written more)."""
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            want = type(getattr(defaults, f.name))
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not want:
+                log.warning("settings: ignoring %s=%r (expected %s)", f.name, value,
+                            want.__name__)
+                continue
+            values[f.name] = value
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            log.warning("settings: ignoring unknown keys %s", ", ".join(unknown))
+        settings = replace(defaults, **values)
+        for problem in settings.problems():
+            if "does not exist" not in problem:  # a missing key file is reported at use
+                log.warning("settings: %s", problem)
+        return settings
+
+
+def load_settings(path: Path) -> PluginSettings:
+    """The settings in ``path``, or the defaults where the file is missing or unreadable."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return PluginSettings()
+    except OSError as exc:
+        log.warning("settings: can't read %s (%s); using the defaults", path, exc)
+        return PluginSettings()
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        log.warning("settings: %s is not valid JSON (%s); using the defaults", path, exc)
+        return PluginSettings()
+    if not isinstance(data, dict):
+        log.warning("settings: %s does not hold a JSON object; using the defaults", path)
+        return PluginSettings()
+    return PluginSettings.from_dict(data)
+
+
+def save_settings(settings: PluginSettings, path: Path) -> None:
+    """Write ``settings`` to ``path`` atomically, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(settings.to_dict(), out, indent=2, sort_keys=True)
+            out.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def setup_logging(path: Path, level: int = logging.INFO) -> logging.Handler:
+    """Send the ``inpaintd`` loggers to a small rotating file at ``path`` (idempotent).
+
+    The plug-ins show the artist one sentence and keep the traceback here, where a bug
+    report can quote it.
+    """
+    path = Path(path)
+    root = logging.getLogger("inpaintd")
+    for handler in root.handlers:
+        if getattr(handler, "baseFilename", None) == str(path.resolve()):
+            return handler
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=1 << 20, backupCount=2,
+                                                   encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
+    return handler

@@ -1,0 +1,327 @@
+"""The Krita plug-in in real Krita (Debian's ``krita``): headless fills and the real GUI.
+
+Two Krita starts serve every test here, since each costs ~10-15 s:
+
+1. ``kritarunner`` (headless) with the plug-in installed by ``inpaintd plugin install`` into
+   a private ``XDG_DATA_HOME``: fills on U8, U16 and F32 documents with known pixels and an
+   elliptical feathered selection, PEN-Net, a group layer, a CMYK document, no selection,
+   no server, a document closed and a layer removed while the fill ran; then Krita's own
+   ``plugin_importer`` imports the ``bundle`` zip into a second private Krita.
+2. ``xvfb-run krita`` on that second Krita, where the *imported* plug-in is loaded by Krita
+   itself: the Filter menu, the action enabled only with a selection, the action triggered
+   by its id adds the layer, a screenshot, and the settings dialog's connection test.
+
+The server is a real ``inpaintd serve`` with tiny random models, and the expected pixels
+are what the protocol Client gets from it for the same crop.
+
+The tests skip only where ``kritarunner`` is missing (install: ``apt-get install krita
+python3-pyqt5 xvfb xauth``). Set ``INPAINTD_KRITA_SCREENSHOT=PATH`` to keep the GUI's
+screenshot.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from inpaintd.protocol.host_pixels import host_to_rgba, rgba_to_host
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _harness() -> Any:
+    """host_plugins/krita/testing/harness.py: installs, servers, Krita runs (not a package)."""
+    name = "inpaintd_krita_harness"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, REPO / "host_plugins" / "krita" / "testing" / "harness.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = _harness()
+
+pytestmark = [
+    pytest.mark.krita,
+    pytest.mark.skipif(shutil.which("kritarunner") is None,
+                       reason="Krita is not installed (apt-get install krita python3-pyqt5 "
+                       "xvfb xauth); these tests run real Krita"),
+]
+
+W, H = 160, 120
+ELLIPSE = [50, 40, 40, 30]
+FEATHER = 4
+MARGIN = 16
+ORDER = {"U8": "BGRA", "U16": "BGRA", "F32": "RGBA"}
+DTYPE = {"U8": np.uint8, "U16": np.uint16, "F32": np.float32}
+SCENARIOS = ["fill_depth:U8", "fill_depth:U16", "fill_depth:F32", "fill_depth:U8:pennet",
+             "group", "cmyk", "no_selection", "no_server", "closed_document", "layer_removed",
+             "import_bundle"]
+
+
+def known_pixels() -> dict[str, np.ndarray]:
+    """A gradient with noise and a few translucent pixels, at each depth."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:H, 0:W]
+    base = np.stack([xx / W, yy / H, (xx + yy) / (W + H), np.ones_like(xx, float)], -1)
+    base[..., :3] += rng.normal(0, 0.05, (H, W, 3))
+    base[::7, ::5, 3] = 0.5
+    base = np.clip(base, 0, 1)
+    out = {}
+    for depth, dtype in DTYPE.items():
+        if depth == "F32":
+            out[depth] = base.astype(np.float32)
+        else:
+            out[depth] = np.rint(base * np.iinfo(dtype).max).astype(dtype)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("krita")
+
+
+@pytest.fixture(scope="module")
+def server(tmp: Path) -> Iterator[Any]:
+    home = tmp / "inpaintd_home"
+    harness.make_tiny_models(home)
+    with harness.serve(home) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp: Path) -> Path:
+    from inpaintd.host_plugins.installer import detect_krita_python, download_wheels
+
+    dest = tmp / "wheels"
+    offline = os.environ.get("INPAINTD_WHEELS")  # a folder of wheels, for offline machines
+    download_wheels(detect_krita_python(), dest, Path(offline) if offline else None)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def pixels() -> dict[str, np.ndarray]:
+    return known_pixels()
+
+
+@pytest.fixture(scope="module")
+def headless(tmp: Path, server: Any, wheels: Path, pixels: dict[str, np.ndarray]
+             ) -> dict[str, Any]:
+    from inpaintd.host_plugins.installer import bundle_krita, detect_krita_python
+
+    home = harness.install(tmp / "headless", wheels)
+    bundle = bundle_krita(tmp / "inpaintd-krita.zip", detect_krita_python(), wheels)
+    files = {}
+    for depth, arr in pixels.items():
+        files[depth] = str(tmp / f"pixels_{depth}.bin")
+        Path(files[depth]).write_bytes(rgba_to_host(arr, ORDER[depth]))
+    config = {
+        "pykrita": str(home.pykrita), "out": str(tmp / "headless_out"),
+        "endpoint": server.endpoint, "dead_endpoint": f"tcp://127.0.0.1:{harness.free_port()}",
+        "margin": MARGIN, "width": W, "height": H, "pixels": files, "ellipse": ELLIPSE,
+        "feather": FEATHER, "import_zip": str(bundle),
+        "import_dest": str(tmp / "gui" / "data" / "krita"), "scenarios": SCENARIOS,
+    }
+    results = harness.run_headless(home, config)
+    crashed = {k: v["crashed"] for k, v in results.items()
+               if isinstance(v, dict) and "crashed" in v}
+    assert not crashed, crashed
+    return results
+
+
+def _read(entry: dict[str, Any], key: str, depth: str) -> np.ndarray:
+    return host_to_rgba(Path(entry[key]).read_bytes(), W, H, depth, ORDER[depth])
+
+
+def _selection(entry: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(Path(entry["selection"]).read_bytes(), np.uint8).reshape(H, W)
+
+
+def _check_fill(entry: dict[str, Any], source_pixels: np.ndarray, depth: str, model: str,
+                layer_name: str, endpoint: str) -> None:
+    from inpaintd.protocol import Client
+
+    assert entry["ok"], entry["message"]
+    assert entry["message"] == ""
+    assert entry["layer_name"] == layer_name and entry["layer_type"] == "paintlayer"
+    assert entry["same_parent"]
+    assert entry["layer_index"] == entry["source_index"] + 1  # directly above the source
+    assert entry["layer_colour"] == ["RGBA", depth]
+    x, y, w, h = entry["crop"]
+    sel = _selection(entry)
+    ys, xs = np.nonzero(sel)
+    assert x <= xs.min() and xs.max() < x + w and y <= ys.min() and ys.max() < y + h
+    assert x > 0 and y > 0 and x + w < W and y + h < H  # only the crop, not the canvas
+    assert len(np.unique(sel)) > 10  # really feathered
+    layer = _read(entry, "layer", depth)
+    crop_sel = sel[y:y + h, x:x + w]
+    hole = np.where(crop_sel > 0, 255, 0).astype(np.uint8)
+    with Client(endpoint) as client:
+        expected = client.inpaint(source_pixels[y:y + h, x:x + w], hole, model=model)
+    got = layer[y:y + h, x:x + w]
+    inside = crop_sel > 0
+    np.testing.assert_array_equal(got[inside][:, :3], expected[inside][:, :3])
+    opaque = 1.0 if depth == "F32" else float(np.iinfo(DTYPE[depth]).max)
+    want_alpha = crop_sel.astype(np.float32) / 255.0 * opaque
+    if depth != "F32":
+        want_alpha = np.rint(want_alpha)
+    np.testing.assert_array_equal(got[..., 3].astype(np.float64),
+                                  want_alpha.astype(DTYPE[depth]).astype(np.float64))
+    assert not layer[sel == 0].any()  # transparent (and black) outside the selection
+
+
+@pytest.mark.parametrize("depth", ["U8", "U16", "F32"])
+def test_fill_at_the_documents_depth(headless: dict[str, Any], pixels: dict[str, np.ndarray],
+                                     server: Any, depth: str) -> None:
+    entry = headless[f"fill_depth_{depth}"]
+    _check_fill(entry, pixels[depth], depth, "lama", "LaMa", server.endpoint)
+    np.testing.assert_array_equal(_read(entry, "source_after", depth), pixels[depth])
+
+
+def test_fill_with_pennet(headless: dict[str, Any], pixels: dict[str, np.ndarray],
+                          server: Any) -> None:
+    entry = headless["fill_depth_U8_pennet"]
+    _check_fill(entry, pixels["U8"], "U8", "pennet", "PEN-Net", server.endpoint)
+    np.testing.assert_array_equal(_read(entry, "source_after", "U8"), pixels["U8"])
+
+
+def test_group_layer_fills_from_its_projection(headless: dict[str, Any],
+                                               pixels: dict[str, np.ndarray],
+                                               server: Any) -> None:
+    entry = headless["group"]
+    assert entry["source_name"] == "Group"
+    assert entry["siblings"][entry["layer_index"]] == "LaMa"
+    projection = _read(entry, "projection", "U8")
+    _check_fill(entry, projection, "U8", "lama", "LaMa", server.endpoint)
+
+
+def test_cmyk_is_converted_and_back(headless: dict[str, Any]) -> None:
+    entry = headless["cmyk"]
+    assert entry["ok"], entry["message"]
+    assert entry["layer_colour"] == ["CMYKA", "U8"]
+    assert entry["layer_index"] == entry["source_index"] + 1
+
+
+@pytest.mark.parametrize("key", ["no_selection", "empty_selection"])
+def test_no_selection_gives_the_message(headless: dict[str, Any], key: str) -> None:
+    entry = headless[key]
+    assert not entry["ok"]
+    assert entry["message"] == "Nothing is selected: select the area to fill first."
+    assert entry["siblings"][:1] == ["Background"] and "LaMa" not in entry["siblings"]
+
+
+def test_no_server_gives_the_message_fast(headless: dict[str, Any]) -> None:
+    entry = headless["no_server"]
+    assert not entry["ok"]
+    assert entry["message"].startswith("Can't reach the server at tcp://127.0.0.1:")
+    assert entry["message"].endswith("(start it with `inpaintd serve`).")
+    assert entry["seconds"] < 5
+    assert "LaMa" not in entry["siblings"]
+
+
+def test_closed_document_drops_the_result(headless: dict[str, Any]) -> None:
+    entry = headless["closed_document"]
+    assert not entry["ok"] and not entry["open"]
+    assert entry["message"] == ("The image was closed before the fill arrived, so nothing "
+                                "was changed.")
+
+
+def test_removed_layer_drops_the_result(headless: dict[str, Any]) -> None:
+    entry = headless["layer_removed"]
+    assert not entry["ok"]
+    assert entry["message"] == ("The layer was removed before the fill arrived, so nothing "
+                                "was changed.")
+    assert "LaMa" not in entry["siblings"] and "Doomed" not in entry["siblings"]
+
+
+def test_kritas_importer_accepts_the_bundle(headless: dict[str, Any]) -> None:
+    entry = headless["import_bundle"]
+    assert entry["imported"] == ["inpaintd_krita"]
+    assert "actions/inpaintd_krita.action" in entry["files"]
+    assert "pykrita/inpaintd_krita.desktop" in entry["files"]
+    assert "pykrita/inpaintd_krita/__init__.py" in entry["files"]
+
+
+# --- the real GUI, with the imported plug-in -------------------------------------------
+
+@pytest.fixture(scope="module")
+def gui(tmp: Path, headless: dict[str, Any], server: Any) -> dict[str, Any]:
+    from PIL import Image
+
+    from inpaintd.host_plugins.installer import enable_in_kritarc
+    from inpaintd.protocol.plugin_settings import PluginSettings, save_settings
+
+    home = harness.KritaHome(tmp / "gui")
+    assert (home.pykrita / "inpaintd_krita" / "__init__.py").is_file()  # imported above
+    enable_in_kritarc(home.kritarc)  # what the importer's "Enable plugins now?" does
+    save_settings(PluginSettings(endpoint=server.endpoint),
+                  home.config / "inpaintd" / "krita.json")
+    yy, xx = np.mgrid[0:480, 0:640]
+    image = np.stack([xx * 255 // 640, yy * 255 // 480, np.full_like(xx, 128)], -1)
+    Image.fromarray(image.astype(np.uint8)).save(tmp / "image.png")
+    results = harness.run_gui(home, {"out": str(tmp / "gui_out"), "image": str(tmp / "image.png"),
+                                     "ellipse": [420, 260, 140, 110], "feather": 8,
+                                     "timeout": 60})
+    assert "error" not in results, results["error"]
+    keep = os.environ.get("INPAINTD_KRITA_SCREENSHOT")
+    if keep and results.get("screenshot"):
+        shutil.copy2(results["screenshot"], keep)
+    return results
+
+
+def test_gui_filter_menu_ends_with_our_actions(gui: dict[str, Any]) -> None:
+    menu = gui["filter_menu"]
+    assert menu is not None, "no Filter menu found"
+    assert menu[-3:] == ["Inpaint (LaMa)", "Inpaint (PEN-Net)", "Inpaint settings..."]
+
+
+def test_gui_action_enabled_only_with_a_selection(gui: dict[str, Any]) -> None:
+    assert gui["enabled_without_selection"] is False
+    assert gui["enabled_with_selection"] is True
+
+
+def test_gui_action_by_id_adds_the_layer(gui: dict[str, Any]) -> None:
+    assert not gui.get("timed_out"), gui
+    before, after = gui["layers_before"], gui["layers_after"]
+    assert after == before[:1] + ["LaMa"] + before[1:]  # just above Background
+    assert Path(gui["screenshot"]).stat().st_size > 10_000
+
+
+def test_gui_settings_dialog_tests_the_connection(gui: dict[str, Any], server: Any) -> None:
+    assert gui["settings_endpoint"] == server.endpoint  # read from the settings file
+    assert gui["test_connection"].startswith("Connected to inpaintd")
+    assert "lama" in gui["test_connection"]
+
+
+def test_gui_no_server_shows_one_sentence(gui: dict[str, Any]) -> None:
+    message = gui["dead_server_message"]
+    assert message is not None, "no message box appeared"
+    assert message.startswith("Can't reach the server at tcp://127.0.0.1:")
+    assert message.endswith("(start it with `inpaintd serve`).")
+    assert gui["dead_server_seconds"] < 10
+
+
+def test_gui_cancel_in_the_progress_dialog(gui: dict[str, Any]) -> None:
+    """A silent server keeps the fill waiting; Cancel ends it at once, changing nothing."""
+    assert gui["progress_dialog_text"], "the progress dialog never appeared"
+    assert gui["cancel_state"] == "cancelled"
+    assert gui["cancel_message"] == "The fill was cancelled."
+    assert gui["cancel_seconds"] < 2
+    assert gui["cancel_boxes"] == []  # the artist pressed Cancel: no message box
+    assert gui["layers_after_cancel"] == gui["layers_before_cancel"]
+
+
+def test_gui_one_undo_removes_the_fill(gui: dict[str, Any]) -> None:
+    assert gui["layers_after_undo"] == gui["layers_before"]
+    assert gui["background_is_the_image"]
