@@ -1,4 +1,4 @@
-"""Install the Krita plug-in, or bundle it as a zip for Krita's own importer.
+"""Install the Krita and GIMP plug-ins, or bundle them as zips (GIMP: at the end).
 
 What a working install needs, and why it is more than a copy:
 
@@ -34,7 +34,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from inpaintd.protocol.errors import InpaintdError
 
@@ -42,7 +42,8 @@ log = logging.getLogger("inpaintd.plugin")
 
 __all__ = ["PLUGIN_NAME", "Target", "PluginInstallError", "krita_resource_dir", "kritarc_path",
            "detect_krita_python", "expand_platform", "build_tree", "install_krita",
-           "bundle_krita", "enable_in_kritarc"]
+           "bundle_krita", "enable_in_kritarc", "GIMP_PLUGIN", "gimp_plugin_dir",
+           "detect_gimp_python", "build_gimp_tree", "install_gimp", "bundle_gimp"]
 
 PLUGIN_NAME = "inpaintd_krita"
 KRITA_SOURCE = Path(__file__).resolve().parent / "krita"
@@ -220,10 +221,11 @@ def detect_krita_python() -> Target:
 
 
 def make_target(python_version: Optional[str], platform: Optional[str],
-                with_numpy: Optional[bool] = None) -> Target:
-    """A Target from the options, detecting what is not given."""
+                with_numpy: Optional[bool] = None,
+                detect: Callable[[], Target] = detect_krita_python) -> Target:
+    """A Target from the options, detecting (with ``detect``) what is not given."""
     if python_version is None and platform is None:
-        target = detect_krita_python()
+        target = detect()
     else:
         if not python_version or not platform:
             raise PluginInstallError("--python-version and --platform go together")
@@ -285,21 +287,33 @@ def build_tree(target: Target, root: Path, wheels_dir: Optional[Path] = None) ->
     shutil.copytree(KRITA_SOURCE / PLUGIN_NAME, module, ignore=_SKIP)
     shutil.copy2(KRITA_SOURCE / f"{PLUGIN_NAME}.desktop", root / f"{PLUGIN_NAME}.desktop")
     shutil.copy2(KRITA_SOURCE / f"{PLUGIN_NAME}.action", root / f"{PLUGIN_NAME}.action")
-    vendor = module / "_vendor"
+    vendor_into(module / "_vendor", target, wheels_dir)
+    return module
+
+
+def vendor_into(vendor: Path, target: Optional[Target], wheels_dir: Optional[Path] = None
+                ) -> None:
+    """``inpaintd.protocol`` and the dependencies' wheels for ``target``, unpacked into
+    ``vendor`` (both plug-ins). ``target=None``: the protocol only, for a Python that
+    already has pyzmq, msgpack and numpy (a distribution's GIMP with its packages)."""
     protocol = vendor / "inpaintd" / "protocol"
     protocol.mkdir(parents=True)
     for src in sorted(_protocol_source().glob("*.py")):
         shutil.copy2(src, protocol / src.name)
-    with tempfile.TemporaryDirectory(prefix="inpaintd-wheels-") as tmp:
-        wheels = download_wheels(target, Path(tmp), wheels_dir)
-        for wheel in wheels:
-            with zipfile.ZipFile(wheel) as zf:
-                zf.extractall(vendor)
-        _prune(vendor)
-        manifest = {"python_version": target.python_version, "platforms": list(target.platforms),
-                    "wheels": [w.name for w in wheels], "notes": list(target.notes)}
+    if target is None:
+        manifest = {"python_version": None, "wheels": [],
+                    "notes": ["dependencies: the target Python's own"]}
+    else:
+        with tempfile.TemporaryDirectory(prefix="inpaintd-wheels-") as tmp:
+            wheels = download_wheels(target, Path(tmp), wheels_dir)
+            for wheel in wheels:
+                with zipfile.ZipFile(wheel) as zf:
+                    zf.extractall(vendor)
+            _prune(vendor)
+            manifest = {"python_version": target.python_version,
+                        "platforms": list(target.platforms),
+                        "wheels": [w.name for w in wheels], "notes": list(target.notes)}
     (vendor / "VENDORED.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return module
 
 
 def _prune(vendor: Path) -> None:
@@ -443,3 +457,134 @@ def main_bundle(output: str, python_version: str, platform: str, wheels: Optiona
     return (f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) for Krita with "
             f"{target.label}\nin Krita: Tools > Scripts > Import Python Plugin from File..., "
             f"pick this zip, enable it, restart Krita")
+
+
+# --- GIMP 3 ---------------------------------------------------------------------------
+#
+# GIMP 3 runs a Python plug-in as its own process: ``plug-ins/NAME/NAME.py``, executable,
+# started with the interpreter of its ``#!`` line (``/usr/bin/env python3``: the system's
+# Python on Linux, the Python GIMP bundles on Windows and macOS). That Python has PyGObject
+# but not pyzmq or msgpack (often numpy on Linux), so the same vendoring as Krita's applies,
+# into ``plug-ins/inpaintd-gimp/_vendor/``.
+
+GIMP_PLUGIN = "inpaintd-gimp"
+GIMP_SOURCE = Path(__file__).resolve().parent / "gimp" / GIMP_PLUGIN
+GIMP_VERSION = "3.0"
+
+
+def gimp_plugin_dir() -> Path:
+    """GIMP 3's per-user ``plug-ins`` folder.
+
+    Linux: ``$XDG_CONFIG_HOME/GIMP/3.0/plug-ins`` (or Flatpak's
+    ``~/.var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins`` when only that exists); Windows:
+    ``%APPDATA%\\GIMP\\3.0\\plug-ins``; macOS: ``~/Library/Application Support/GIMP/3.0/plug-ins``.
+    """
+    home = Path.home()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming")
+        return base / "GIMP" / GIMP_VERSION / "plug-ins"
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "GIMP" / GIMP_VERSION / "plug-ins"
+    native = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "GIMP" / GIMP_VERSION
+    flatpak = home / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP" / GIMP_VERSION
+    if not native.exists() and flatpak.exists() and "XDG_CONFIG_HOME" not in os.environ:
+        return flatpak / "plug-ins"
+    return native / "plug-ins"
+
+
+def detect_gimp_python() -> Target:
+    """The Python a local (Linux, distribution-packaged) GIMP 3 runs plug-ins with: the
+    system's ``/usr/bin/python3``, which must have PyGObject; numpy is vendored only when
+    it lacks numpy. Elsewhere, pass ``--python-version`` and ``--platform``."""
+    import platform as _platform
+
+    python = Path("/usr/bin/python3")
+    if sys.platform.startswith("linux") and python.is_file():
+        try:
+            proc = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % "
+                                   "sys.version_info[:2])"], capture_output=True, text=True,
+                                  timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            proc = None
+        if proc is not None and proc.returncode == 0:
+            version = proc.stdout.strip()
+            machine = _platform.machine().lower()
+            arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+            return Target(version, _linux_platforms(arch), with_numpy=not _has_numpy(str(python)),
+                          notes=(f"GIMP's Python: {python} ({version})",))
+    raise PluginInstallError(
+        "could not find the Python GIMP runs plug-ins with; pass --python-version (GIMP "
+        "3.0's own on Windows and macOS: 3.12, see docs/gimp.md) and --platform")
+
+
+def build_gimp_tree(target: Optional[Target], root: Path, wheels_dir: Optional[Path] = None
+                    ) -> Path:
+    """Write ``inpaintd-gimp/`` (script executable, ``_vendor/`` filled) into ``root``.
+
+    ``target=None`` vendors the protocol only, for a GIMP whose Python already has pyzmq,
+    msgpack and numpy (a distribution's packages)."""
+    script = GIMP_SOURCE / f"{GIMP_PLUGIN}.py"
+    if not script.is_file():
+        raise PluginInstallError(f"the GIMP plug-in's files are missing from {GIMP_SOURCE}")
+    folder = root / GIMP_PLUGIN
+    shutil.copytree(GIMP_SOURCE, folder, ignore=_SKIP)
+    (folder / script.name).chmod(0o755)
+    vendor_into(folder / "_vendor", target, wheels_dir)
+    return folder
+
+
+def install_gimp(gimp_dir: Optional[Path] = None, target: Optional[Target] = None,
+                 wheels_dir: Optional[Path] = None, *, vendor_wheels: bool = True) -> Path:
+    """Install (or replace) the plug-in in GIMP 3's ``plug-ins`` folder; returns its folder.
+
+    ``gimp_dir``: the ``plug-ins`` folder (default: :func:`gimp_plugin_dir`).
+    ``vendor_wheels=False``: vendor the protocol only (the target Python has the rest)."""
+    plugins = Path(gimp_dir).expanduser() if gimp_dir else gimp_plugin_dir()
+    if vendor_wheels:
+        target = target or detect_gimp_python()
+    plugins.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".inpaintd-install-", dir=plugins) as tmp:
+        staged = build_gimp_tree(target if vendor_wheels else None, Path(tmp), wheels_dir)
+        folder = plugins / GIMP_PLUGIN
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staged, folder)
+    return folder
+
+
+def bundle_gimp(output: Path, target: Target, wheels_dir: Optional[Path] = None) -> Path:
+    """A zip holding ``inpaintd-gimp/``, to unpack into GIMP 3's ``plug-ins`` folder."""
+    output = Path(output)
+    with tempfile.TemporaryDirectory(prefix="inpaintd-bundle-") as tmp:
+        root = Path(tmp)
+        build_gimp_tree(target, root, wheels_dir)
+        partial = output.with_name(output.name + ".partial")
+        _zip_tree(root, partial, [GIMP_PLUGIN])
+        os.replace(partial, output)
+    return output
+
+
+def main_install_gimp(gimp_dir: Optional[str], python_version: Optional[str],
+                      platform: Optional[str], wheels: Optional[str],
+                      numpy: Optional[bool]) -> str:
+    """``inpaintd plugin install gimp``: returns the text to print."""
+    target = make_target(python_version, platform, numpy, detect=detect_gimp_python)
+    folder = install_gimp(Path(gimp_dir) if gimp_dir else None, target,
+                          Path(wheels) if wheels else None)
+    lines = [f"installed the GIMP plug-in in {folder}",
+             f"  built for {target.label}" + ("" if target.with_numpy else
+                                               " (numpy: GIMP's Python's own)")]
+    lines += [f"  {note}" for note in target.notes]
+    lines.append("restart GIMP, then use Filters > Enhance > Inpaint (LaMa) with a selection "
+                 "(start the server with `inpaintd serve`)")
+    return "\n".join(lines)
+
+
+def main_bundle_gimp(output: str, python_version: str, platform: str, wheels: Optional[str],
+                     numpy: Optional[bool]) -> str:
+    """``inpaintd plugin bundle gimp``: returns the text to print."""
+    target = make_target(python_version, platform, True if numpy is None else numpy)
+    path = bundle_gimp(Path(output), target, Path(wheels) if wheels else None)
+    return (f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) for GIMP 3 with "
+            f"{target.label}\nunpack it into GIMP's plug-ins folder (Edit > Preferences > "
+            f"Folders > Plug-ins shows it) so that it holds {GIMP_PLUGIN}/, restart GIMP")

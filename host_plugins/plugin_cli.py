@@ -1,4 +1,4 @@
-"""``inpaintd plugin install krita`` and ``inpaintd plugin bundle krita``.
+"""``inpaintd plugin install krita|gimp`` and ``inpaintd plugin bundle krita|gimp``.
 
 ``add_plugin_parser(subparsers)`` registers the ``plugin`` command on the main ``inpaintd``
 parser; the work is in :mod:`inpaintd.host_plugins.installer`. Kept apart so that the CLI
@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 __all__ = ["add_plugin_parser", "main"]
 
-HOSTS = ("krita",)
+HOSTS = ("krita", "gimp")
 
 
 def _numpy(args: argparse.Namespace) -> Optional[bool]:
@@ -22,23 +22,31 @@ def _numpy(args: argparse.Namespace) -> Optional[bool]:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from .installer import main_install
+    from .installer import main_install, main_install_gimp
 
+    if args.host == "gimp":
+        print(main_install_gimp(args.gimp_dir, args.python_version, args.platform,
+                                args.wheels, _numpy(args)))
+        return 0
     print(main_install(args.krita_dir, args.python_version, args.platform, args.kritarc,
                        args.wheels, _numpy(args), enable=not args.no_enable))
     return 0
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from .installer import main_bundle
+    from .installer import main_bundle, main_bundle_gimp
 
+    if args.host == "gimp":
+        print(main_bundle_gimp(args.output, args.python_version, args.platform, args.wheels,
+                               _numpy(args)))
+        return 0
     print(main_bundle(args.output, args.python_version, args.platform, args.wheels,
                       _numpy(args)))
     return 0
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("host", choices=HOSTS, help="the application (only krita for now)")
+    p.add_argument("host", choices=HOSTS, help="the application: krita or gimp (GIMP 3)")
     p.add_argument("--wheels", metavar="DIR",
                    help="take the dependency wheels from DIR only (offline); by default pip "
                    "downloads them from PyPI")
@@ -50,36 +58,43 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_plugin_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``plugin install`` and ``plugin bundle`` on the ``inpaintd`` parser."""
     p = sub.add_parser("plugin", help="install or bundle the host plug-ins",
-                       description="Install the Krita plug-in with the libraries built for "
-                       "Krita's own Python, or bundle it as a zip for Krita's "
-                       "Import Python Plugin from File.")
+                       description="Install the Krita or GIMP 3 plug-in with the libraries "
+                       "built for that application's Python, or bundle it as a zip for "
+                       "another machine.")
     psub = p.add_subparsers(dest="plugin_command", required=True, metavar="COMMAND")
 
-    inst = psub.add_parser("install", help="install into the local Krita and enable it",
-                           description="Copy the plug-in into Krita's pykrita folder, vendor "
-                           "pyzmq, msgpack, zstandard (and numpy if needed) built for "
-                           "Krita's Python, and enable it in kritarc. Restart Krita after.")
+    inst = psub.add_parser("install", help="install into the local Krita or GIMP",
+                           description="Krita: copy the plug-in into Krita's pykrita folder, "
+                           "vendor pyzmq, msgpack, zstandard (and numpy if needed) built for "
+                           "Krita's Python, and enable it in kritarc. GIMP: the same into "
+                           "GIMP 3's plug-ins folder. Restart the application after.")
     _common(inst)
     inst.add_argument("--krita-dir", metavar="DIR",
                       help="Krita's resource folder, the one holding pykrita/ (default: "
                       "detected: ~/.local/share/krita, %%APPDATA%%\\krita, ...)")
+    inst.add_argument("--gimp-dir", metavar="DIR",
+                      help="GIMP 3's plug-ins folder (default: detected: "
+                      "~/.config/GIMP/3.0/plug-ins, %%APPDATA%%\\GIMP\\3.0\\plug-ins, ...)")
     inst.add_argument("--kritarc", metavar="FILE",
                       help="the kritarc to enable the plug-in in (default: detected)")
     inst.add_argument("--python-version", metavar="X.Y",
-                      help="Krita's Python version (default: detected from the local Krita)")
+                      help="the application's Python version (default: detected from the "
+                      "local Krita, or /usr/bin/python3 for GIMP)")
     inst.add_argument("--platform", metavar="TAG",
-                      help="pip platform tag for Krita's Python, e.g. linux_x86_64, "
+                      help="pip platform tag for that Python, e.g. linux_x86_64, "
                       "win_amd64, macosx_arm64 (with --python-version)")
     inst.add_argument("--no-enable", action="store_true", help="do not edit kritarc")
     inst.set_defaults(func=cmd_install)
 
-    bun = psub.add_parser("bundle", help="a zip for Krita's Import Python Plugin from File",
+    bun = psub.add_parser("bundle", help="a zip of the plug-in for another machine",
                           description="Build the plug-in with its libraries for another "
-                          "machine's Krita: Tools > Scripts > Import Python Plugin from "
-                          "File takes the zip.")
+                          "machine's Krita (Tools > Scripts > Import Python Plugin from "
+                          "File takes the zip) or GIMP 3 (unpack the zip into its plug-ins "
+                          "folder).")
     _common(bun)
     bun.add_argument("--python-version", required=True, metavar="X.Y",
-                     help="that Krita's Python: 3.10 for Krita 5.2, see docs/krita.md")
+                     help="that application's Python: 3.10 for Krita 5.2 (docs/krita.md), "
+                     "GIMP 3.0's own (docs/gimp.md)")
     bun.add_argument("--platform", required=True, metavar="TAG",
                      help="win_amd64, macosx_arm64, macosx_x86_64, linux_x86_64, or any "
                      "pip platform tag")

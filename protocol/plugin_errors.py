@@ -47,15 +47,19 @@ class PluginError(Exception):
     """A condition the plug-in reports to the artist as it is: the message is the sentence."""
 
 
-def unsupported_colour(model: str, depth: str) -> str:
+#: Where each host's menu converts an image to RGB (for :func:`unsupported_colour`).
+CONVERT_MENU = {"krita": "Image > Convert Image Color Space", "gimp": "Image > Mode > RGB"}
+
+
+def unsupported_colour(model: str, depth: str, host: str = "krita") -> str:
+    menu = CONVERT_MENU.get(host, CONVERT_MENU["krita"])
     return (f"This image's colour model ({model}, {depth}) can't be converted for "
-            f"inpainting; convert the image to RGB (Image > Convert Image Color Space) "
-            f"and try again.")
+            f"inpainting; convert the image to RGB ({menu}) and try again.")
 
 
-def missing_libraries(detail: str) -> str:
+def missing_libraries(detail: str, host: str = "krita") -> str:
     return (f"The plug-in's libraries could not be loaded ({detail}); reinstall it with "
-            f"`inpaintd plugin install krita`.")
+            f"`inpaintd plugin install {host}`.")
 
 
 def describe_reach(reach: Reach, endpoint: str) -> str:
@@ -84,8 +88,9 @@ def _one_sentence(text: str) -> str:
 
 
 def describe_error(exc: BaseException, endpoint: str,
-                   log_file: Optional[Path] = None) -> str:
-    """One sentence for any exception a fill or a connection check can raise."""
+                   log_file: Optional[Path] = None, host: str = "krita") -> str:
+    """One sentence for any exception a fill or a connection check can raise (``host``
+    names the plug-in to reinstall when its libraries are missing)."""
     where = f"the server at {endpoint}"
     if isinstance(exc, PluginError):
         return str(exc)
@@ -118,6 +123,6 @@ def describe_error(exc: BaseException, endpoint: str,
     if isinstance(exc, InpaintdError):
         return f"{where[0].upper()}{where[1:]} could not fill: {_one_sentence(exc.message)}."
     if isinstance(exc, ImportError):
-        return missing_libraries(_one_sentence(str(exc)))
+        return missing_libraries(_one_sentence(str(exc)), host)
     see = f" (details in {log_file})" if log_file is not None else " (details in the log)"
     return f"Something went wrong in the inpaint plug-in{see}."
