@@ -16,10 +16,8 @@ root), saying why.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,26 +27,14 @@ import pytest
 
 from inpaintd.protocol.geometry import Bounds
 from inpaintd.protocol.host_pixels import result_layer
+from plugin_testing import gimp_harness, krita_harness
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, path: Path) -> Any:
-    """A testing module of the plug-ins (not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 #: Servers and tiny models: the Krita tests' helpers.
-servers = _load("inpaintd_krita_harness",
-                REPO / "host_plugins" / "krita" / "testing" / "harness.py")
-gimp = _load("inpaintd_gimp_harness", REPO / "host_plugins" / "gimp" / "testing" / "harness.py")
+servers = krita_harness()
+gimp = gimp_harness()
 
 pytestmark = [
     pytest.mark.gimp,

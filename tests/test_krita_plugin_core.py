@@ -7,9 +7,7 @@ plug-in's tests can lean on the same guarantees.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -46,25 +44,11 @@ from inpaintd.protocol.plugin_settings import (
     settings_path,
     setup_logging,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _harness() -> Any:
-    """host_plugins/krita/testing/harness.py: servers with tiny models (not a package)."""
-    name = "inpaintd_krita_harness"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, REPO / "host_plugins" / "krita" / "testing" / "harness.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from plugin_testing import krita_harness
 
 
-harness = _harness()
+
+harness = krita_harness()
 
 
 # --- settings ------------------------------------------------------------------------

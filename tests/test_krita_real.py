@@ -21,10 +21,8 @@ screenshot.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,25 +30,11 @@ import numpy as np
 import pytest
 
 from inpaintd.protocol.host_pixels import host_to_rgba, rgba_to_host
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _harness() -> Any:
-    """host_plugins/krita/testing/harness.py: installs, servers, Krita runs (not a package)."""
-    name = "inpaintd_krita_harness"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, REPO / "host_plugins" / "krita" / "testing" / "harness.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from plugin_testing import krita_harness
 
 
-harness = _harness()
+
+harness = krita_harness()
 
 pytestmark = [
     pytest.mark.krita,
