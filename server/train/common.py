@@ -155,3 +155,37 @@ def export_weights(state_dict: Mapping[str, torch.Tensor], card: dict[str, Any],
     path.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n",
                                          encoding="utf-8")
     return path
+
+
+class TaskState:
+    """Checkpoint state shared by the LaMa and PEN-Net tasks: generator, optimiser, weight
+    average and, when the recipe has one, the discriminator with its optimiser.
+
+    Subclasses set ``gen``, ``opt``, ``ema``, ``disc`` and ``d_opt``.
+    """
+
+    gen: Any
+    opt: Any
+    ema: Any
+    disc: Any = None
+    d_opt: Any = None
+
+    def state_dict(self) -> dict[str, Any]:
+        sd: dict[str, Any] = {"gen": self.gen.state_dict(), "opt": self.opt.state_dict(),
+                              "ema": self.ema.state_dict()}
+        if self.disc is not None and self.d_opt is not None:
+            sd["disc"] = self.disc.state_dict()
+            sd["d_opt"] = self.d_opt.state_dict()
+        return sd
+
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+        self.gen.load_state_dict(sd["gen"])
+        self.opt.load_state_dict(sd["opt"])
+        self.ema.load_state_dict(sd["ema"])
+        if self.disc is not None and self.d_opt is not None:
+            if "disc" in sd:
+                self.disc.load_state_dict(sd["disc"])
+                self.d_opt.load_state_dict(sd["d_opt"])
+            else:
+                logging.getLogger(__name__).info(
+                    "checkpoint has no discriminator: starting a fresh one")

@@ -26,7 +26,7 @@ import torch.nn as nn
 from inpaintd.protocol.errors import BadInputError
 from inpaintd.server.models.lama import FFCResNetGenerator, LamaConfig
 
-from .common import EMA, cosine_lr
+from .common import EMA, TaskState, cosine_lr
 from .discriminators import NLayerDiscriminator
 from .losses import (feature_matching_loss, masked_l1, nonsaturating_discriminator_loss,
                      nonsaturating_generator_loss)
@@ -52,7 +52,7 @@ def pad_to_multiple(arr: np.ndarray, mod: int) -> tuple[np.ndarray, int, int]:
     return np.pad(arr, pad, mode="symmetric"), h, w
 
 
-class LamaTask:
+class LamaTask(TaskState):
     """Generator, optimiser, weight average and (optional) discriminator of a LaMa run."""
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -185,23 +185,4 @@ class LamaTask:
     def model_config_dict(self) -> dict[str, Any]:
         return self.model_config.to_dict()
 
-    # -- state ---------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        sd: dict[str, Any] = {"gen": self.gen.state_dict(), "opt": self.opt.state_dict(),
-                              "ema": self.ema.state_dict()}
-        if self.disc is not None and self.d_opt is not None:
-            sd["disc"] = self.disc.state_dict()
-            sd["d_opt"] = self.d_opt.state_dict()
-        return sd
-
-    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
-        self.gen.load_state_dict(sd["gen"])
-        self.opt.load_state_dict(sd["opt"])
-        self.ema.load_state_dict(sd["ema"])
-        if self.disc is not None and self.d_opt is not None:
-            if "disc" in sd:
-                self.disc.load_state_dict(sd["disc"])
-                self.d_opt.load_state_dict(sd["d_opt"])
-            else:
-                log.info("checkpoint has no discriminator: starting a fresh one")
+    # -- state: TaskState.state_dict / load_state_dict ----------------------------------

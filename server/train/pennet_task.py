@@ -25,7 +25,7 @@ from PIL import Image
 from inpaintd.protocol.errors import BadInputError
 from inpaintd.server.models.pennet import InpaintGenerator
 
-from .common import EMA, cosine_lr
+from .common import EMA, TaskState, cosine_lr
 from .discriminators import PennetDiscriminator
 from .lama_task import autocast_ctx
 from .losses import (hinge_discriminator_loss, hinge_generator_loss, pennet_hole_valid_l1,
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 SIZE = 256
 
 
-class PennetTask:
+class PennetTask(TaskState):
     """Generator, discriminator, optimisers and weight average of a PEN-Net run."""
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -147,18 +147,3 @@ class PennetTask:
     def model_config_dict(self) -> dict[str, Any]:
         return {"cnum": self.cnum}
 
-    def state_dict(self) -> dict[str, Any]:
-        sd: dict[str, Any] = {"gen": self.gen.state_dict(), "opt": self.opt.state_dict(),
-                              "ema": self.ema.state_dict()}
-        if self.disc is not None and self.d_opt is not None:
-            sd["disc"] = self.disc.state_dict()
-            sd["d_opt"] = self.d_opt.state_dict()
-        return sd
-
-    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
-        self.gen.load_state_dict(sd["gen"])
-        self.opt.load_state_dict(sd["opt"])
-        self.ema.load_state_dict(sd["ema"])
-        if self.disc is not None and self.d_opt is not None and "disc" in sd:
-            self.disc.load_state_dict(sd["disc"])
-            self.d_opt.load_state_dict(sd["d_opt"])
