@@ -198,24 +198,10 @@ def add_server_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The server commands alone (``python -m inpaintd.server.serve_cli``), same behaviour
-    as ``inpaintd``: one line on stderr and a non-zero status for any error."""
-    from inpaintd.protocol.errors import InpaintdError
+    """``python -m inpaintd.server.serve_cli``: the same as ``inpaintd``, one parser."""
+    from .cli import main as inpaintd_main
 
-    parser = argparse.ArgumentParser(prog="inpaintd")
-    parser.add_argument("-q", "--quiet", action="store_true")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    add_server_parsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="inpaintd: %(levelname)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except InpaintdError as exc:
-        print(f"inpaintd: error: {exc}", file=sys.stderr)
-        return exc.exit_status
-    except KeyboardInterrupt:
-        return 130
+    return inpaintd_main(argv)
 
 
 if __name__ == "__main__":
