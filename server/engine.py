@@ -79,6 +79,10 @@ class Job:
     end_error: Optional[InpaintdError] = None
     #: ``(route, cancel request id)`` of cancels answered when the running job ends.
     cancel_replies: list[tuple[bytes, str]] = field(default_factory=list)
+    #: The latest ``progress`` fields sent, and when: the front end repeats them while the
+    #: job waits or runs, which is how it notices a client that went away (SPEC 4.3).
+    last_progress: Optional[dict[str, Any]] = None
+    progress_sent_at: float = 0.0
 
     @property
     def key(self) -> tuple[str, str]:

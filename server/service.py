@@ -54,6 +54,11 @@ RCVHWM = 32
 SNDHWM = 1000
 #: A peer whose replies could not be delivered for this long is dropped.
 OUTBOX_TIMEOUT_S = 60.0
+#: A waiting or running job's latest progress is repeated after this long without one. A
+#: client killed mid-job (GIMP kills a plug-in whose progress the user cancels; an artist
+#: closes Krita) closes its connection without a word; the repeat is what fails with
+#: ``EHOSTUNREACH`` and cancels its jobs, so the GPU stops working for nobody.
+KEEPALIVE_S = 1.0
 #: Most messages read from the socket per loop turn, so worker events are never starved.
 RECV_BATCH = 256
 _UNSAFE_LABEL = re.compile(r"[^A-Za-z0-9._+:-]+")
@@ -330,6 +335,7 @@ class Server:
         now = time.monotonic()
         self.engine.tick(now)
         self._expire_uploads(now)
+        self._keepalive(now)
         if self._outbox:
             self._flush_outbox()
 
@@ -512,6 +518,17 @@ class Server:
                     and now - j.last_activity > limit]:
             self._fail_now(job, RequestTimeoutError(f"the upload stalled for {limit:g} s"))
 
+    def _keepalive(self, now: float) -> None:
+        """Repeat the latest progress of jobs that have been quiet for :data:`KEEPALIVE_S`."""
+        for job in [j for j in self.jobs.values()
+                    if j.state in (JobState.QUEUED, JobState.RUNNING)
+                    and j.last_progress is not None and j.end_error is None
+                    and now - j.progress_sent_at >= KEEPALIVE_S]:
+            if job.route in self._outbox:  # not reading yet; the outbox times it out
+                job.progress_sent_at = now
+                continue
+            self._send_progress(job, job.last_progress, now)
+
     # --- engine events (EngineListener) -------------------------------------------------
 
     def job_progress(self, job: Job, stage: str, fraction: float, message: str,
@@ -520,6 +537,11 @@ class Server:
                                   "message": message}
         if position is not None:
             fields["position"] = position
+        self._send_progress(job, fields, time.monotonic())
+
+    def _send_progress(self, job: Job, fields: dict[str, Any], now: float) -> None:
+        job.last_progress = fields
+        job.progress_sent_at = now
         self._send(job.route, header("progress", re=job.request_id, boot_id=self.boot_id,
                                      **fields))
 

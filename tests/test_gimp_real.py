@@ -17,7 +17,11 @@ root), saying why.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -148,6 +152,109 @@ def dialog(root: Path, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[d
         yield results
     finally:
         home.cleanup()
+
+
+def _home_with(root: Path, pixels: dict[str, np.ndarray], **config: Any) -> Any:
+    """A GIMP home with the U8 pixels, the scenarios script and ``config.json``."""
+    home = gimp.new_home(root)
+    (home.path / "pixels_U8.bin").write_bytes(pixels["U8"].tobytes())
+    shutil.copy2(REPO / "host_plugins" / "gimp" / "testing" / "gimp_scenarios.py",
+                 home.path / "gimp_scenarios.py")
+    config = {"out": f"{home.inside}/out", "width": W, "height": H,
+              "pixels": {"U8": f"{home.inside}/pixels_U8.bin"}, "ellipse": ELLIPSE,
+              "feather": FEATHER, "margin": MARGIN, **config}
+    (home.path / "config.json").write_text(json.dumps(config))
+    return home
+
+
+def _script(home: Any) -> tuple[str, dict[str, str]]:
+    return (f"exec(open('{home.inside}/gimp_scenarios.py').read())",
+            {"INPAINTD_GIMP_CONFIG": f"{home.inside}/config.json"})
+
+
+def _results(home: Any, key: str, status: int, output: str) -> dict[str, Any]:
+    results_file = home.path / "out" / "results.json"
+    assert results_file.is_file(), f"GIMP exited {status} without results:\n{output}"
+    entry = json.loads(results_file.read_text())[key]
+    assert "crashed" not in entry, entry["crashed"]
+    return {**entry, "_output": output, "_status": status}
+
+
+@pytest.fixture(scope="module")
+def undo(root: Path, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+    """GIMP's full GUI on Xvfb: fill through the PDB, then one Ctrl+Z in the image window."""
+    home = _home_with(root, pixels, mode="undo", endpoint=server.endpoint, wait_s=60)
+    ready = f"{home.inside}/ready"
+    config = json.loads((home.path / "config.json").read_text())
+    (home.path / "config.json").write_text(json.dumps({**config, "ready": ready}))
+    try:
+        code, env = _script(home)
+        status, output, pressed = gimp.run_gui_pressing(home, code, ready, "Untitled",
+                                                        "ctrl+z", env=env)
+        assert pressed, f"the image window never appeared:\n{output}"
+        yield _results(home, "undo", status, output)
+    finally:
+        home.cleanup()
+
+
+def test_one_undo_removes_the_layer(undo: dict[str, Any]) -> None:
+    """One Ctrl+Z takes the image back to where it was: the layer gone, the source and the
+    selection as they were, and the image clean again (so the fill was one undo step, not
+    a layer plus a pixel write that a second Ctrl+Z would have to undo)."""
+    assert undo["status"] == "success", undo["_output"]
+    assert undo["layers_after_fill"] == ["Top", "LaMa", "Background"]
+    assert undo["dirty_after_fill"] is True
+    assert undo["layers_after_undo"] == ["Top", "Background"], undo["_output"]
+    assert undo["dirty_after_undo"] is False
+    assert undo["source_unchanged"] and undo["selection_unchanged"]
+    assert "Traceback" not in undo["_output"]
+
+
+def test_plugin_killed_mid_job_cancels_it_on_the_server(
+        root: Path, pixels: dict[str, np.ndarray], tmp_path: Path) -> None:
+    """Cancelling a plug-in's progress in GIMP 3.0 kills the plug-in (SIGKILL) before it can
+    say anything. The server must notice on its own and drop the job, not run it for no
+    one. The worker is held stopped, so the job is still in it when the plug-in dies."""
+    from inpaintd.protocol import Client
+
+    servers.make_tiny_models(tmp_path)
+    with servers.serve(tmp_path, "--hang-timeout", "60") as srv:
+        with Client(srv.endpoint, timeout=30) as c:
+            worker = c.status()["worker"]["pid"]
+        home = _home_with(root, pixels, mode="killed", endpoint=srv.endpoint)
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            code, env = _script(home)
+            proc = subprocess.Popen(gimp._in_root(home, env, *gimp._batch(code)),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, start_new_session=True)
+            with Client(srv.endpoint, timeout=30) as c:
+                deadline = time.monotonic() + 90
+                while c.status()["running"] == 0:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.1)
+            plugin = subprocess.run(["pgrep", "-f", "plug-ins/inpaintd-gimp/inpaintd-gimp.py"],
+                                    capture_output=True, text=True).stdout.split()
+            assert len(plugin) == 1, plugin
+            since = len(srv.lines)
+            os.kill(int(plugin[0]), signal.SIGKILL)  # what GIMP does on cancel
+            t0 = time.monotonic()
+            while not any("is gone; cancelling its 1 job" in line for line in srv.lines[since:]):
+                assert time.monotonic() - t0 < 5, srv.lines[since:]
+                time.sleep(0.05)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        output, _ = proc.communicate(timeout=120)
+        entry = _results(home, "killed", proc.returncode, output)
+        home.cleanup()
+        assert entry["layers"] == ["Top", "Background"]  # nothing reached the image
+        assert 'Plug-in crashed: "inpaintd-gimp.py"' in output
+        with Client(srv.endpoint, timeout=60) as c:  # and the server goes on serving
+            assert c.status()["running"] == 0
+            assert c.inpaint(pixels["U8"][:64, :64, :3], np.pad(np.full((16, 16), 255,
+                             np.uint8), 24)).shape == (64, 64, 3)
+        assert any(re.search(r"job \S+ client gimp-plugin\S* .* cancelled", line)
+                   for line in srv.lines), srv.lines
 
 
 def _check_fill(entry: dict[str, Any], source: np.ndarray, depth: str, model: str,

@@ -370,6 +370,74 @@ def test_cancel_that_is_not_honoured_kills_the_worker(supervised: ServerProcess)
     assert _worker_pid(supervised.endpoint) != pid
 
 
+def test_quiet_job_repeats_its_progress(supervised: ServerProcess) -> None:
+    """A job stuck inside one crop still tells its client it is alive (SPEC 4.3)."""
+    image, mask = many_holes(size=2048, grid=4, hole=200)
+    pid = _worker_pid(supervised.endpoint)
+    with RawClient(supervised.endpoint) as raw:
+        rid = raw.submit(image, mask, strategy="crop")
+        last = _wait_running(raw, rid)[-1]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            repeats = []
+            t0 = time.monotonic()
+            while len(repeats) < 3 and time.monotonic() - t0 < 6:
+                got = raw.next_for(rid, 6)
+                assert got is not None and got[0]["type"] == "progress", got
+                repeats.append(got[0])
+            assert len(repeats) == 3 and time.monotonic() - t0 < 6
+            # The worker is stopped, so these repeat where it stood, never further.
+            assert all(r["fraction"] == repeats[0]["fraction"] >= last["fraction"]
+                       for r in repeats)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        raw.request("cancel", target=rid)
+        assert raw.result(rid, 60)[1]["code"] == "cancelled"
+
+
+_DOOMED_CLIENT = """
+import sys, numpy as np
+from inpaintd.protocol import Client
+c = Client(sys.argv[1], timeout=120)
+image = np.full((2048, 2048, 3), 90, np.uint8)
+mask = np.zeros((2048, 2048), np.uint8)
+for y in range(4):
+    for x in range(4):
+        mask[y * 512 + 150:y * 512 + 350, x * 512 + 150:x * 512 + 350] = 255
+def seen(stage, fraction, message):
+    if stage == "running":
+        print("running", flush=True)
+job = c.submit(image, mask, model=sys.argv[2], strategy="crop", on_progress=seen)
+job.result()
+"""
+
+
+def test_killed_client_has_its_job_cancelled_while_it_runs(supervised: ServerProcess) -> None:
+    """GIMP SIGKILLs a plug-in whose progress the artist cancels, and a crashed Krita says
+    nothing either: the server finds out from its own keepalive and frees the worker, without
+    waiting for the job to end."""
+    pid = _worker_pid(supervised.endpoint)
+    client = subprocess.Popen([sys.executable, "-c", _DOOMED_CLIENT, supervised.endpoint, TINY],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert client.stdout is not None and client.stdout.readline().strip() == "running"
+        os.kill(pid, signal.SIGSTOP)  # stuck mid-crop: only the keepalive can notice
+        since = len(supervised.lines)
+        client.kill()
+        client.wait(10)
+        t0 = time.monotonic()
+        supervised.wait_for_line(r"client \S+ is gone; cancelling its 1 job", timeout=5,
+                                  since=since)
+        assert time.monotonic() - t0 < 5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if client.poll() is None:
+            client.kill()
+    # The stopped worker ignored the cancel, so it was replaced after the grace; serving goes on.
+    with Client(supervised.endpoint, timeout=60) as c:
+        assert c.inpaint(*test_images(seed=15), model=TINY).dtype == np.uint8
+
+
 def test_max_queue_answers_busy(supervised: ServerProcess) -> None:
     image, mask = many_holes(size=2048, grid=4, hole=200)
     small = test_images(seed=14)

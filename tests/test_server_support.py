@@ -106,10 +106,11 @@ class ServerProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def wait_for_line(self, pattern: str, timeout: float = 10.0) -> str:
+    def wait_for_line(self, pattern: str, timeout: float = 10.0, since: int = 0) -> str:
+        """The first log line from index ``since`` on that matches ``pattern``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in list(self.lines):
+            for line in list(self.lines)[since:]:
                 if re.search(pattern, line):
                     return line
             time.sleep(0.05)

@@ -180,24 +180,65 @@ def scenario_dialog():
     image.delete()
 
 
+def scenario_undo():
+    """In the full GUI: fill, then wait for the test to press Ctrl+Z once in the image's
+    window. One undo must take the image back to how it was before the fill."""
+    import time
+
+    image, background = make_image("U8")
+    select_ellipse(image)
+    display = Gimp.Display.new(image)
+    image.clean_all()
+    Gimp.displays_flush()
+    before = _get(background, FORMAT["U8"])
+    selection = _get(image.get_selection(), "Y u8")
+    status, error = call(image, background, "lama", CONFIG["endpoint"])
+    entry = {"status": status.value_nick, "error": str(error) if error else None,
+             "layers_after_fill": names(image), "dirty_after_fill": image.is_dirty()}
+    Gimp.displays_flush()
+    with open(CONFIG["ready"], "w") as f:
+        f.write("filled")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < CONFIG.get("wait_s", 60) and \
+            len(image.get_layers()) == len(entry["layers_after_fill"]):
+        time.sleep(0.2)
+    entry["undo_seconds"] = time.monotonic() - t0
+    time.sleep(1.0)  # anything a second undo step would have changed has had time to show
+    entry["layers_after_undo"] = names(image)
+    entry["source_unchanged"] = _get(background, FORMAT["U8"]) == before
+    entry["selection_unchanged"] = _get(image.get_selection(), "Y u8") == selection
+    entry["dirty_after_undo"] = image.is_dirty()
+    RESULTS["undo"] = entry
+    display.delete()
+    image.delete()
+
+
+def scenario_killed():
+    """The test SIGKILLs the plug-in mid-job, as GIMP does when the artist cancels its
+    progress: the PDB call fails and the image is left as it was."""
+    image, background = make_image("U8")
+    select_ellipse(image)
+    status, error = call(image, background, "lama", CONFIG["endpoint"])
+    RESULTS["killed"] = {"status": status.value_nick, "error": str(error) if error else None,
+                         "layers": names(image)}
+    image.delete()
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
-    if CONFIG.get("dialog"):
-        jobs = [("dialog", scenario_dialog)]
-        for key, job in jobs:
-            try:
-                job()
-            except Exception:
-                RESULTS[key] = {"crashed": traceback.format_exc()}
-        with open(os.path.join(OUT, "results.json"), "w") as f:
-            json.dump(RESULTS, f, indent=1)
-        return
-    jobs = [("menu", scenario_menu)]
-    for depth in ("U8", "U16", "F32"):
-        jobs.append((f"fill_{depth}", lambda d=depth: scenario_fill(f"fill_{d}", d, "lama")))
-    jobs.append(("fill_U8_pennet", lambda: scenario_fill("fill_U8_pennet", "U8", "pennet")))
-    jobs.append(("gray", scenario_gray))
-    jobs += [("no_selection", scenario_no_selection), ("no_server", scenario_no_server)]
+    mode = CONFIG.get("mode", "dialog" if CONFIG.get("dialog") else "batch")
+    if mode == "batch":
+        jobs = [("menu", scenario_menu)]
+        for depth in ("U8", "U16", "F32"):
+            jobs.append((f"fill_{depth}",
+                         lambda d=depth: scenario_fill(f"fill_{d}", d, "lama")))
+        jobs.append(("fill_U8_pennet",
+                     lambda: scenario_fill("fill_U8_pennet", "U8", "pennet")))
+        jobs.append(("gray", scenario_gray))
+        jobs += [("no_selection", scenario_no_selection), ("no_server", scenario_no_server)]
+    else:
+        jobs = [(mode, {"dialog": scenario_dialog, "undo": scenario_undo,
+                        "killed": scenario_killed}[mode])]
     for key, job in jobs:
         try:
             job()

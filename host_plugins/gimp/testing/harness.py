@@ -12,10 +12,13 @@ plug-in installed by ``installer.install_gimp`` in that home's GIMP ``plug-ins``
 - :func:`run_batch` runs a script in ``gimp-console`` batch mode and returns its output.
 - :func:`run_accepting_dialog` does the same on an Xvfb display, pressing Return in the
   plug-in's dialog when it appears (``xdotool``, inside the root).
+- :func:`run_gui_pressing` runs a script in GIMP's full GUI on Xvfb and presses a key in
+  an image window when the script says it is ready (Ctrl+Z: the PDB has no undo).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build_root.sh"
@@ -130,53 +133,101 @@ def _free_display(root: Path) -> int:
     raise RuntimeError("no free X display number")
 
 
+@contextlib.contextmanager
+def xvfb(root: Path) -> Iterator[str]:
+    """A private Xvfb display inside the root, for as long as the block runs."""
+    display = f":{_free_display(root)}"
+    server = subprocess.Popen(["chroot", str(root), "Xvfb", display, "-ac", "-nolisten",
+                               "tcp", "-screen", "0", "1280x900x24"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (root / "tmp" / ".X11-unix" / f"X{display[1:]}").exists():
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("Xvfb did not start")
+            time.sleep(0.1)
+        yield display
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
+
+
+def _windows(home: GimpHome, env: dict[str, str], name: str) -> list[str]:
+    found = subprocess.run(_in_root(home, env, "xdotool", "search", "--name", name),
+                           capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def _press(home: GimpHome, env: dict[str, str], window: str, key: str) -> None:
+    """Focus ``window`` and press ``key`` through XTEST, as a person would."""
+    subprocess.run(_in_root(home, env, "xdotool", "windowfocus", "--sync", window, "sleep",
+                            "0.5", "key", "--clearmodifiers", key),
+                   capture_output=True, timeout=30)
+
+
+def _finish(proc: subprocess.Popen, deadline: float) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return -9, out
+    return proc.returncode, out
+
+
 def run_accepting_dialog(home: GimpHome, code: str, title: str,
                          env: Optional[dict[str, str]] = None, timeout: float = 120
                          ) -> tuple[int, str, Optional[float]]:
     """Run CODE in ``gimp-console`` on a private Xvfb display; when a window named
     ``title`` appears, focus it and press Return (the dialog's OK). Returns (exit status,
     output, seconds until the window appeared or None)."""
-    display = f":{_free_display(home.root)}"
-    xvfb = subprocess.Popen(["chroot", str(home.root), "Xvfb", display, "-ac", "-nolisten",
-                             "tcp", "-screen", "0", "1024x768x24"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    xenv = {**(env or {}), "DISPLAY": display}
     found: Optional[float] = None
-    try:
-        deadline = time.monotonic() + 10
-        while not (home.root / "tmp" / ".X11-unix" / f"X{display[1:]}").exists():
-            if time.monotonic() > deadline or xvfb.poll() is not None:
-                return -1, "Xvfb did not start", None
-            time.sleep(0.1)
+    with xvfb(home.root) as display:
+        xenv = {**(env or {}), "DISPLAY": display}
         t0 = time.monotonic()
         gimp = subprocess.Popen(_in_root(home, xenv, *_batch(code)), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            while found is None and gimp.poll() is None and time.monotonic() - t0 < timeout:
-                search = subprocess.run(_in_root(home, xenv, "xdotool", "search", "--name",
-                                                 f"^{title}$"), capture_output=True,
-                                        text=True)
-                windows = search.stdout.split()
+        while found is None and gimp.poll() is None and time.monotonic() - t0 < timeout:
+            windows = _windows(home, xenv, f"^{title}$")
+            if windows:
+                found = time.monotonic() - t0
+                time.sleep(1.0)  # let GTK finish mapping it
+                _press(home, xenv, windows[0], "Return")
+                break
+            time.sleep(0.3)
+        status, out = _finish(gimp, t0 + timeout)
+    return status, out, found
+
+
+def run_gui_pressing(home: GimpHome, code: str, ready: str, window: str, key: str,
+                     env: Optional[dict[str, str]] = None, timeout: float = 180
+                     ) -> tuple[int, str, bool]:
+    """Run CODE in GIMP's full GUI (``gimp``, not ``gimp-console``) on a private Xvfb
+    display. When CODE creates the file ``ready`` (a path inside the root), press ``key``
+    in the window whose name matches ``window``, once. Returns (exit status, output,
+    whether the key was pressed). GIMP's PDB has no undo call; this is how a test presses
+    Ctrl+Z the way an artist does."""
+    pressed = False
+    ready_file = home.host_path(ready)
+    with xvfb(home.root) as display:
+        xenv = {**(env or {}), "DISPLAY": display}
+        t0 = time.monotonic()
+        cmd = ["gimp", "--no-splash", "--batch-interpreter", "python-fu-eval", "-b", code,
+               "--quit"]
+        gimp = subprocess.Popen(_in_root(home, xenv, *cmd), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        while not pressed and gimp.poll() is None and time.monotonic() - t0 < timeout:
+            if ready_file.exists():
+                windows = _windows(home, xenv, window)
                 if windows:
-                    found = time.monotonic() - t0
-                    time.sleep(1.0)  # let GTK finish mapping it
-                    subprocess.run(_in_root(home, xenv, "xdotool", "windowfocus", "--sync",
-                                            windows[0], "sleep", "0.5", "key",
-                                            "--clearmodifiers", "Return"),
-                                   capture_output=True, timeout=30)
+                    _press(home, xenv, windows[-1], key)
+                    pressed = True
                     break
-                time.sleep(0.3)
-            out, _ = gimp.communicate(timeout=max(1.0, timeout - (time.monotonic() - t0)))
-        except subprocess.TimeoutExpired:
-            os.killpg(gimp.pid, signal.SIGKILL)
-            out, _ = gimp.communicate()
-            return -9, out, found
-        return gimp.returncode, out, found
-    finally:
-        os.killpg(xvfb.pid, signal.SIGTERM)
-        try:
-            xvfb.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(xvfb.pid, signal.SIGKILL)
-            xvfb.wait(10)
+            time.sleep(0.3)
+        status, out = _finish(gimp, t0 + timeout)
+    return status, out, pressed
