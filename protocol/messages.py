@@ -36,7 +36,7 @@ from .errors import (
     VersionMismatchError,
 )
 
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "1.1"
 
 #: dtype name -> bytes per sample. Samples are little-endian on the wire.
 DTYPES: dict[str, int] = {"uint8": 1, "uint16": 2, "float32": 4}
@@ -317,6 +317,7 @@ REPLY_FIELDS: dict[str, Fields] = {
     "welcome": {
         "server": (True, _str(0, 256)),
         "device": (True, _str(0, 256)),
+        "precision": (False, _str(1, 16)),  # since 1.1
         "models": (True, _list(_MODEL)),
         "encodings": (True, _list(_str(1, 16), 16)),
         "limits": (True, _map({k: (True, _int(1, _MAX_U63)) for k in (
@@ -329,6 +330,7 @@ REPLY_FIELDS: dict[str, Fields] = {
         "clients": (True, _int()),
         "models": (True, _list(_MODEL)),
         "device": (True, _str(0, 256)),
+        "precision": (False, _str(1, 16)),  # since 1.1
         "device_memory": (True, _nullable(_map({"allocated": (True, _int()),
                                                  "reserved": (True, _int())}))),
         "worker": (True, _map({"pid": (True, _int()), "restarts": (True, _int()),
@@ -365,6 +367,15 @@ def readable_id(header: Any, key: str) -> str | None:
         if isinstance(value, str) and 1 <= len(value) <= MAX_ID_LEN:
             return value
     return None
+
+
+def speaks_at_least(version: Any, minor: int) -> bool:
+    """Whether a peer's ``major.minor`` (already checked) has this minor or later: fields a
+    minor version added go only to peers that know them, since unknown fields are errors."""
+    try:
+        return int(str(version).split(".")[1]) >= minor
+    except (IndexError, ValueError):
+        return False
 
 
 def check_version(version: Any, re: str | None = None) -> None:

@@ -15,6 +15,8 @@ from typing import Callable, Optional, Sequence
 from inpaintd.protocol import __version__
 from inpaintd.protocol.errors import BadInputError, InpaintdError
 
+from .speed.names import add_precision_argument
+
 log = logging.getLogger("inpaintd")
 
 
@@ -66,8 +68,10 @@ def _inpainter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.server:
         return _RemoteInpainter(args.server, args.model, args.server_key, args.client_key)
     from .pipeline import load_inpainter
+    from .speed.precision import use_physical_cores
 
-    return load_inpainter(args.model, args.device)
+    use_physical_cores()
+    return load_inpainter(args.model, args.device, precision=args.precision)
 
 
 def cmd_fill(args: argparse.Namespace) -> int:
@@ -115,6 +119,7 @@ def _add_fill(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="auto", choices=STRATEGIES,
                    help="auto: full up to 1024 px, crop around each hole above (default)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda[:N]")
+    add_precision_argument(p)
     p.add_argument("--server", metavar="ENDPOINT",
                    help="fill through a running `inpaintd serve` (e.g. tcp://127.0.0.1:5557)")
     p.add_argument("--server-key", metavar="FILE",

@@ -221,12 +221,15 @@ class Engine:
     def __init__(self, listener: EngineListener, ctx: zmq.Context, device: str = "auto",
                  preload: tuple[str, ...] | list[str] = (), hang_timeout: float = 300.0,
                  cancel_grace: float = 10.0, startup_timeout: float = 600.0,
-                 log_level: int = logging.INFO) -> None:
+                 log_level: int = logging.INFO, precision: str = "auto") -> None:
         self.listener = listener
         self.ctx = ctx
         self.device_spec = device
         self.device = device
         self.device_memory: Optional[dict[str, int]] = None
+        self.precision_spec = precision
+        #: The precision in use, once the worker said what ``precision_spec`` means there.
+        self.precision = precision
         self.preload = list(preload)
         self.hang_timeout = hang_timeout
         self.cancel_grace = cancel_grace
@@ -302,7 +305,7 @@ class Engine:
         sock.bind(f"ipc://{path}")
         proc = self._mp.Process(target=worker_main, name=f"inpaintd-worker-{self._generation}",
                                 args=(f"ipc://{path}", self.device_spec, self.preload,
-                                      self.log_level), daemon=True)
+                                      self.log_level, self.precision_spec), daemon=True)
         proc.start()
         now = time.monotonic()
         self.worker = WorkerHandle(proc=proc, sock=sock, path=path, started_at=now,
@@ -394,6 +397,7 @@ class Engine:
         state = "starting" if worker is None else worker.state
         return {"queue": len(self.queue), "running": int(self.running is not None),
                 "clients": self.queue.clients(), "device": self.device,
+                "precision": self.precision,
                 "device_memory": self.device_memory,
                 "worker": {"pid": int(worker.pid or 0) if worker else 0,
                            "restarts": self.restarts, "state": state}}
@@ -452,8 +456,9 @@ class Engine:
             worker.state = "idle"
             worker.pid = int(header.get("pid") or worker.pid or 0)
             self.device = str(header.get("device") or self.device)
+            self.precision = str(header.get("precision") or self.precision)
             self._failures = 0
-            log.info("worker pid %s ready on %s", worker.pid, self.device)
+            log.info("worker pid %s ready on %s (%s)", worker.pid, self.device, self.precision)
             self._dispatch()
         elif ev == "model":
             self.loaded_models.add(str(header["name"]))

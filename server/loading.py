@@ -38,6 +38,10 @@ class LoadedModel:
     module: nn.Module
     source: Path
     card: dict[str, Any] = field(default_factory=dict)
+    #: What the module computes in; "fp32" with ``fast`` False is the reference path.
+    precision: str = "fp32"
+    #: True once :func:`inpaintd.server.speed.optimize.optimize` transformed the module.
+    fast: bool = False
 
 
 def resolve(spec: str) -> Path:

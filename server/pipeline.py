@@ -77,6 +77,8 @@ class ModelAdapter:
     pad_mod: int = 1
     #: Fixed input size, or 0 when any size (multiple of ``pad_mod``) works.
     fixed_size: int = 0
+    #: The fast path feeds the model NHWC tensors (convolution-bound models gain).
+    channels_last: bool = False
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
@@ -86,6 +88,13 @@ class ModelAdapter:
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input as its weights want it: their dtype, channels_last when fast."""
+        x = x.to(next(self.module.parameters()).dtype)
+        if self.model.fast and self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """image (B,3,H,W) in [0,1], mask (B,1,H,W) in {0,1} -> raw prediction (B,3,H,W)."""
         raise NotImplementedError
@@ -94,6 +103,8 @@ class ModelAdapter:
 class LamaAdapter(ModelAdapter):
     """``bin/predict.py``: symmetric pad to a multiple of 8, ``cat([img*(1-m), m])``."""
 
+    channels_last = True
+
     def __init__(self, model: LoadedModel) -> None:
         super().__init__(model)
         self.pad_mod = int(getattr(self.module, "pad_mod", 8))
@@ -101,8 +112,8 @@ class LamaAdapter(ModelAdapter):
     def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
         image, mask = pad_symmetric(image, self.pad_mod), pad_symmetric(mask, self.pad_mod)
-        out = self.module(torch.cat([image * (1 - mask), mask], dim=1))
-        return out[..., :h, :w]
+        out = self.module(self.to_model(torch.cat([image * (1 - mask), mask], dim=1)))
+        return out[..., :h, :w].float()
 
 
 class PennetAdapter(ModelAdapter):
@@ -186,18 +197,42 @@ def _from_tensor(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive)
 
 
-def hole_regions(hole: np.ndarray, cell: int = 8) -> list[Box]:
-    """Bounding boxes of the connected hole regions, found on a coarse grid.
+def is_hole(mask: np.ndarray) -> np.ndarray:
+    """The hole of a bool mask, or of a uint8 one (> 127)."""
+    return mask if mask.dtype == bool else mask > 127
 
-    One pass reduces the mask to ``cell``-sized blocks; regions are labelled on that small
-    grid (8-connected), and each box is then tightened to the exact hole pixels inside it.
-    Two holes closer than a cell may share a box, which only adds context.
+
+def hole_grid(mask: np.ndarray, cell: int = 8) -> np.ndarray:
+    """Which ``cell`` x ``cell`` blocks hold a hole pixel: one pass over the mask, in place.
+
+    Rows of cells are reduced first through a reshaped view (no copy of the mask), so a
+    canvas of any size costs one read of its mask and a grid 1/cell^2 of its size.
     """
-    h, w = hole.shape
-    gh, gw = math.ceil(h / cell), math.ceil(w / cell)
-    padded = np.zeros((gh * cell, gw * cell), dtype=bool)
-    padded[:h, :w] = hole
-    grid = padded.reshape(gh, cell, gw, cell).any(axis=(1, 3))
+    h, w = mask.shape
+    hb = h - h % cell
+    parts = []
+    if hb:
+        parts.append(mask[:hb].reshape(hb // cell, cell, w).max(axis=1))
+    if hb < h:
+        parts.append(mask[hb:].max(axis=0, keepdims=True))
+    rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    gw = -(-w // cell)
+    padded = np.zeros((rows.shape[0], gw * cell), dtype=rows.dtype)
+    padded[:, :w] = rows
+    return is_hole(padded.reshape(rows.shape[0], gw, cell).max(axis=2))
+
+
+def hole_regions(mask: np.ndarray, cell: int = 8) -> list[Box]:
+    """Bounding boxes of the connected hole regions of a uint8 (> 127) or bool mask.
+
+    :func:`hole_grid` reduces the mask to ``cell``-sized blocks in one pass; regions are
+    labelled on that small grid (8-connected), and each box is then tightened to the exact
+    hole pixels inside it. Two holes closer than a cell may share a box, which only adds
+    context.
+    """
+    h, w = mask.shape
+    grid = hole_grid(mask, cell)
+    gh, gw = grid.shape
     labels = np.zeros(grid.shape, dtype=np.int32)
     boxes: list[Box] = []
     for sy, sx in zip(*np.nonzero(grid)):
@@ -218,7 +253,7 @@ def hole_regions(hole: np.ndarray, cell: int = 8) -> list[Box]:
                         stack.append((ny, nx))
         by0, bx0 = y0 * cell, x0 * cell
         by1, bx1 = min((y1 + 1) * cell, h), min((x1 + 1) * cell, w)
-        sub = hole[by0:by1, bx0:bx1]
+        sub = is_hole(mask[by0:by1, bx0:bx1])
         rows, cols = np.nonzero(sub.any(axis=1))[0], np.nonzero(sub.any(axis=0))[0]
         boxes.append((by0 + int(rows[0]), bx0 + int(cols[0]),
                       by0 + int(rows[-1]) + 1, bx0 + int(cols[-1]) + 1))
@@ -267,26 +302,30 @@ class Inpainter:
         return self.model.name
 
     def fill(self, image: np.ndarray, mask: np.ndarray, strategy: Optional[str] = None,
-             progress: Optional[Progress] = None) -> np.ndarray:
-        """Fill the hole (mask > 127) of an HxWx3/HxWx4 uint8/uint16/float32 image."""
+             progress: Optional[Progress] = None, inplace: bool = False) -> np.ndarray:
+        """Fill the hole (mask > 127) of an HxWx3/HxWx4 uint8/uint16/float32 image.
+
+        With ``inplace`` the fill is written into ``image`` itself (the server's worker owns
+        its upload buffer, so a canvas costs no second copy).
+        """
         strategy = strategy or "auto"
         if strategy not in STRATEGIES:
             raise BadInputError(f"unknown strategy {strategy!r} (use {', '.join(STRATEGIES)})")
-        image, hole = self._check(image, mask)
-        out = image.copy()
-        if not hole.any():
+        image, mask = self._check(image, mask)
+        h, w = mask.shape
+        o = self.options
+        if strategy == "auto":
+            strategy = "full" if max(h, w) <= o.crop_trigger else "crop"
+        # The one pass over the whole mask: every later look is at a region's own pixels.
+        boxes = hole_regions(mask, o.region_cell)
+        out = image if inplace else image.copy()
+        if not boxes:
             log.warning("the mask is empty: the image is returned unchanged")
             if progress:
                 progress(1.0)
             return out
-
-        h, w = hole.shape
-        o = self.options
-        if strategy == "auto":
-            strategy = "full" if max(h, w) <= o.crop_trigger else "crop"
         if strategy == "crop":
-            boxes = expand_and_merge(hole_regions(hole, o.region_cell), (h, w), o.crop_margin,
-                                     o.crop_margin_ratio)
+            boxes = expand_and_merge(boxes, (h, w), o.crop_margin, o.crop_margin_ratio)
         else:
             boxes = [(0, 0, h, w)]
         limit = o.resize_limit if strategy != "full" else 0
@@ -294,7 +333,7 @@ class Inpainter:
             limit = min(o.resize_limit, max(h, w))
 
         for i, (y0, x0, y1, x1) in enumerate(boxes):
-            self._fill_box(image, hole, out, (y0, x0, y1, x1), limit)
+            self._fill_box(image, mask, out, (y0, x0, y1, x1), limit)
             if progress:
                 progress((i + 1) / len(boxes))
         return out
@@ -313,19 +352,15 @@ class Inpainter:
         if mask.shape != image.shape[:2]:
             raise MaskSizeError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
                                 f"{image.shape[1]}x{image.shape[0]}")
-        if mask.dtype == bool:
-            hole = mask
-        elif mask.dtype == np.uint8:
-            hole = mask > 127
-        else:
+        if mask.dtype not in (np.dtype(bool), np.dtype(np.uint8)):
             raise BadInputError(f"the mask must be uint8 (>127 is hole), not {mask.dtype}")
-        return image, hole
+        return image, mask
 
     @torch.inference_mode()
-    def _fill_box(self, image: np.ndarray, hole: np.ndarray, out: np.ndarray, box: Box,
+    def _fill_box(self, image: np.ndarray, mask: np.ndarray, out: np.ndarray, box: Box,
                   limit: int) -> None:
         y0, x0, y1, x1 = box
-        sub_hole = hole[y0:y1, x0:x1]
+        sub_hole = is_hole(mask[y0:y1, x0:x1])
         if not sub_hole.any():
             return
         device = self.adapter.device
@@ -348,6 +383,14 @@ class Inpainter:
 
 
 def load_inpainter(model: str = DEFAULT_MODEL, device: str = "auto",
-                   options: StrategyOptions = StrategyOptions()) -> Inpainter:
-    """Load a model by registry name or path and wrap it in the pipeline."""
-    return Inpainter(load_model(model, pick_device(device)), options)
+                   options: StrategyOptions = StrategyOptions(), precision: str = "auto",
+                   fast: bool = True) -> Inpainter:
+    """Load a model by registry name or path and wrap it in the pipeline: its fast path at
+    ``precision`` (``auto``: what suits the device), or with ``fast=False`` the reference
+    path (the official code's computation, eager float32)."""
+    from .speed.optimize import optimize  # noqa: PLC0415 - speed imports loading
+
+    loaded = load_model(model, pick_device(device))
+    if fast:
+        loaded = optimize(loaded, precision)
+    return Inpainter(loaded, options)

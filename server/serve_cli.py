@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .speed.names import add_precision_argument
+
 __all__ = ["add_server_parsers", "main"]
 
 log = logging.getLogger("inpaintd.serve")
@@ -41,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         preload = tuple(args.preload) or (DEFAULT_MODEL,)
     config = ServerConfig(
-        bind=args.bind, device=args.device, preload=preload,
+        bind=args.bind, device=args.device, precision=args.precision, preload=preload,
         curve_dir=Path(args.curve).expanduser() if args.curve else None,
         insecure=args.insecure, max_message_mb=args.max_message_mb, max_queue=args.max_queue,
         max_jobs_per_client=args.max_jobs_per_client, upload_timeout_s=args.upload_timeout,
@@ -74,6 +76,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help=f"where to listen (default: {DEFAULT_BIND}); a non-loopback address "
                    "needs --curve or --insecure")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda[:N]")
+    add_precision_argument(p)
     p.add_argument("--preload", nargs="*", metavar="MODEL",
                    help="load these models at start (alone: the default model) instead of "
                    "on first use")
@@ -117,7 +120,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     worker = status["worker"]
     print(f"server   {welcome['server']} (protocol {welcome['version']}) at {args.server}")
-    print(f"device   {status['device']}" + (
+    print(f"device   {status['device']}, {status.get('precision', 'fp32')}" + (
         f", memory {status['device_memory']['allocated'] / 2**20:.0f} MiB allocated, "
         f"{status['device_memory']['reserved'] / 2**20:.0f} MiB reserved"
         if status["device_memory"] else ""))

@@ -31,6 +31,7 @@ import zmq
 
 from inpaintd.protocol.codec import (BufferDesc, NotOurs, available_encodings, decode_message,
                                      encode_message, error_header, header, validate_request)
+from inpaintd.protocol.messages import speaks_at_least
 from inpaintd.protocol.errors import (BadInputError, BadMessageError, BusyError, CancelledError,
                                       InpaintdError, InternalError, ModelMissingError,
                                       NotFoundError, RequestTimeoutError, UnknownModelError)
@@ -75,6 +76,8 @@ class ServerConfig:
 
     bind: str = DEFAULT_BIND
     device: str = "auto"
+    #: auto, fp32, bf16 or fp16 (see ``inpaintd.server.speed.precision``).
+    precision: str = "auto"
     preload: tuple[str, ...] = ()
     curve_dir: Optional[Path] = None
     insecure: bool = False
@@ -236,7 +239,8 @@ class Server:
         self.endpoint = config.bind
         self.security: Any = None
         self.jobs: dict[tuple[str, str], Job] = {}
-        self.engine = Engine(self, self.ctx, device=config.device, preload=config.preload,
+        self.engine = Engine(self, self.ctx, device=config.device, precision=config.precision,
+                             preload=config.preload,
                              hang_timeout=config.hang_timeout_s,
                              cancel_grace=config.cancel_grace_s, log_level=config.log_level)
         self.engine.chunk_bytes = config.chunk_bytes
@@ -392,7 +396,7 @@ class Server:
                 self._on_hello(route, identity, req)
             elif kind == "status":
                 self._send(route, header("status", re=req["id"], boot_id=self.boot_id,
-                                         **self._status()))
+                                         **self._status(req["version"])))
             elif kind == "inpaint":
                 self._on_inpaint(route, identity, label, req)
             elif kind == "data":
@@ -426,13 +430,19 @@ class Server:
         self._send(route, header("welcome", re=req["id"], boot_id=self.boot_id,
                                  server=f"inpaintd {__version__}", device=self.engine.device,
                                  models=self.catalog.models(), encodings=available_encodings(),
-                                 limits=self.config.limits()))
+                                 limits=self.config.limits(),
+                                 **self._since_1_1(req["version"])))
 
-    def _status(self) -> dict[str, Any]:
+    def _since_1_1(self, version: str) -> dict[str, Any]:
+        """Fields protocol 1.1 added to ``welcome`` and ``status``, for 1.1 clients only."""
+        return {"precision": self.engine.precision} if speaks_at_least(version, 1) else {}
+
+    def _status(self, version: str) -> dict[str, Any]:
         st = self.engine.status()
         clients = {j.client for j in self.jobs.values()}
         return {"queue": st["queue"], "running": st["running"], "clients": len(clients),
                 "models": self.catalog.models(), "device": st["device"],
+                **self._since_1_1(version),
                 "device_memory": st["device_memory"], "worker": st["worker"],
                 "uptime_s": round(time.monotonic() - self.started_at, 3)}
 

@@ -108,11 +108,18 @@ class _Cancelled(Exception):
 class Worker:
     """One device, the models loaded on it, and the job loop."""
 
-    def __init__(self, sock: zmq.Socket, device_spec: str) -> None:
+    def __init__(self, sock: zmq.Socket, device_spec: str, precision: str = "auto") -> None:
         from .pipeline import pick_device
+        from .speed.precision import resolve_precision, use_physical_cores
 
         self.sock = sock
         self.device = pick_device(device_spec)
+        #: What was asked for (models that can't run reduced precision stay fp32) ...
+        self.precision_spec = precision
+        #: ... and what it means on this device.
+        self.precision = resolve_precision(precision, self.device)
+        if self.device.type == "cpu":
+            use_physical_cores()
         self.inpainters: dict[str, Any] = {}
         self._pending: list[list[Any]] = []
 
@@ -151,7 +158,8 @@ class Worker:
             from .pipeline import load_inpainter
 
             t0 = time.perf_counter()
-            self.inpainters[name] = load_inpainter(model_path(name), str(self.device))
+            self.inpainters[name] = load_inpainter(model_path(name), str(self.device),
+                                                   precision=self.precision_spec)
             log.info("loaded model %s on %s in %.0f ms", name, self.device,
                      (time.perf_counter() - t0) * 1000)
             self.send({"ev": "model", "name": name, "state": "loaded"})
@@ -339,7 +347,8 @@ def _die_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def worker_main(endpoint: str, device: str, preload: list[str], log_level: int) -> None:
+def worker_main(endpoint: str, device: str, preload: list[str], log_level: int,
+                precision: str = "auto") -> None:
     """Entry point of the spawned process: connect, start, serve jobs until ``exit``."""
     _die_with_parent()
     # Ctrl-C in a terminal reaches the whole process group; the front end decides when the
@@ -353,12 +362,13 @@ def worker_main(endpoint: str, device: str, preload: list[str], log_level: int) 
     sock.connect(endpoint)
     try:
         try:
-            worker = Worker(sock, device)
+            worker = Worker(sock, device, precision)
             worker.preload(preload)
         except InpaintdError as exc:
             sock.send_multipart([pack({"ev": "fatal", "code": exc.code, "message": exc.message})])
             return
         worker.send({"ev": "ready", "pid": os.getpid(), "device": str(worker.device),
+                     "precision": worker.precision,
                      "models": sorted(worker.inpainters)})
         worker.run()
     finally:

@@ -280,12 +280,27 @@ def test_hello_and_status_fields(server: ServerProcess) -> None:
     assert welcome["device"] == "cpu" and status["device_memory"] is None
     assert status["worker"]["state"] in ("idle", "busy")
     assert welcome["boot_id"] == status["boot_id"]
+    from inpaintd.server.speed.precision import resolve_precision
+
+    assert welcome["precision"] == status["precision"] == resolve_precision("auto", "cpu")
+
+
+def test_a_1_0_client_gets_no_1_1_fields(server: ServerProcess) -> None:
+    """1.0 clients (plug-ins vendored before 1.1) treat unknown fields as errors."""
+    with RawClient(server.endpoint) as raw:
+        for kind in ("hello", "status"):
+            rid = raw.new_id(kind)
+            raw.send({"type": kind, "id": rid, "version": "1.0"})
+            seen, _ = raw.until(rid, ("welcome", "status", "error"))
+            assert seen[-1]["type"] != "error", seen
+            assert "precision" not in seen[-1]
 
 
 def test_serve_fails_fast_on_a_bad_device_or_preload(tiny_home: Path) -> None:
     env = dict(os.environ, INPAINTD_HOME=str(tiny_home))
     for args, words in ((["--device", "cuda:7"], "CUDA"),
-                        (["--device", "cpu", "--preload", "nope"], "unknown model")):
+                        (["--device", "cpu", "--preload", "nope"], "unknown model"),
+                        (["--device", "cpu", "--precision", "fp16"], "fp16 is for CUDA")):
         out = subprocess.run([sys.executable, "-m", server_module(), "serve", "--bind",
                               f"tcp://127.0.0.1:{free_port()}", *args], env=env, cwd=REPO,
                              capture_output=True, text=True, timeout=120)

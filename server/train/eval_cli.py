@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 from inpaintd.protocol.errors import BadInputError, InpaintdError
 
+from ..speed.names import add_precision_argument
 from .cases import DEFAULT_KINDS, DEFAULT_SEED, DEFAULT_SIZE, find_cases, make_cases
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-model", action="store_true",
                    help="score the baselines only")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    add_precision_argument(p)
     p.add_argument("--baselines", default="telea,ns", metavar="LIST",
                    help="comma-separated OpenCV baselines: telea, ns, or none "
                         "(default: telea,ns)")
@@ -149,7 +151,8 @@ def _run(args: argparse.Namespace) -> int:
     from .evaluate import build_methods, evaluate, format_table
 
     cases = find_cases(args.cases)[: args.limit]
-    methods = build_methods(_models(args), _split(args.baselines), args.device)
+    methods = build_methods(_models(args), _split(args.baselines), args.device,
+                            args.precision)
     picked = pick_rows(cases, args.picture_rows) if args.picture is not None else []
     report = evaluate(cases, methods, keep=[c.name for c in picked], case_dir=str(args.cases),
                       progress=progress)

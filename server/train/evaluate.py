@@ -74,11 +74,12 @@ def opencv_method(name: str, radius: int = OPENCV_RADIUS) -> Method:
     return Method(name, fill)
 
 
-def model_method(spec: str, device: str = "auto", name: Optional[str] = None) -> Method:
+def model_method(spec: str, device: str = "auto", name: Optional[str] = None,
+                 precision: str = "auto") -> Method:
     """A model by registry name or checkpoint path, run through the inpainting pipeline."""
     from inpaintd.server.pipeline import load_inpainter  # lazily: torch is slow to import
 
-    inpainter = load_inpainter(spec, device=device)
+    inpainter = load_inpainter(spec, device=device, precision=precision)
     return Method(name or method_name(spec), lambda image, mask: inpainter.fill(image, mask))
 
 
@@ -89,11 +90,11 @@ def method_name(spec: str) -> str:
 
 
 def build_methods(models: Sequence[str], baselines: Sequence[str],
-                  device: str = "auto") -> list[Method]:
+                  device: str = "auto", precision: str = "auto") -> list[Method]:
     """Load every model and baseline up front, so a bad name fails before any case runs."""
     methods: list[Method] = []
     for spec in models:
-        methods.append(model_method(spec, device))
+        methods.append(model_method(spec, device, precision=precision))
     for name in baselines:
         methods.append(opencv_method(name))
     seen: dict[str, int] = {}
