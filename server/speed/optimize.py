@@ -43,9 +43,7 @@ def optimize(model: LoadedModel, precision: str = "auto") -> LoadedModel:
         module.to(dtype=DTYPES[chosen], memory_format=torch.channels_last)
         log.info("%s: %d BatchNorms folded, %s, channels_last", model.name, n, chosen)
     elif model.architecture == "pennet":
-        set_attention = getattr(module, "set_attention", None)
-        if set_attention is not None:
-            set_attention("fast")
+        module.set_attention("fast")  # type: ignore[operator]
         log.info("%s: batched attention over valid keys, fp32", model.name)
     for p in module.parameters():
         p.requires_grad_(False)
