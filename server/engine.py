@@ -10,6 +10,14 @@ Why a supervised process rather than a thread: a crash, a hang or an out-of-memo
 the device code ends only the job it was running (``worker_crashed``), and a cancel that the
 job does not honour in time (it is stuck inside one long crop) can still be enforced by
 killing the worker (SPEC.md, section 8). The price is a model reload after a kill.
+
+Batches: with ``max_batch`` above 1 (by default on CUDA), the jobs that follow the next job
+in fair order and share its batch key (same model, one forward at the same model input size,
+see :func:`inpaintd.server.strategy.batch_key`) go to the worker with it, as one forward. A
+batch is always a run of consecutive jobs of the fair order, so batching never lets a job
+start before one it would have followed anyway. If the worker dies during a batch, the jobs
+of the batch that were not cancelled are run again, each alone, so a crash still ends only
+the job that caused it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import enum
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -40,6 +49,16 @@ log = logging.getLogger("inpaintd.engine")
 FRACTION_LOADING = 0.05
 FRACTION_RUNNING = (0.1, 0.9)
 FRACTION_COMPOSITING = 0.95
+#: Jobs per forward when ``max_batch`` is 0 (auto) and the worker's device is CUDA. On the
+#: CPU a batch saves little (the cores are already busy on one image), so auto is 1 there.
+AUTO_MAX_BATCH_CUDA = 4
+
+_UNSAFE_LABEL = re.compile(r"[^A-Za-z0-9._+:-]+")
+
+
+def clean(text: str) -> str:
+    """Client-chosen text made safe for a log line (a newline could forge entries)."""
+    return _UNSAFE_LABEL.sub("_", text) or "_"
 
 
 class JobState(enum.Enum):
@@ -83,6 +102,12 @@ class Job:
     #: job waits or runs, which is how it notices a client that went away (SPEC 4.3).
     last_progress: Optional[dict[str, Any]] = None
     progress_sent_at: float = 0.0
+    #: Jobs with the same key may run in one forward (None: always alone); set by the front
+    #: end from the header (:func:`inpaintd.server.strategy.batch_key`).
+    batch_key: Optional[tuple[Any, ...]] = None
+    #: Put back in the queue after its batch's worker died: it runs next, alone, and its
+    #: client, who already saw it run, is not told it is queued again.
+    retried: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -112,6 +137,8 @@ class FairQueue:
 
     def __init__(self, history: int = 4096) -> None:
         self._by_client: dict[str, deque[Job]] = {}
+        #: Jobs put back after their worker died (:meth:`requeue`): served before all others.
+        self._retry: deque[Job] = deque()
         self._last_served: OrderedDict[str, int] = OrderedDict()
         self._served = 0
         self._arrivals = 0
@@ -122,7 +149,7 @@ class FairQueue:
         return self._count
 
     def clients(self) -> int:
-        return len(self._by_client)
+        return len(set(self._by_client) | {job.client for job in self._retry})
 
     def push(self, job: Job) -> None:
         job.seq = self._arrivals
@@ -130,7 +157,16 @@ class FairQueue:
         self._by_client.setdefault(job.client, deque()).append(job)
         self._count += 1
 
+    def requeue(self, job: Job) -> None:
+        """Put back a job that was taken but could not run: it goes next (oldest first)."""
+        self._retry.append(job)
+        self._count += 1
+
     def remove(self, job: Job) -> bool:
+        if job in self._retry:
+            self._retry.remove(job)
+            self._count -= 1
+            return True
         jobs = self._by_client.get(job.client)
         if not jobs or job not in jobs:
             return False
@@ -149,7 +185,17 @@ class FairQueue:
                 best = rank
         return None if best is None else best[2]
 
+    def peek(self) -> Optional[Job]:
+        """The job :meth:`pop` would return, left in the queue."""
+        if self._retry:
+            return self._retry[0]
+        client = self._pick(self._by_client, self._last_served)
+        return None if client is None else self._by_client[client][0]
+
     def pop(self) -> Optional[Job]:
+        if self._retry:
+            self._count -= 1
+            return self._retry.popleft()
         client = self._pick(self._by_client, self._last_served)
         if client is None:
             return None
@@ -170,7 +216,7 @@ class FairQueue:
         by_client = {c: deque(jobs) for c, jobs in self._by_client.items()}
         last = dict(self._last_served)
         served = self._served
-        out: list[Job] = []
+        out: list[Job] = list(self._retry)
         while True:
             client = self._pick(by_client, last)
             if client is None:
@@ -221,7 +267,8 @@ class Engine:
     def __init__(self, listener: EngineListener, ctx: zmq.Context, device: str = "auto",
                  preload: tuple[str, ...] | list[str] = (), hang_timeout: float = 300.0,
                  cancel_grace: float = 10.0, startup_timeout: float = 600.0,
-                 log_level: int = logging.INFO, precision: str = "auto") -> None:
+                 log_level: int = logging.INFO, precision: str = "auto",
+                 max_batch: int = 0) -> None:
         self.listener = listener
         self.ctx = ctx
         self.device_spec = device
@@ -235,8 +282,13 @@ class Engine:
         self.cancel_grace = cancel_grace
         self.startup_timeout = startup_timeout
         self.log_level = log_level
+        #: Jobs per forward at most; 0 is auto (:data:`AUTO_MAX_BATCH_CUDA` on CUDA, else 1).
+        self.max_batch = max_batch
         self.queue = FairQueue()
-        self.running: Optional[Job] = None
+        #: The jobs the worker has (one, or a batch); the worker is idle when it is empty.
+        self.running: list[Job] = []
+        #: Batches of more than one job sent to the worker (for logs and tests).
+        self.batches = 0
         self.worker: Optional[WorkerHandle] = None
         self.restarts = 0
         self.loaded_models: set[str] = set()
@@ -288,8 +340,8 @@ class Engine:
                 worker.proc.join(timeout)
             worker.sock.close(linger=0)
         gone = InternalError("the server is shutting down")
-        if self.running is not None:
-            job, self.running = self.running, None
+        running, self.running = self.running, []
+        for job in running:
             self._end(job)
             self.listener.job_failed(job, gone)
         while (job := self.queue.pop()) is not None:
@@ -352,13 +404,17 @@ class Engine:
         if worker is not None and worker.kill_reason is None:
             if worker.state == "starting" and now - worker.started_at > self.startup_timeout:
                 self.kill_worker(f"not ready after {self.startup_timeout:.0f} s")
-            job = self.running
-            if job is not None:
+            running = self.running
+            # A cancelled job of a batch whose other jobs go on waits for the batch's one
+            # forward (the hang timeout still bounds it): killing the worker would fail them.
+            cancels = [job.cancel_at for job in running if job.cancel_at is not None]
+            if running:
+                names = ", ".join(job.request_id for job in running)
                 if now - worker.last_message > self.hang_timeout:
                     self.kill_worker(f"no progress for {self.hang_timeout:g} s on job "
-                                     f"{job.request_id}")
-                elif job.cancel_at is not None and now - job.cancel_at > self.cancel_grace:
-                    self.kill_worker(f"job {job.request_id} ignored its cancel for "
+                                     f"{names}")
+                elif len(cancels) == len(running) and now - min(cancels) > self.cancel_grace:
+                    self.kill_worker(f"job {names} ignored its cancel for "
                                      f"{self.cancel_grace:g} s")
         self._dispatch()
 
@@ -380,7 +436,7 @@ class Engine:
             self.listener.job_failed(job, error)
             self._report_positions()
             return True
-        if job is self.running and self.worker is not None:
+        if job in self.running and self.worker is not None:
             if job.end_error is None:
                 job.end_error = error
                 job.cancel_at = time.monotonic()
@@ -395,35 +451,80 @@ class Engine:
     def status(self) -> dict[str, Any]:
         worker = self.worker
         state = "starting" if worker is None else worker.state
-        return {"queue": len(self.queue), "running": int(self.running is not None),
+        return {"queue": len(self.queue), "running": len(self.running),
                 "clients": self.queue.clients(), "device": self.device,
                 "precision": self.precision,
                 "device_memory": self.device_memory,
                 "worker": {"pid": int(worker.pid or 0) if worker else 0,
                            "restarts": self.restarts, "state": state}}
 
-    def _dispatch(self) -> None:
-        worker = self.worker
-        if worker is None or worker.state != "idle" or self.running is not None:
-            return
+    @property
+    def batch_limit(self) -> int:
+        """Jobs per forward: ``max_batch``, or when it is 0 what suits the worker's device."""
+        if self.max_batch > 0:
+            return self.max_batch
+        return AUTO_MAX_BATCH_CUDA if self.device.startswith("cuda") else 1
+
+    def _take_batch(self) -> list[Job]:
+        """The next job in fair order, and the jobs right behind it that share its key.
+
+        Only a run of consecutive jobs of the fair order is taken, so no job in the batch
+        overtakes one it would have followed without batching.
+        """
         job = self.queue.pop()
         if job is None:
+            return []
+        batch = [job]
+        limit = self.batch_limit
+        while job.batch_key is not None and not job.retried and len(batch) < limit:
+            nxt = self.queue.peek()
+            if nxt is None or nxt.retried or nxt.batch_key != job.batch_key:
+                break
+            batch.append(self.queue.pop())  # type: ignore[arg-type]  # peek() saw it
+        return batch
+
+    def _dispatch(self) -> None:
+        worker = self.worker
+        if worker is None or worker.state != "idle" or self.running:
             return
-        header = {"op": "job", "job": str(job.number), "model": job.model,
-                  "strategy": job.strategy, "image": job.image, "mask": job.mask,
-                  "reply_encoding": job.reply_encoding, "chunk_bytes": self.chunk_bytes}
-        chunks, job.chunks = job.chunks, []
-        job.state = JobState.RUNNING
-        job.started_at = time.monotonic()
-        job.position = None
-        self.running = job
+        batch = self._take_batch()
+        if not batch:
+            return
+        now = time.monotonic()
+        for job in batch:
+            job.state = JobState.RUNNING
+            job.started_at = now
+            job.position = None
+        first = batch[0]
+        if len(batch) == 1:
+            header = {"op": "job", "job": str(first.number), "model": first.model,
+                      "strategy": first.strategy, "image": first.image, "mask": first.mask,
+                      "reply_encoding": first.reply_encoding, "chunk_bytes": self.chunk_bytes}
+            frames, first.chunks = first.chunks, []
+        else:
+            # Each job keeps its upload until it ends: if the worker dies during the batch,
+            # the job is sent again, alone.
+            header = {"op": "batch", "model": first.model, "chunk_bytes": self.chunk_bytes,
+                      "jobs": [{"job": str(job.number), "strategy": job.strategy,
+                                "image": job.image, "mask": job.mask,
+                                "reply_encoding": job.reply_encoding,
+                                "frames": len(job.chunks)} for job in batch]}
+            frames = [chunk for job in batch for chunk in job.chunks]
+            self.batches += 1
+            _, height, width = first.batch_key  # type: ignore[misc]  # batched: keyed
+            log.info("batch of %d jobs, model %s at %dx%d: %s", len(batch), first.model,
+                     width, height, ", ".join(f"{clean(job.request_id)} ({job.label})"
+                                              for job in batch))
+        self.running = batch
         worker.state = "busy"
-        worker.last_message = job.started_at
-        worker.sock.send_multipart([pack(header), *chunks], copy=False)
+        worker.last_message = now
+        worker.sock.send_multipart([pack(header), *frames], copy=False)
         self._report_positions()
 
     def _report_positions(self) -> None:
         for position, job in enumerate(self.queue.order()):
+            if job.retried:
+                continue  # its client saw it run; stages never go back (SPEC 4.3)
             if job.position != position:
                 job.position = position
                 ahead = "next" if position == 0 else f"{position} job{'s' * (position > 1)} ahead"
@@ -466,8 +567,9 @@ class Engine:
             self._fatal = error_from_code(str(header.get("code")), str(header.get("message")))
             log.error("the worker cannot start: %s", self._fatal)
         elif ev in ("stage", "done", "error"):
-            job = self.running
-            if job is None or header.get("job") != str(job.number):
+            number = header.get("job")
+            job = next((j for j in self.running if str(j.number) == number), None)
+            if job is None:
                 return  # about a job that already ended (killed or cancelled)
             if ev == "stage":
                 self._on_stage(job, header)
@@ -493,8 +595,9 @@ class Engine:
 
     def _on_end(self, worker: WorkerHandle, job: Job, header: dict[str, Any],
                 frames: list[Any]) -> None:
-        self.running = None
-        worker.state = "idle"
+        self.running.remove(job)
+        if not self.running:
+            worker.state = "idle"
         self._end(job)
         if header["ev"] == "done":
             if job.end_error is not None and not isinstance(job.end_error, CancelledError):
@@ -520,11 +623,21 @@ class Engine:
             os.unlink(worker.path)
         except OSError:
             pass
-        job, self.running = self.running, None
+        running, self.running = self.running, []
         self.loaded_models.clear()  # the next worker starts with only the preloaded ones
         if worker.kill_reason is None:
             log.error("worker pid %s died (%s)", worker.pid, how)
-        if job is not None:
+        requeued = False
+        for job in running:
+            if len(running) > 1 and job.end_error is None:
+                # Which job of the batch did it is unknown: each runs again, alone, so only
+                # that one ends with worker_crashed (SPEC 8.4).
+                log.warning("job %s of the batch runs again, alone", clean(job.request_id))
+                job.state = JobState.QUEUED
+                job.retried = True
+                self.queue.requeue(job)
+                requeued = True
+                continue
             self._end(job)
             if worker.kill_reason is not None and job.end_error is not None:
                 error = job.end_error  # a hard cancel
@@ -534,6 +647,8 @@ class Engine:
                 error = WorkerCrashedError(f"the worker process died on this job ({how}); "
                                            "a new one was started")
             self.listener.job_failed(job, error)
+        if requeued:
+            self._report_positions()  # the jobs behind them are further back now
         if not respawn:
             return
         self.restarts += 1

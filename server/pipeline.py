@@ -20,9 +20,8 @@ Strategies:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,28 +30,12 @@ import torch.nn.functional as F
 from inpaintd.protocol.errors import BadInputError, MaskSizeError
 
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
+from .strategy import STRATEGIES, StrategyOptions, runs_whole
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "full", "crop", "resize")
 #: Progress callback: fraction done in [0, 1].
 Progress = Callable[[float], None]
-
-
-@dataclass(frozen=True)
-class StrategyOptions:
-    """Where the strategies switch. Defaults follow IOPaint's HD strategy, measured here."""
-
-    #: ``auto`` crops when the longer side exceeds this many pixels.
-    crop_trigger: int = 1024
-    #: Context around each hole region, at least this many pixels ...
-    crop_margin: int = 128
-    #: ... or this share of the region's longer side, whichever is larger.
-    crop_margin_ratio: float = 0.5
-    #: Regions (or images) longer than this run at this size and are scaled back.
-    resize_limit: int = 2048
-    #: Cell size of the coarse grid that finds hole regions in one pass over the mask.
-    region_cell: int = 8
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -95,9 +78,44 @@ class ModelAdapter:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the model runs a ``height`` x ``width`` input at: inputs with the same
+        one can share a forward (:meth:`predict_batch`)."""
+        return height, width
+
+    def prepare(self, image: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image (B,3,H,W), mask (B,1,H,W) brought to :meth:`input_size`."""
+        return image, mask
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One model call on prepared inputs; the raw prediction (B,3,h,w) in [0,1]."""
+        raise NotImplementedError
+
+    def finish(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """A prediction at the model's size brought back to ``height`` x ``width``, float."""
+        return out
+
     def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """image (B,3,H,W) in [0,1], mask (B,1,H,W) in {0,1} -> raw prediction (B,3,H,W)."""
-        raise NotImplementedError
+        h, w = image.shape[-2:]
+        return self.finish(self.forward(*self.prepare(image, mask)), h, w)
+
+    def predict_batch(self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]
+                      ) -> list[torch.Tensor]:
+        """Inputs of one :meth:`input_size` (their own sizes may differ) in one forward.
+
+        Each is prepared on its own, exactly as :meth:`predict` prepares it, so a batched
+        prediction differs from a lone one only by the kernels' batch-size-dependent
+        rounding.
+        """
+        prepared = [self.prepare(i, m) for i, m in zip(images, masks)]
+        if len({tuple(p[0].shape[-2:]) for p in prepared}) > 1:
+            raise ValueError("predict_batch needs inputs of one input_size")
+        out = self.forward(torch.cat([p[0] for p in prepared]),
+                           torch.cat([p[1] for p in prepared]))
+        del prepared
+        return [self.finish(out[k:k + 1], *image.shape[-2:]) for k, image in enumerate(images)]
 
 
 class LamaAdapter(ModelAdapter):
@@ -109,11 +127,19 @@ class LamaAdapter(ModelAdapter):
         super().__init__(model)
         self.pad_mod = int(getattr(self.module, "pad_mod", 8))
 
-    def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h, w = image.shape[-2:]
-        image, mask = pad_symmetric(image, self.pad_mod), pad_symmetric(mask, self.pad_mod)
-        out = self.module(self.to_model(torch.cat([image * (1 - mask), mask], dim=1)))
-        return out[..., :h, :w].float()
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        mod = self.pad_mod
+        return -(-height // mod) * mod, -(-width // mod) * mod
+
+    def prepare(self, image: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_symmetric(image, self.pad_mod), pad_symmetric(mask, self.pad_mod)
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.module(self.to_model(torch.cat([image * (1 - mask), mask], dim=1)))
+
+    def finish(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return out[..., :height, :width].float()
 
 
 class PennetAdapter(ModelAdapter):
@@ -123,20 +149,29 @@ class PennetAdapter(ModelAdapter):
         super().__init__(model)
         self.fixed_size = int(getattr(self.module, "size", 256))
 
-    def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h, w = image.shape[-2:]
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        return self.fixed_size, self.fixed_size
+
+    def prepare(self, image: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.fixed_size
-        if (h, w) != (s, s):
+        if tuple(image.shape[-2:]) != (s, s):
             image = F.interpolate(image, size=(s, s), mode="bilinear", align_corners=False,
                                   antialias=True)
             # Any hole pixel makes its low-res pixel a hole, so no thin stroke vanishes.
             mask = (F.interpolate(mask, size=(s, s), mode="area") > 0).to(image.dtype)
+        return image, mask
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         img = image * 2 - 1
         masked = img * (1 - mask) + mask
         _, out = self.module(torch.cat([masked, mask], dim=1), mask)
-        out = (out + 1) / 2
-        if (h, w) != (s, s):
-            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        return (out + 1) / 2
+
+    def finish(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if tuple(out.shape[-2:]) != (height, width):
+            out = F.interpolate(out, size=(height, width), mode="bilinear",
+                                align_corners=False)
         return out
 
 
@@ -286,6 +321,17 @@ def expand_and_merge(boxes: list[Box], shape: tuple[int, int], margin: int,
 
 # --- the pipeline ---------------------------------------------------------------------
 
+@dataclass
+class FillItem:
+    """One image of :meth:`Inpainter.fill_batch`."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    strategy: Optional[str] = None
+    #: The fill may be written into ``image`` itself (its owner needs no untouched copy).
+    inplace: bool = False
+
+
 class Inpainter:
     """A loaded model plus the strategy logic; :meth:`fill` is thread-compatible, not -safe."""
 
@@ -337,6 +383,65 @@ class Inpainter:
             if progress:
                 progress((i + 1) / len(boxes))
         return out
+
+    def fill_batch(self, items: Sequence[FillItem]) -> list[np.ndarray]:
+        """Fill several images; those the model sees at one input size share one forward.
+
+        Why: on a GPU one forward over a batch costs far less than a forward per image. An
+        item is batched when its fill is one model call over the whole image (``full``, or
+        ``auto`` up to ``crop_trigger``); its result then equals :meth:`fill`'s up to the
+        kernels' batch-dependent rounding, and outside the hole it is the input exactly.
+        Other items run through :meth:`fill` on their own.
+
+        Every forward runs before any image is written, so when one fails (out of memory)
+        every input is still as it came and the items can be run again one at a time.
+        """
+        checked: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        groups: dict[tuple[int, int], list[int]] = {}
+        alone: list[int] = []
+        for k, item in enumerate(items):
+            strategy = item.strategy or "auto"
+            if strategy not in STRATEGIES:
+                raise BadInputError(f"unknown strategy {strategy!r} (use "
+                                    f"{', '.join(STRATEGIES)})")
+            image, mask = self._check(item.image, item.mask)
+            hole = is_hole(mask)
+            checked.append((image, mask, hole))
+            h, w = mask.shape
+            if not runs_whole(strategy, h, w, self.options):
+                alone.append(k)
+            elif hole.any():
+                groups.setdefault(self.adapter.input_size(h, w), []).append(k)
+
+        fills: dict[int, np.ndarray] = {}
+        for members in groups.values():
+            fills.update(zip(members, self._predict_group([checked[k] for k in members])))
+        results: list[Optional[np.ndarray]] = [None] * len(items)
+        for k in alone:
+            results[k] = self.fill(items[k].image, items[k].mask, items[k].strategy)
+        for k, item in enumerate(items):
+            if results[k] is not None:
+                continue
+            image, _, hole = checked[k]
+            out = image if item.inplace else image.copy()
+            if k in fills:
+                out[..., :3][hole] = fills[k][hole]
+            else:
+                log.warning("the mask is empty: the image is returned unchanged")
+            results[k] = out
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    @torch.inference_mode()
+    def _predict_group(self, members: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                       ) -> list[np.ndarray]:
+        """One forward over images of one model input size: each one's fill, its dtype."""
+        device = self.adapter.device
+        rgbs = [_to_tensor(image[..., :3], device) for image, _, _ in members]
+        masks = [torch.from_numpy(np.ascontiguousarray(hole)).to(device)[None, None].float()
+                 for _, _, hole in members]
+        preds = self.adapter.predict_batch(rgbs, masks)
+        del rgbs, masks
+        return [_from_tensor(pred, image.dtype) for pred, (image, _, _) in zip(preds, members)]
 
     def _check(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] not in (3, 4):

@@ -47,7 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         curve_dir=Path(args.curve).expanduser() if args.curve else None,
         insecure=args.insecure, max_message_mb=args.max_message_mb, max_queue=args.max_queue,
         max_jobs_per_client=args.max_jobs_per_client, upload_timeout_s=args.upload_timeout,
-        hang_timeout_s=args.hang_timeout, cancel_grace_s=args.cancel_grace, log_level=level)
+        hang_timeout_s=args.hang_timeout, cancel_grace_s=args.cancel_grace,
+        max_batch=args.max_batch, log_level=level)
     if config.insecure and config.curve_dir is None:
         log.warning("--insecure: serving %s without encryption or authentication", config.bind)
     server = Server(config)
@@ -99,6 +100,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cancel-grace", type=float, default=10.0, metavar="S",
                    help="kill the worker when a cancelled job has not stopped after S "
                    "seconds (default 10)")
+    p.add_argument("--max-batch", type=int, default=0, metavar="N",
+                   help="run up to N queued jobs of one model and one padded size as one "
+                   "forward (0, the default: 4 on CUDA, 1 elsewhere)")
     p.set_defaults(func=cmd_serve)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-import re
 import threading
 import time
 import uuid
@@ -38,6 +37,8 @@ from inpaintd.protocol.errors import (BadInputError, BadMessageError, BusyError,
 from inpaintd.protocol.version import __version__
 
 from .engine import Engine, Job, JobState
+from .engine import clean as _clean
+from .strategy import batch_key
 
 log = logging.getLogger("inpaintd.serve")
 
@@ -62,12 +63,6 @@ OUTBOX_TIMEOUT_S = 60.0
 KEEPALIVE_S = 1.0
 #: Most messages read from the socket per loop turn, so worker events are never starved.
 RECV_BATCH = 256
-_UNSAFE_LABEL = re.compile(r"[^A-Za-z0-9._+:-]+")
-
-
-def _clean(text: str) -> str:
-    """Client-chosen text made safe for a log line (a newline could forge entries)."""
-    return _UNSAFE_LABEL.sub("_", text) or "_"
 
 
 @dataclass
@@ -89,6 +84,8 @@ class ServerConfig:
     upload_timeout_s: float = 60.0
     hang_timeout_s: float = 300.0
     cancel_grace_s: float = 10.0
+    #: Most jobs run in one forward; 0 is auto: 4 when the worker's device is CUDA, else 1.
+    max_batch: int = 0
     log_level: int = logging.INFO
 
     @property
@@ -117,6 +114,8 @@ class ServerConfig:
                                 "alone may be 64 KiB")
         if self.max_queue < 1 or self.max_jobs_per_client < 1:
             raise BadInputError("--max-queue must be at least 1")
+        if self.max_batch < 0:
+            raise BadInputError("--max-batch must be 0 (auto) or more")
         check_bind(self.bind, self.curve_dir is not None, self.insecure)
 
 
@@ -216,6 +215,11 @@ class ModelCatalog:
                         "state": "missing"})
         return out[:256]
 
+    def architecture(self, name: str) -> str:
+        """The architecture of an installed model, ``unknown`` for any other name."""
+        path = self._scan().get(name)
+        return "unknown" if path is None else self._architecture(path)
+
     def check(self, name: str) -> None:
         """Raise unless ``name`` is an installed model."""
         if name in self._scan():
@@ -241,6 +245,7 @@ class Server:
         self.jobs: dict[tuple[str, str], Job] = {}
         self.engine = Engine(self, self.ctx, device=config.device, precision=config.precision,
                              preload=config.preload,
+                             max_batch=config.max_batch,
                              hang_timeout=config.hang_timeout_s,
                              cancel_grace=config.cancel_grace_s, log_level=config.log_level)
         self.engine.chunk_bytes = config.chunk_bytes
@@ -465,7 +470,9 @@ class Server:
         job = Job(client=identity, request_id=rid, route=route, model=req["model"],
                   strategy=req["strategy"], image=image.to_wire(), mask=mask.to_wire(),
                   reply_encoding=req["options"]["reply_encoding"],
-                  total=image.nbytes + mask.nbytes, label=label)
+                  total=image.nbytes + mask.nbytes, label=label,
+                  batch_key=batch_key(req["model"], self.catalog.architecture(req["model"]),
+                                      req["strategy"], image.height, image.width))
         job.credit = min(job.total, self.config.window_bytes)
         self.jobs[job.key] = job
         self._send(route, header("accepted", re=rid, boot_id=self.boot_id, credit=job.credit))

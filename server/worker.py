@@ -15,7 +15,12 @@ Front end -> worker (``op``):
 
 - ``job``: ``{job, model, strategy, image, mask, reply_encoding, chunk_bytes}`` + the upload
   chunks (the image's bytes then the mask's, as the client sent them);
-- ``cancel``: ``{job}``, honoured at the next stage boundary of that job;
+- ``batch``: ``{model, chunk_bytes, jobs: [{job, strategy, image, mask, reply_encoding,
+  frames}]}`` + each job's upload chunks in turn (``frames`` of them per job): jobs whose
+  fills are one model forward at the same input size, run as one forward
+  (:meth:`Worker.batch`); each still ends with its own ``done`` or ``error``;
+- ``cancel``: ``{job}``, honoured at the next stage boundary of that job (in a batch: before
+  its forward, or after it, when the job is answered ``cancelled`` and the others go on);
 - ``exit``.
 
 Worker -> front end (``ev``): ``ready``, ``model`` (a model loaded or failed),
@@ -23,6 +28,11 @@ Worker -> front end (``ev``): ``ready``, ``model`` (a model loaded or failed),
 ``done`` (+ result chunks), ``error`` (a protocol error code), ``fatal`` (cannot start).
 Every event carries ``device_memory`` so the front end can answer ``status`` while a job
 runs.
+
+Memory stays bounded: a batch that runs out of device memory is run again one job at a time,
+and a whole-image job (``full``, or ``auto`` below the crop trigger) that runs out is retried
+once with the ``crop`` strategy, which only puts the holes' regions through the model. The
+cache is released after every out-of-memory, so the next job starts on a clean device.
 """
 
 from __future__ import annotations
@@ -120,8 +130,16 @@ class Worker:
         self.precision = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
             use_physical_cores()
+        elif self.device.type == "cuda":
+            import torch
+
+            # Jobs repeat a few padded sizes (batches share one); cuDNN's autotuner pays for
+            # its first search per size once and then runs the fastest kernels it found.
+            torch.backends.cudnn.benchmark = True
         self.inpainters: dict[str, Any] = {}
         self._pending: list[list[Any]] = []
+        #: Jobs the front end asked to stop during the current ``job`` or ``batch`` op.
+        self._cancelled: set[str] = set()
 
     # --- the channel -------------------------------------------------------------------
 
@@ -132,18 +150,18 @@ class Worker:
     def _cancel_requested(self, job: str) -> bool:
         """Read what arrived while a job runs, without blocking: is this job cancelled?
 
-        Anything else that arrives (the front end sends one job at a time, so only a stale
-        cancel or an exit) is kept for the main loop.
+        Cancels are remembered for the whole op, as one may name another job of the same
+        batch. Anything else that arrives (the front end sends one op at a time, so only an
+        exit) is kept for the main loop.
         """
-        cancelled = False
         while self.sock.poll(0, zmq.POLLIN):
             msg = self.sock.recv_multipart(copy=False)
             header = unpack(msg[0].buffer)
             if header.get("op") == "cancel":
-                cancelled = cancelled or header.get("job") == job
+                self._cancelled.add(str(header.get("job")))
             else:
                 self._pending.append(msg)
-        return cancelled
+        return job in self._cancelled
 
     def _next_message(self) -> list[Any]:
         if self._pending:
@@ -186,60 +204,202 @@ class Worker:
             op = header.get("op")
             if op == "exit":
                 return
-            if op == "job":
-                self.job(header, msg[1:])
-            # A cancel that arrives between jobs is for a job that already ended: ignore.
+            try:
+                if op == "job":
+                    self.job(header, msg[1:])
+                elif op == "batch":
+                    self.batch(header, msg[1:])
+            finally:
+                # A cancel that arrives after its op is for a job that already ended.
+                self._cancelled.clear()
 
-    def job(self, header: dict[str, Any], chunks: list[Any]) -> None:
+    def job(self, header: dict[str, Any], chunks: list[Any],
+            decoded: Optional[tuple[np.ndarray, np.ndarray]] = None) -> None:
+        """Run one job and answer it with ``done`` or ``error``; ``decoded`` is its image and
+        mask when a failed batch already decoded them."""
         job = str(header["job"])
         t0 = time.perf_counter()
+        out_of_memory = False
         try:
-            frames, desc = self._run(job, header, chunks)
+            frames, desc = self._run(job, header, chunks, decoded)
         except _Cancelled:
-            self.send({"ev": "error", "job": job, "code": CancelledError.code,
-                       "message": "the job was cancelled"})
+            self._send_cancelled(job)
             return
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             err = classify(exc)
             if err.code == "internal":
                 log.exception("job %s failed", job)
-            if err.code == OutOfMemoryError.code:
-                _release_cached_memory()
+            out_of_memory = err.code == OutOfMemoryError.code
             self.send({"ev": "error", "job": job, "code": err.code, "message": err.message})
-            return
-        self.send({"ev": "done", "job": job, "image": desc,
-                   "run_ms": round((time.perf_counter() - t0) * 1000)}, frames)
+        else:
+            self.send({"ev": "done", "job": job, "image": desc,
+                       "run_ms": round((time.perf_counter() - t0) * 1000)}, frames)
+        if out_of_memory:  # here, not in the except: the traceback held the job's tensors
+            _release_cached_memory()
 
-    def _run(self, job: str, header: dict[str, Any], chunks: list[Any]) -> tuple[list[Any], dict]:
-        from inpaintd.protocol.codec import BufferDesc, pack_array, split_chunks, unpack_array
+    def _send_cancelled(self, job: str) -> None:
+        self.send({"ev": "error", "job": job, "code": CancelledError.code,
+                   "message": "the job was cancelled"})
 
-        if self._cancel_requested(job):
-            raise _Cancelled
-        name = str(header["model"])
+    def _model(self, jobs: list[str], name: str) -> Any:
+        """The model for these jobs, with a ``loading`` stage for each when it loads now."""
         if name not in self.inpainters:
-            self.send({"ev": "stage", "job": job, "stage": "loading"})
-        inpainter = self.inpainter(name)
+            for job in jobs:
+                self.send({"ev": "stage", "job": job, "stage": "loading"})
+        return self.inpainter(name)
+
+    def _run(self, job: str, header: dict[str, Any], chunks: list[Any],
+             decoded: Optional[tuple[np.ndarray, np.ndarray]] = None
+             ) -> tuple[list[Any], dict]:
         if self._cancel_requested(job):
             raise _Cancelled
-
-        image_desc = BufferDesc.from_wire(header["image"])
-        mask_desc = BufferDesc.from_wire(header["mask"])
-        data = _join(chunks)
-        if len(data) != image_desc.nbytes + mask_desc.nbytes:
-            raise BadMessageError("the upload's length does not match the declared nbytes")
-        image = unpack_array(image_desc, data[:image_desc.nbytes])
-        mask = unpack_array(mask_desc, data[image_desc.nbytes:])
-        del data, chunks
+        inpainter = self._model([job], str(header["model"]))
+        if self._cancel_requested(job):
+            raise _Cancelled
+        image, mask = decoded if decoded is not None else _decode(header, chunks)
+        del chunks
 
         self.send({"ev": "stage", "job": job, "stage": "running", "done": 0, "total": 0})
-        progress = self._progress(job)
-        result = fill_any_channels(inpainter, image, mask, header.get("strategy"), progress)
+        result = self._fill_alone(job, inpainter, image, mask, header.get("strategy"))
         if self._cancel_requested(job):
             raise _Cancelled
+        return self._reply(job, header, result)
+
+    def _fill_alone(self, job: str, inpainter: Any, image: np.ndarray, mask: np.ndarray,
+                    strategy: Optional[str]) -> np.ndarray:
+        """Fill one job in place (the worker owns its decoded buffer); a whole-image fill
+        that runs out of memory is retried once with the crop strategy, whose model inputs
+        are only the holes' regions."""
+        from .strategy import StrategyOptions, runs_whole
+
+        try:
+            return fill_any_channels(inpainter, image, mask, strategy, self._progress(job),
+                                     inplace=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is out of memory
+            options = getattr(inpainter, "options", StrategyOptions())
+            if not is_out_of_memory(exc) or not runs_whole(strategy, *image.shape[:2],
+                                                           options):
+                raise
+            log.warning("job %s ran out of memory with strategy %s (%s); retrying it with "
+                        "the crop strategy", job, strategy or "auto", exc)
+        # Out of the except block, so the failed attempt's tensors are already unreferenced.
+        _release_cached_memory()
+        return fill_any_channels(inpainter, image, mask, "crop", self._progress(job),
+                                 inplace=True)
+
+    def _reply(self, job: str, header: dict[str, Any], result: np.ndarray
+               ) -> tuple[list[Any], dict]:
+        """The ``compositing`` stage, then the result packed as the client asked."""
+        from inpaintd.protocol.codec import pack_array, split_chunks
+
         self.send({"ev": "stage", "job": job, "stage": "compositing"})
         desc, buf = pack_array(result, str(header.get("reply_encoding") or "raw"))
         frames = split_chunks(buf, int(header["chunk_bytes"]))
         return list(frames), desc.to_wire()
+
+    # --- batches -----------------------------------------------------------------------
+
+    def batch(self, header: dict[str, Any], chunks: list[Any]) -> None:
+        """Run several jobs of one model whose fills share a model input size as one forward.
+
+        Why: on a GPU a forward over a batch costs far less than one per job. Each job still
+        gets its own stages and its own ``done`` or ``error``. A cancel is honoured before the
+        forward or after it (the others go on). When the batch fails (out of memory, or
+        anything else) its jobs are run again one at a time, each with the single job's own
+        out-of-memory fallback, so one job's trouble never fails another.
+        """
+        t0 = time.perf_counter()
+        name = str(header["model"])
+        specs: list[dict[str, Any]] = []
+        pos = 0
+        for raw in header["jobs"]:
+            count = int(raw["frames"])
+            spec = {**raw, "model": name, "chunk_bytes": header["chunk_bytes"],
+                    "chunks": chunks[pos:pos + count]}
+            pos += count
+            specs.append(spec)
+        del chunks
+
+        live = [s for s in specs if not self._stopped(str(s["job"]))]
+        if not live:
+            return
+        load_error: Optional[InpaintdError] = None
+        try:
+            inpainter = self._model([str(s["job"]) for s in live], name)
+        except Exception as exc:  # noqa: BLE001 - every job gets the error
+            load_error = classify(exc)
+            if load_error.code == "internal":
+                log.exception("loading model %s failed", name)
+        if load_error is not None:
+            for spec in live:
+                self.send({"ev": "error", "job": str(spec["job"]), "code": load_error.code,
+                           "message": load_error.message})
+            if load_error.code == OutOfMemoryError.code:
+                _release_cached_memory()
+            return
+
+        decoded: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
+        for spec in live:
+            job = str(spec["job"])
+            if self._stopped(job):
+                continue
+            try:
+                image, mask = _decode(spec, spec.pop("chunks"))
+            except Exception as exc:  # noqa: BLE001 - the job's own error; the others go on
+                err = classify(exc)
+                self.send({"ev": "error", "job": job, "code": err.code, "message": err.message})
+                continue
+            decoded.append((spec, image, mask))
+            self.send({"ev": "stage", "job": job, "stage": "running", "done": 0, "total": 0})
+        if not decoded:
+            return
+
+        results: Optional[list[np.ndarray]] = None
+        out_of_memory = False
+        try:
+            results = fill_batch_any_channels(
+                inpainter, [(image, mask, spec.get("strategy")) for spec, image, mask in decoded],
+                inplace=True)
+        except Exception as exc:  # noqa: BLE001 - the jobs are run again one at a time
+            out_of_memory = is_out_of_memory(exc)
+            if out_of_memory or isinstance(exc, InpaintdError):
+                log.warning("a batch of %d jobs failed (%s); running them one at a time",
+                            len(decoded), classify(exc).message)
+            else:
+                log.exception("a batch of %d jobs failed; running them one at a time",
+                              len(decoded))
+        if results is None:
+            if out_of_memory:
+                _release_cached_memory()
+            for spec, image, mask in decoded:
+                self.job(spec, [], decoded=(image, mask))
+            return
+        for (spec, _, _), result in zip(decoded, results):
+            job = str(spec["job"])
+            if self._stopped(job):
+                continue
+            try:
+                self.send({"ev": "stage", "job": job, "stage": "running", "done": 1,
+                           "total": 1})
+                frames, desc = self._reply(job, spec, result)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+                err = classify(exc)
+                if err.code == "internal":
+                    log.exception("job %s failed", job)
+                out_of_memory = out_of_memory or err.code == OutOfMemoryError.code
+                self.send({"ev": "error", "job": job, "code": err.code, "message": err.message})
+                continue
+            self.send({"ev": "done", "job": job, "image": desc,
+                       "run_ms": round((time.perf_counter() - t0) * 1000)}, frames)
+        if out_of_memory:
+            _release_cached_memory()
+
+    def _stopped(self, job: str) -> bool:
+        """Answer ``cancelled`` for a job whose cancel arrived; True when it did."""
+        if self._cancel_requested(job):
+            self._send_cancelled(job)
+            return True
+        return False
 
     def _progress(self, job: str) -> Callable[[float], None]:
         """The pipeline's callback: report crop k of n, and stop here if cancelled.
@@ -280,32 +440,88 @@ def model_path(name: str) -> str:
 
 
 def fill_any_channels(inpainter: Any, image: np.ndarray, mask: np.ndarray,
-                      strategy: Optional[str], progress: Callable[[float], None]) -> np.ndarray:
+                      strategy: Optional[str], progress: Callable[[float], None],
+                      inplace: bool = False) -> np.ndarray:
     """Fill gray (1), gray+alpha (2), RGB (3) or RGBA (4) images.
 
     The pipeline works on RGB(A); gray is spread to RGB for the model and the fill is
     brought back as the mean of the channels, only inside the hole, so every pixel outside
-    it (and alpha) stays exactly as it came in.
+    it (and alpha) stays exactly as it came in. With ``inplace`` the fill is written into
+    ``image`` (the worker owns its decoded upload, so a canvas costs no second copy).
     """
+    image, mask = _as_hwc(image, mask)
+    if image.shape[2] in (3, 4):
+        return inpainter.fill(image, mask, strategy, progress=progress, inplace=inplace)
+    filled = inpainter.fill(_spread_gray(image), mask, strategy, progress=progress,
+                            inplace=True)
+    return _gather_gray(image, mask, filled, inplace)
+
+
+def fill_batch_any_channels(inpainter: Any,
+                            items: list[tuple[np.ndarray, np.ndarray, Optional[str]]],
+                            inplace: bool = False) -> list[np.ndarray]:
+    """:func:`fill_any_channels` for several images through ``Inpainter.fill_batch``.
+
+    Channels are made RGB(A) per image, so gray, RGB and RGBA images, and any dtypes, share
+    one forward; the model only ever sees float RGB.
+    """
+    from .pipeline import FillItem
+
+    shaped = [_as_hwc(image, mask) for image, mask, _ in items]
+    fill_items = []
+    for (image, mask), (_, _, strategy) in zip(shaped, items):
+        gray = image.shape[2] in (1, 2)
+        fill_items.append(FillItem(_spread_gray(image) if gray else image, mask, strategy,
+                                   inplace=inplace or gray))
+    filled = inpainter.fill_batch(fill_items)
+    return [_gather_gray(image, mask, out, inplace) if image.shape[2] in (1, 2) else out
+            for (image, mask), out in zip(shaped, filled)]
+
+
+def _as_hwc(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HxWxC image and HxW mask; 1 to 4 channels."""
     if image.ndim == 2:
         image = image[..., None]
     if mask.ndim == 3:
         mask = mask[..., 0]
-    channels = image.shape[2]
-    if channels in (3, 4):
-        return inpainter.fill(image, mask, strategy, progress=progress)
-    if channels not in (1, 2):
-        raise BadInputError(f"images have 1 to 4 channels, not {channels}")
+    if image.shape[2] not in (1, 2, 3, 4):
+        raise BadInputError(f"images have 1 to 4 channels, not {image.shape[2]}")
+    return image, mask
+
+
+def _spread_gray(image: np.ndarray) -> np.ndarray:
+    """Gray (+alpha) as RGB (+alpha): a new buffer the pipeline may fill in place."""
     gray = image[..., :1]
-    expanded = np.concatenate([gray, gray, gray, image[..., 1:]], axis=2)
-    filled = inpainter.fill(expanded, mask, strategy, progress=progress)
-    out = image.copy()
+    return np.concatenate([gray, gray, gray, image[..., 1:]], axis=2)
+
+
+def _gather_gray(image: np.ndarray, mask: np.ndarray, filled: np.ndarray, inplace: bool
+                 ) -> np.ndarray:
+    """The RGB fill's channel mean written into the gray channel, inside the hole only."""
+    out = image if inplace else image.copy()
     hole = mask > 127
     mean = filled[..., :3].astype(np.float64).mean(axis=2)
     if np.issubdtype(image.dtype, np.integer):
         mean = np.rint(mean)
     out[..., 0][hole] = mean[hole].astype(image.dtype)
     return out
+
+
+def _decode(header: dict[str, Any], chunks: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A job's image and mask from its upload chunks, in one buffer the worker owns and
+    the fill may write into (raw images are views of it, zstd ones are decoded afresh)."""
+    from inpaintd.protocol.codec import BufferDesc, unpack_array
+
+    image_desc = BufferDesc.from_wire(header["image"])
+    mask_desc = BufferDesc.from_wire(header["mask"])
+    data = _join(chunks)
+    if len(data) != image_desc.nbytes + mask_desc.nbytes:
+        raise BadMessageError("the upload's length does not match the declared nbytes")
+    image = unpack_array(image_desc, data[:image_desc.nbytes])
+    mask = unpack_array(mask_desc, data[image_desc.nbytes:])
+    if not image.flags.writeable:  # a big-endian host's conversion is already a copy
+        image = image.copy()
+    return image, mask
 
 
 def _join(chunks: list[Any]) -> memoryview:

@@ -156,8 +156,8 @@ def test_classify_out_of_memory() -> None:
 @pytest.mark.parametrize("channels", [1, 2])
 def test_gray_fill_keeps_everything_outside_the_hole(dtype: Any, channels: int) -> None:
     class Echo:
-        def fill(self, image: np.ndarray, mask: np.ndarray, strategy: Any, progress: Any
-                 ) -> np.ndarray:
+        def fill(self, image: np.ndarray, mask: np.ndarray, strategy: Any, progress: Any,
+                 inplace: bool = False) -> np.ndarray:
             assert image.shape[2] == 2 + channels  # gray spread to RGB (+ alpha)
             out = image.copy()
             out[mask > 127, :3] = np.array([10, 20, 30]).astype(dtype)
@@ -183,7 +183,7 @@ class FakeInpainter:
         self.crops, self.delay, self.fail = crops, delay, fail
 
     def fill(self, image: np.ndarray, mask: np.ndarray, strategy: Any = None,
-             progress: Any = None) -> np.ndarray:
+             progress: Any = None, inplace: bool = False) -> np.ndarray:
         out = image.copy()
         for i in range(self.crops):
             time.sleep(self.delay)
@@ -359,3 +359,237 @@ def test_stale_ipc_dirs_of_killed_servers_are_removed() -> None:
         assert not stale.exists() and alive.exists()
     finally:
         alive.rmdir()
+
+
+# --- the worker: batches and out-of-memory fallbacks (issue 7 item 6) -----------------------
+
+def _oom() -> BaseException:
+    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+class BatchingFake(FakeInpainter):
+    """A FakeInpainter with ``fill_batch``, recording every call; ``batch_fail`` makes the
+    batch raise, ``fail_strategies`` makes ``fill`` raise out of memory for those."""
+
+    def __init__(self, batch_fail: Optional[BaseException] = None, delay: float = 0.0,
+                 fail_strategies: tuple[Optional[str], ...] = ()) -> None:
+        super().__init__()
+        self.batch_fail, self.batch_delay = batch_fail, delay
+        self.fail_strategies = fail_strategies
+        self.batches: list[int] = []
+        self.fills: list[Optional[str]] = []
+        self.started = threading.Event()
+
+    def fill(self, image: np.ndarray, mask: np.ndarray, strategy: Any = None,
+             progress: Any = None, inplace: bool = False) -> np.ndarray:
+        self.fills.append(strategy)
+        if strategy in self.fail_strategies:
+            raise _oom()
+        out = image if inplace else image.copy()
+        out[mask > 127, :3] = 0
+        if progress:
+            progress(1.0)
+        return out
+
+    def fill_batch(self, items: list[Any]) -> list[np.ndarray]:
+        self.batches.append(len(items))
+        self.started.set()
+        time.sleep(self.batch_delay)
+        if self.batch_fail is not None:
+            raise self.batch_fail
+        outs = []
+        for item in items:
+            out = item.image if item.inplace else item.image.copy()
+            out[item.mask > 127, :3] = 0
+            outs.append(out)
+        return outs
+
+
+def _send_batch(front: zmq.Socket, model: str,
+                jobs: list[tuple[str, np.ndarray, np.ndarray]], chunk_bytes: int = 1000,
+                truncate: Optional[str] = None) -> None:
+    """A ``batch`` op as the engine sends it: each job's upload chunks in turn."""
+    specs, frames = [], []
+    for job, image, mask in jobs:
+        idesc, ibuf = pack_array(image)
+        mdesc, mbuf = pack_array(mask, "zstd")
+        stream = bytes(ibuf) + bytes(mbuf)
+        if job == truncate:
+            stream = stream[:-1]
+        chunks = [stream[i:i + 700] for i in range(0, len(stream), 700)]
+        specs.append({"job": job, "strategy": "auto", "image": idesc.to_wire(),
+                      "mask": mdesc.to_wire(), "reply_encoding": "raw",
+                      "frames": len(chunks)})
+        frames += chunks
+    front.send_multipart([pack({"op": "batch", "model": model, "chunk_bytes": chunk_bytes,
+                                "jobs": specs}), *frames])
+
+
+def _batch_events(front: zmq.Socket, jobs: list[str]
+                  ) -> dict[str, list[tuple[dict[str, Any], list[bytes]]]]:
+    """Every job's events until each has ended."""
+    out: dict[str, list[tuple[dict[str, Any], list[bytes]]]] = {job: [] for job in jobs}
+    ended: set[str] = set()
+    while ended != set(jobs):
+        assert front.poll(10_000), out
+        frames = front.recv_multipart()
+        hdr = unpack(frames[0])
+        if hdr.get("job") in out:
+            out[hdr["job"]].append((hdr, frames[1:]))
+            if hdr["ev"] in ("done", "error"):
+                ended.add(hdr["job"])
+    return out
+
+
+def _result_of(events: list[tuple[dict[str, Any], list[bytes]]]) -> np.ndarray:
+    done, frames = events[-1]
+    assert done["ev"] == "done", done
+    return unpack_array(BufferDesc.from_wire(done["image"]), b"".join(frames))
+
+
+def _batch_inputs() -> list[tuple[np.ndarray, np.ndarray]]:
+    """Three uploads of one size and different dtypes and channels (gray too)."""
+    image, mask = _inputs()
+    rng = np.random.default_rng(2)
+    rgba16 = rng.integers(0, 65536, (40, 50, 4), dtype=np.uint16)
+    gray = rng.integers(0, 256, (40, 50, 1), dtype=np.uint8)
+    return [(image, mask), (rgba16, mask), (gray, mask)]
+
+
+@pytest.fixture()
+def released(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the worker's cache releases (no GPU here: the call is what is checked)."""
+    calls: list[int] = []
+    monkeypatch.setattr("inpaintd.server.worker._release_cached_memory",
+                        lambda: calls.append(1))
+    return calls
+
+
+def test_worker_batch_is_one_forward_with_each_job_answered(worker_channel: Any) -> None:
+    worker, front = worker_channel
+    fake = worker.inpainters["fake"] = BatchingFake()
+    inputs = _batch_inputs()
+    _send_batch(front, "fake", [(str(i), im, m) for i, (im, m) in enumerate(inputs)])
+    events = _batch_events(front, ["0", "1", "2"])
+    assert fake.batches == [3] and fake.fills == []
+    for i, (image, mask) in enumerate(inputs):
+        stages = [(h["stage"], h.get("done"), h.get("total")) for h, _ in events[str(i)]
+                  if h["ev"] == "stage"]
+        assert stages == [("running", 0, 0), ("running", 1, 1), ("compositing", None, None)]
+        want = fill_any_channels(BatchingFake(), image, mask, None, lambda f: None)
+        got = _result_of(events[str(i)])
+        assert got.dtype == image.dtype and np.array_equal(got, want)
+        assert np.array_equal(got[mask <= 127], image[mask <= 127])
+
+
+def test_worker_batch_out_of_memory_reruns_its_jobs_alone(worker_channel: Any,
+                                                          released: list[int]) -> None:
+    worker, front = worker_channel
+    fake = worker.inpainters["fake"] = BatchingFake(batch_fail=_oom())
+    inputs = _batch_inputs()
+    _send_batch(front, "fake", [(str(i), im, m) for i, (im, m) in enumerate(inputs)])
+    events = _batch_events(front, ["0", "1", "2"])
+    assert fake.batches == [3] and fake.fills == ["auto"] * 3  # then one at a time
+    assert released, "the cache was not released after the batch ran out of memory"
+    for i, (image, mask) in enumerate(inputs):
+        want = fill_any_channels(BatchingFake(), image, mask, None, lambda f: None)
+        assert np.array_equal(_result_of(events[str(i)]), want)
+
+
+def test_worker_batch_that_fails_otherwise_gives_each_job_its_own_outcome(
+        worker_channel: Any) -> None:
+    worker, front = worker_channel
+    worker.inpainters["fake"] = BatchingFake(batch_fail=ZeroDivisionError("a bug"))
+    inputs = _batch_inputs()
+    _send_batch(front, "fake", [(str(i), im, m) for i, (im, m) in enumerate(inputs)],
+                truncate="1")
+    events = _batch_events(front, ["0", "1", "2"])
+    assert events["1"][-1][0]["code"] == "bad_message"  # its own upload was short
+    assert events["0"][-1][0]["ev"] == events["2"][-1][0]["ev"] == "done"
+
+
+def test_worker_cancel_inside_a_batch_ends_only_that_job(worker_channel: Any) -> None:
+    worker, front = worker_channel
+    fake = worker.inpainters["fake"] = BatchingFake(delay=0.3)
+    inputs = _batch_inputs()
+    _send_batch(front, "fake", [(str(i), im, m) for i, (im, m) in enumerate(inputs)])
+    assert fake.started.wait(10)  # the forward is running: the cancel lands inside it
+    front.send(pack({"op": "cancel", "job": "1"}))
+    events = _batch_events(front, ["0", "1", "2"])
+    assert fake.batches == [3]
+    assert events["1"][-1][0]["code"] == "cancelled"
+    assert all(h.get("stage") != "compositing" for h, _ in events["1"])
+    for i in (0, 2):
+        image, mask = inputs[i]
+        want = fill_any_channels(BatchingFake(), image, mask, None, lambda f: None)
+        assert np.array_equal(_result_of(events[str(i)]), want)
+
+
+@pytest.mark.parametrize("strategy", ["full", "auto"])
+def test_worker_whole_image_out_of_memory_is_retried_with_crop(
+        worker_channel: Any, released: list[int], strategy: str) -> None:
+    worker, front = worker_channel
+    fake = worker.inpainters["fake"] = BatchingFake(fail_strategies=("full", "auto"))
+    image, mask = _inputs()
+    _send_job_with(front, "1", "fake", image, mask, strategy)
+    events = _events(front, "1")
+    assert fake.fills == [strategy, "crop"]
+    assert events[-1][0]["ev"] == "done" and released
+    assert np.array_equal(_result_of(events),
+                          fill_any_channels(BatchingFake(), image, mask, None, lambda f: None))
+
+
+def test_worker_out_of_memory_with_crop_answers_out_of_memory_and_serves_the_next(
+        worker_channel: Any, released: list[int]) -> None:
+    worker, front = worker_channel
+    fake = worker.inpainters["fake"] = BatchingFake(fail_strategies=("auto", "crop"))
+    image, mask = _inputs()
+    _send_job(front, "1", "fake", image, mask)
+    end = _events(front, "1")[-1][0]
+    assert end["code"] == "out_of_memory" and fake.fills == ["auto", "crop"]
+    assert len(released) == 2  # before the retry, and after the job
+    _send_job_with(front, "2", "fake", image, mask, "crop")
+    assert _events(front, "2")[-1][0]["code"] == "out_of_memory"
+    assert fake.fills[2:] == ["crop"]  # a crop job is not retried
+    worker.inpainters["ok"] = BatchingFake()
+    _send_job(front, "3", "ok", image, mask)
+    assert _events(front, "3")[-1][0]["ev"] == "done"
+
+
+def test_worker_big_auto_job_out_of_memory_is_not_retried(worker_channel: Any) -> None:
+    """``auto`` above the crop trigger already cropped: a retry would redo the same work."""
+    worker, front = worker_channel
+    fake = worker.inpainters["fake"] = BatchingFake(fail_strategies=("auto",))
+    image = np.zeros((8, 1100, 3), np.uint8)
+    mask = np.zeros((8, 1100), np.uint8)
+    mask[2:4, 2:4] = 255
+    _send_job(front, "1", "fake", image, mask, chunk_bytes=1 << 20)
+    assert _events(front, "1")[-1][0]["code"] == "out_of_memory"
+    assert fake.fills == ["auto"]
+
+
+def _send_job_with(front: zmq.Socket, job: str, model: str, image: np.ndarray,
+                   mask: np.ndarray, strategy: str) -> None:
+    idesc, ibuf = pack_array(image)
+    mdesc, mbuf = pack_array(mask)
+    front.send_multipart([pack({"op": "job", "job": job, "model": model, "strategy": strategy,
+                                "image": idesc.to_wire(), "mask": mdesc.to_wire(),
+                                "reply_encoding": "raw", "chunk_bytes": 1 << 20}),
+                          bytes(ibuf) + bytes(mbuf)])
+
+
+def test_worker_fills_in_place_without_a_second_canvas(worker_channel: Any) -> None:
+    """The decoded upload is the worker's own buffer: the fill writes into it."""
+    worker, front = worker_channel
+    seen: list[bool] = []
+
+    class Spy(BatchingFake):
+        def fill(self, image: np.ndarray, mask: np.ndarray, strategy: Any = None,
+                 progress: Any = None, inplace: bool = False) -> np.ndarray:
+            seen.append(inplace and image.flags.writeable)
+            return super().fill(image, mask, strategy, progress, inplace)
+
+    worker.inpainters["spy"] = Spy()
+    image, mask = _inputs()
+    _send_job(front, "1", "spy", image, mask)
+    assert _events(front, "1")[-1][0]["ev"] == "done" and seen == [True]
