@@ -294,6 +294,11 @@ _COMMON_REQUEST: Fields = {"type": (True, _str(1, 64)), "id": (True, _ID),
 _COMMON_REPLY: Fields = {"type": (True, _str(1, 64)), "re": (True, _ID),
                          "version": (True, _str(1, 16)), "boot_id": (True, _str(1, 64))}
 
+_WORKER = _map({"worker": (True, _int()), "node": (True, _str(0, 64)),
+                "host": (True, _str(0, 256)), "pid": (True, _int()),
+                "device": (True, _str(0, 64)), "models": (True, _list(_str(1, MAX_NAME_LEN))),
+                "state": (True, _str(1, 16)), "jobs": (True, _int()), "done": (True, _int())})
+
 _MODEL = _map({"name": (True, _str(1, MAX_NAME_LEN)),
                "architecture": (True, _str(0, MAX_NAME_LEN)),
                "state": (True, _str(1, 16, MODEL_STATES))})
@@ -318,6 +323,7 @@ REPLY_FIELDS: dict[str, Fields] = {
         "server": (True, _str(0, 256)),
         "device": (True, _str(0, 256)),
         "precision": (False, _str(1, 16)),  # since 1.1
+        "workers": (False, _list(_WORKER)),  # since 1.1, with --ray
         "models": (True, _list(_MODEL)),
         "encodings": (True, _list(_str(1, 16), 16)),
         "limits": (True, _map({k: (True, _int(1, _MAX_U63)) for k in (
@@ -331,6 +337,7 @@ REPLY_FIELDS: dict[str, Fields] = {
         "models": (True, _list(_MODEL)),
         "device": (True, _str(0, 256)),
         "precision": (False, _str(1, 16)),  # since 1.1
+        "workers": (False, _list(_WORKER)),  # since 1.1, with --ray
         "device_memory": (True, _nullable(_map({"allocated": (True, _int()),
                                                  "reserved": (True, _int())}))),
         "worker": (True, _map({"pid": (True, _int()), "restarts": (True, _int()),

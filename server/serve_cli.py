@@ -48,7 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         insecure=args.insecure, max_message_mb=args.max_message_mb, max_queue=args.max_queue,
         max_jobs_per_client=args.max_jobs_per_client, upload_timeout_s=args.upload_timeout,
         hang_timeout_s=args.hang_timeout, cancel_grace_s=args.cancel_grace,
-        max_batch=args.max_batch, log_level=level)
+        max_batch=args.max_batch, log_level=level,
+        ray_address=args.ray, gpus_per_worker=args.gpus_per_worker,
+        no_workers_timeout_s=args.no_workers_timeout)
     if config.insecure and config.curve_dir is None:
         log.warning("--insecure: serving %s without encryption or authentication", config.bind)
     server = Server(config)
@@ -103,6 +105,17 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=0, metavar="N",
                    help="run up to N queued jobs of one model and one padded size as one "
                    "forward (0, the default: 4 on CUDA, 1 elsewhere)")
+    ray = p.add_argument_group(
+        "scale-out", "run jobs on Ray actors, one per GPU of a Ray cluster, instead of the "
+        "local worker (pip install 'inpaintd[ray]'; docs/scale-out.md). Artists still reach "
+        "only this server's port; never expose Ray's.")
+    ray.add_argument("--ray", metavar="ADDRESS",
+                     help="the Ray cluster: auto (the one on this machine) or HEAD:PORT")
+    ray.add_argument("--gpus-per-worker", type=float, default=1.0, metavar="G",
+                     help="each actor's GPU share; 0.5 puts two actors on one GPU (default 1)")
+    ray.add_argument("--no-workers-timeout", type=float, default=60.0, metavar="S",
+                     help="with no live actor, a queued job fails with no_workers after S "
+                     "seconds (default 60)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -132,6 +145,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"jobs     {status['running']} running, {status['queue']} queued, "
           f"{status['clients']} client(s)")
     print(f"uptime   {status['uptime_s']:.0f} s")
+    for w in status.get("workers", []):
+        print(f"worker   {w['worker']}: {w['host'] or '?'} pid {w['pid']}, {w['device']}, "
+              f"{w['state']}, {w['jobs']} in flight, {w['done']} done, models "
+              f"{', '.join(w['models']) or 'none'}")
     for model in status["models"]:
         print(f"model    {model['name']} ({model['architecture']}): {model['state']}")
     limits = welcome["limits"]

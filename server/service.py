@@ -87,6 +87,12 @@ class ServerConfig:
     #: Most jobs run in one forward; 0 is auto: 4 when the worker's device is CUDA, else 1.
     max_batch: int = 0
     log_level: int = logging.INFO
+    #: ``--ray``: a Ray cluster's address (``auto`` or HOST:PORT); None = the local worker.
+    ray_address: Optional[str] = None
+    #: ``--gpus-per-worker``: each Ray actor's GPU share (0.5 puts two on a GPU).
+    gpus_per_worker: float = 1.0
+    #: ``--no-workers-timeout``: how long a job waits when no Ray actor is alive.
+    no_workers_timeout_s: float = 60.0
 
     @property
     def max_message_bytes(self) -> int:
@@ -230,6 +236,16 @@ class ModelCatalog:
         raise UnknownModelError(f"unknown model {name!r} (this server has: {known})"[:900])
 
 
+def _served_models(config: ServerConfig) -> list[str]:
+    """What each Ray actor loads in its constructor: ``--preload``'s models, else every
+    installed model (an actor serves jobs without ever loading mid-job)."""
+    if config.preload:
+        return list(config.preload)
+    from .weights import store
+
+    return sorted(store.installed_models())
+
+
 class Server:
     """The ROUTER front end plus its engine. ``start()``, then ``serve_forever()``."""
 
@@ -243,11 +259,21 @@ class Server:
         self.endpoint = config.bind
         self.security: Any = None
         self.jobs: dict[tuple[str, str], Job] = {}
-        self.engine = Engine(self, self.ctx, device=config.device, precision=config.precision,
-                             preload=config.preload,
-                             max_batch=config.max_batch,
-                             hang_timeout=config.hang_timeout_s,
-                             cancel_grace=config.cancel_grace_s, log_level=config.log_level)
+        self.engine: Any
+        if config.ray_address:
+            from .scaleout.engine import RayEngine  # Ray is imported only with --ray
+
+            self.engine = RayEngine(self, config.ray_address, _served_models(config),
+                                    precision=config.precision,
+                                    gpus_per_worker=config.gpus_per_worker,
+                                    no_workers_timeout=config.no_workers_timeout_s)
+        else:
+            self.engine = Engine(self, self.ctx, device=config.device,
+                                 precision=config.precision, preload=config.preload,
+                                 max_batch=config.max_batch,
+                                 hang_timeout=config.hang_timeout_s,
+                                 cancel_grace=config.cancel_grace_s,
+                                 log_level=config.log_level)
         self.engine.chunk_bytes = config.chunk_bytes
         self.catalog = ModelCatalog(lambda: self.engine.loaded_models)
         self._labels: OrderedDict[str, str] = OrderedDict()
@@ -327,7 +353,8 @@ class Server:
         assert self.router is not None, "call start() first"
         try:
             while not self._stop.is_set():
-                self.turn(10 if self._outbox else 250)
+                wait = getattr(self.engine, "poll_interval_ms", 250)
+                self.turn(10 if self._outbox else wait)
         finally:
             self.close()
 
@@ -440,7 +467,12 @@ class Server:
 
     def _since_1_1(self, version: str) -> dict[str, Any]:
         """Fields protocol 1.1 added to ``welcome`` and ``status``, for 1.1 clients only."""
-        return {"precision": self.engine.precision} if speaks_at_least(version, 1) else {}
+        if not speaks_at_least(version, 1):
+            return {}
+        extra: dict[str, Any] = {"precision": self.engine.precision}
+        if hasattr(self.engine, "pool"):  # --ray: the actors behind the front end
+            extra["workers"] = self.engine.status()["workers"]
+        return extra
 
     def _status(self, version: str) -> dict[str, Any]:
         st = self.engine.status()
