@@ -261,7 +261,29 @@ def _remove_stale_dirs() -> None:
             continue
 
 
-class Engine:
+class JobReporter:
+    """What every engine (this one, and Ray's in :mod:`.scaleout.engine`) tells a client
+    about its queued and running jobs."""
+
+    listener: EngineListener
+    queue: FairQueue
+
+    def _report_positions(self) -> None:
+        for position, job in enumerate(self.queue.order()):
+            if job.retried:
+                continue  # its client saw it run; stages never go back (SPEC 4.3)
+            if job.position != position:
+                job.position = position
+                ahead = "next" if position == 0 else f"{position} job{'s' * (position > 1)} ahead"
+                self._progress(job, "queued", 0.0, ahead, position)
+
+    def _progress(self, job: Job, stage: str, fraction: float, message: str,
+                  position: Optional[int] = None) -> None:
+        job.fraction = max(job.fraction, fraction)
+        self.listener.job_progress(job, stage, job.fraction, message, position)
+
+
+class Engine(JobReporter):
     """Queue + worker supervision. Single-threaded: only the front end's loop calls it."""
 
     def __init__(self, listener: EngineListener, ctx: zmq.Context, device: str = "auto",
@@ -520,20 +542,6 @@ class Engine:
         worker.last_message = now
         worker.sock.send_multipart([pack(header), *frames], copy=False)
         self._report_positions()
-
-    def _report_positions(self) -> None:
-        for position, job in enumerate(self.queue.order()):
-            if job.retried:
-                continue  # its client saw it run; stages never go back (SPEC 4.3)
-            if job.position != position:
-                job.position = position
-                ahead = "next" if position == 0 else f"{position} job{'s' * (position > 1)} ahead"
-                self._progress(job, "queued", 0.0, ahead, position)
-
-    def _progress(self, job: Job, stage: str, fraction: float, message: str,
-                  position: Optional[int] = None) -> None:
-        job.fraction = max(job.fraction, fraction)
-        self.listener.job_progress(job, stage, job.fraction, message, position)
 
     def _end(self, job: Job) -> None:
         job.state = JobState.DONE

@@ -22,12 +22,12 @@ from inpaintd.protocol.errors import (BadInputError, InpaintdError, InternalErro
                                       NoWorkersError)
 
 from ..engine import (FRACTION_COMPOSITING, FRACTION_RUNNING, EngineListener, FairQueue, Job,
-                      JobState)
+                      JobReporter, JobState)
 
 log = logging.getLogger("inpaintd.engine")
 
 
-class RayEngine:
+class RayEngine(JobReporter):
     """Queue + a pool of Ray actors. Single-threaded: only the front end's loop calls it."""
 
     def __init__(self, listener: EngineListener, address: str, models: list[str],
@@ -208,18 +208,6 @@ class RayEngine:
                     f"no worker was available for {self.no_workers_timeout:g} s: the "
                     "server's GPU machines are all gone; try again later"))
         self._report_positions()
-
-    def _report_positions(self) -> None:
-        for position, job in enumerate(self.queue.order()):
-            if job.position != position:
-                job.position = position
-                ahead = "next" if position == 0 else f"{position} job{'s' * (position > 1)} ahead"
-                self._progress(job, "queued", 0.0, ahead, position)
-
-    def _progress(self, job: Job, stage: str, fraction: float, message: str,
-                  position: Optional[int] = None) -> None:
-        job.fraction = max(job.fraction, fraction)
-        self.listener.job_progress(job, stage, job.fraction, message, position)
 
     def _finish(self, job: Job) -> None:
         self.running.pop(job.key, None)

@@ -76,17 +76,12 @@ def fold_batchnorms(module: nn.Module) -> int:
     folded = 0
     for m in list(module.modules()):
         if isinstance(m, FFC_BN_ACT):
-            if _is_bn(m.bn_l):
-                convs = _paths(m.ffc.convl2l, m.ffc.convg2l)
+            sums = {"bn_l": (m.ffc.convl2l, m.ffc.convg2l), "bn_g": (m.ffc.convl2g, m.ffc.convg2g)}
+            for name, paths in sums.items():
+                convs = _paths(*paths) if _is_bn(getattr(m, name)) else []
                 if convs:
-                    _fold(convs, m.bn_l)
-                    m.bn_l = nn.Identity()
-                    folded += 1
-            if _is_bn(m.bn_g):
-                convs = _paths(m.ffc.convl2g, m.ffc.convg2g)
-                if convs:
-                    _fold(convs, m.bn_g)
-                    m.bn_g = nn.Identity()
+                    _fold(convs, getattr(m, name))
+                    setattr(m, name, nn.Identity())
                     folded += 1
         elif isinstance(m, FourierUnit) and _is_bn(m.bn):
             _fold([m.conv_layer], m.bn)
