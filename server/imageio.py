@@ -45,6 +45,12 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     return np.asarray(im.convert("L")).copy()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
     """Write atomically: a temporary file in the same folder, then a rename."""
     path = Path(path)
@@ -61,6 +67,8 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             im.save(f, format=fmt)
+        # mkstemp makes the file 0600; a written image gets the usual umask'd mode.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -116,3 +116,16 @@ def test_empty_mask_warns_and_copies(tmp_path: Path, lama_tiny: str) -> None:
     assert proc.returncode == 0
     assert "empty" in proc.stderr
     np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(image)))
+
+
+def test_written_image_has_the_usual_file_mode(tmp_path: Path) -> None:
+    """The atomic write's temporary file is 0600; the image must not stay private."""
+    import os
+
+    from inpaintd.server.imageio import write_image
+
+    out = tmp_path / "out.png"
+    write_image(out, np.zeros((4, 4, 3), np.uint8))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
