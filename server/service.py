@@ -266,7 +266,8 @@ class Server:
             self.engine = RayEngine(self, config.ray_address, _served_models(config),
                                     precision=config.precision,
                                     gpus_per_worker=config.gpus_per_worker,
-                                    no_workers_timeout=config.no_workers_timeout_s)
+                                    no_workers_timeout=config.no_workers_timeout_s,
+                                    hang_timeout=config.hang_timeout_s)
         else:
             self.engine = Engine(self, self.ctx, device=config.device,
                                  precision=config.precision, preload=config.preload,

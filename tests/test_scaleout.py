@@ -225,6 +225,27 @@ def test_killed_actor_job_finishes_on_the_other(server: ServerProcess, reference
 
 
 @scaleout
+def test_frozen_actor_job_moves_on(server: ServerProcess, reference: Any) -> None:
+    """A frozen actor process (SIGSTOP: alive to Ray, but silent) stops answering pings:
+    its job goes to the other actor, and Ray restarts the frozen one."""
+    image, mask = _slow_job()
+    with Client(server.endpoint, timeout=300) as c:
+        job = c.submit(image, mask, model=TINY, strategy="crop")
+        victim = _busy_worker(server.endpoint)
+        os.kill(victim["pid"], signal.SIGSTOP)
+        try:
+            got = job.result()
+        finally:
+            try:
+                os.kill(victim["pid"], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    np.testing.assert_array_equal(got, reference.fill(image, mask, "crop"))
+    assert any("no answer to a ping" in line for line in server.lines)
+    wait_for_workers(server.endpoint, 2)
+
+
+@scaleout
 def test_node_removed_then_added(cluster: Any, server: ServerProcess, reference: Any,
                                  home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     image, mask = _slow_job()

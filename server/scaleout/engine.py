@@ -33,6 +33,7 @@ class RayEngine(JobReporter):
     def __init__(self, listener: EngineListener, address: str, models: list[str],
                  precision: str = "auto", gpus_per_worker: float = 1.0,
                  max_in_flight: int = 2, no_workers_timeout: float = 60.0,
+                 hang_timeout: float = 300.0,
                  init_kwargs: Optional[dict[str, Any]] = None) -> None:
         self.listener = listener
         self.address = address
@@ -42,6 +43,9 @@ class RayEngine(JobReporter):
         self.gpus_per_worker = gpus_per_worker
         self.max_in_flight = max_in_flight
         self.no_workers_timeout = no_workers_timeout
+        #: A job running this long on one actor means the actor hung: it is killed (Ray
+        #: restarts it) and the job resubmitted, as when it dies.
+        self.hang_timeout = hang_timeout
         self.init_kwargs = init_kwargs
         self.device = "ray"
         self.device_memory: Optional[dict[str, int]] = None
@@ -101,7 +105,8 @@ class RayEngine(JobReporter):
         now = time.monotonic() if now is None else now
         if self.pool is None:
             return
-        for kind, key, payload in self.pool.poll(now):
+        events = self.pool.poll(now) + self.pool.expire(now, self.hang_timeout)
+        for kind, key, payload in events:
             job = self.running.get(key)
             if job is None:
                 continue

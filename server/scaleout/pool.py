@@ -220,8 +220,7 @@ class RayPool:
     def poll(self, now: Optional[float] = None) -> list[Event]:
         """Collect what finished, check liveness, resubmit; never blocks."""
         now = time.monotonic() if now is None else now
-        events: list[Event] = []
-        self._check_pings(now)
+        events: list[Event] = self._check_pings(now)
         refs = list(self._refs)
         if refs:
             ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
@@ -232,7 +231,8 @@ class RayPool:
         events += self._place_waiting()
         return events
 
-    def _check_pings(self, now: float) -> None:
+    def _check_pings(self, now: float) -> list[Event]:
+        events: list[Event] = []
         for slot in self.slots:
             if slot.ping is None:
                 if now - slot.ping_sent >= self.ping_s:
@@ -257,8 +257,35 @@ class RayPool:
                 # (A new actor's first ping waits for its constructor: models load there.)
                 # Unanswered: the actor is gone or restarting. Ask again, so that the
                 # answer of its next incarnation is not stuck behind a call to the last.
-                self._lost(slot, f"no answer to a ping for {self.ping_timeout_s:g} s")
+                why = f"no answer to a ping for {self.ping_timeout_s:g} s"
+                self._lost(slot, why)
                 slot.ping = None
+                # Pings run beside jobs, so silence means a frozen process or a lost
+                # machine: its jobs go elsewhere now, and Ray restarts it.
+                events += self.abandon(slot, why)
+        return events
+
+    def abandon(self, slot: ActorSlot, why: str) -> list[Event]:
+        """Resubmit every job ``slot`` is running (their late answers are dropped) and have
+        Ray kill and restart the actor."""
+        events: list[Event] = []
+        for job in [j for j in self.jobs.values() if j.slot is slot and j.ref is not None]:
+            self._refs[job.ref] = None
+            events += self._resubmit(job, slot, why)
+        if events:
+            try:
+                self.ray.kill(slot.handle, no_restart=False)
+            except Exception as exc:  # noqa: BLE001 - Ray may already consider it dead
+                log.debug("ray.kill: %s", exc)
+        return events
+
+    def expire(self, now: float, limit: float) -> list[Event]:
+        """Jobs running longer than ``limit`` seconds: their actor is deemed hung."""
+        events: list[Event] = []
+        for job in list(self.jobs.values()):
+            if job.ref is not None and job.slot is not None and now - job.started > limit:
+                events += self.abandon(job.slot, f"a job ran over {limit:g} s")
+        return events
 
     def _lost(self, slot: ActorSlot, why: str) -> None:
         if slot.live:
@@ -286,7 +313,7 @@ class RayPool:
             self._lost(slot, type(exc).__name__)
             if key is None:
                 return []
-            return self._resubmit(self.jobs[key], slot, exc)
+            return self._resubmit(self.jobs[key], slot, type(exc).__name__)
         if key is None:  # cancelled, or an attempt that was superseded
             return []
         job = self.jobs.pop(key)
@@ -294,16 +321,15 @@ class RayPool:
         run_ms = round((time.monotonic() - job.started) * 1000)
         return [("done", key, (result[0], result[1], run_ms))]
 
-    def _resubmit(self, job: PoolJob, dead: ActorSlot, exc: Exception) -> list[Event]:
+    def _resubmit(self, job: PoolJob, dead: ActorSlot, why: str) -> list[Event]:
+        job.ref = None
         if job.attempts >= self.max_attempts:
             self.jobs.pop(job.key, None)
             return [("error", job.key, WorkerCrashedError(
-                f"the job's worker died {job.attempts} times ({type(exc).__name__})"))]
-        job.ref = None
+                f"the job's worker was lost {job.attempts} times ({why})"))]
         self._waiting.append(job.key)
         log.warning("job %s lost its worker actor %d (%s); resubmitting (attempt %d of %d)",
-                    job.label, dead.index, type(exc).__name__, job.attempts + 1,
-                    self.max_attempts)
+                    job.label, dead.index, why, job.attempts + 1, self.max_attempts)
         return [("resubmitted", job.key,
                  f"its worker was lost; running it again on another "
                  f"(attempt {job.attempts + 1} of {self.max_attempts})")]
