@@ -257,7 +257,8 @@ def hole_grid(mask: np.ndarray, cell: int = 8) -> np.ndarray:
     return is_hole(padded.reshape(rows.shape[0], gw, cell).max(axis=2))
 
 
-def hole_regions(mask: np.ndarray, cell: int = 8) -> list[Box]:
+def hole_regions(mask: np.ndarray, cell: int = 8,
+                 grid: Optional[np.ndarray] = None) -> list[Box]:
     """Bounding boxes of the connected hole regions of a uint8 (> 127) or bool mask.
 
     :func:`hole_grid` reduces the mask to ``cell``-sized blocks in one pass; regions are
@@ -266,7 +267,8 @@ def hole_regions(mask: np.ndarray, cell: int = 8) -> list[Box]:
     context.
     """
     h, w = mask.shape
-    grid = hole_grid(mask, cell)
+    if grid is None:
+        grid = hole_grid(mask, cell)
     gh, gw = grid.shape
     labels = np.zeros(grid.shape, dtype=np.int32)
     boxes: list[Box] = []
@@ -362,16 +364,18 @@ class Inpainter:
         o = self.options
         if strategy == "auto":
             strategy = "full" if max(h, w) <= o.crop_trigger else "crop"
-        # The one pass over the whole mask: every later look is at a region's own pixels.
-        boxes = hole_regions(mask, o.region_cell)
+        # The one pass over the whole mask: every later look is at a region's own pixels,
+        # and only the crop strategy labels the regions on the grid.
+        grid = hole_grid(mask, o.region_cell)
         out = image if inplace else image.copy()
-        if not boxes:
+        if not grid.any():
             log.warning("the mask is empty: the image is returned unchanged")
             if progress:
                 progress(1.0)
             return out
         if strategy == "crop":
-            boxes = expand_and_merge(boxes, (h, w), o.crop_margin, o.crop_margin_ratio)
+            boxes = expand_and_merge(hole_regions(mask, o.region_cell, grid), (h, w),
+                                     o.crop_margin, o.crop_margin_ratio)
         else:
             boxes = [(0, 0, h, w)]
         limit = o.resize_limit if strategy != "full" else 0
