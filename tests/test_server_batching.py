@@ -498,6 +498,8 @@ def test_queued_jobs_of_several_clients_run_as_batches(batch_server: ServerProce
         with held_worker(holder) as first:
             ids = [clients[name].submit(image, mask, model=model)
                    for name, model, image, mask in jobs]
+            for (name, *_), rid in zip(jobs, ids):  # all queued before the worker goes on
+                clients[name].await_queued(rid, 60)
         _, held = holder.result(first, 60)
         assert isinstance(held, np.ndarray)
         outcomes = [clients[name].result(rid, 120) for (name, *_), rid in zip(jobs, ids)]
@@ -527,6 +529,8 @@ def test_cancel_of_one_job_in_a_running_batch(batch_server: ServerProcess,
     try:
         with held_worker(holder) as first:
             ids = [raw.submit(image, mask) for raw, (image, mask) in zip(clients, inputs)]
+            for raw, rid in zip(clients, ids):  # all queued before the worker goes on
+                raw.await_queued(rid, 60)
         holder.result(first, 60)
         victim = clients[1]
         while True:  # the batch is running once the victim's job is

@@ -222,6 +222,12 @@ class RawClient:
             if hdr["type"] in types:
                 return seen, frames
 
+    def await_queued(self, rid: str, timeout: float = 20.0) -> None:
+        """Block until the server has taken ``rid`` in (its first progress), leaving every
+        reply in the stash so that later reads still see them in order."""
+        seen, frames = self.until(rid, ("progress", "error", "result"), timeout)
+        self.stash[0:0] = [(hdr, []) for hdr in seen[:-1]] + [(seen[-1], frames)]
+
     def submit(self, image: np.ndarray, mask: np.ndarray, model: str = TINY,
                strategy: Optional[str] = None, rid: Optional[str] = None,
                chunk_bytes: int = 1 << 20) -> str:
