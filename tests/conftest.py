@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("INPAINTD_SHARED", REPO.parent / "shared"))
-GOLDEN = SHARED / "golden"
+from shared_data import golden_dir
 
 
 @pytest.fixture(scope="session")
 def golden() -> Path:
     """The official-code reference vectors; skipped (with the reason) where ../shared is absent."""
-    if not (GOLDEN / "state_dict_manifest.json").is_file():
-        pytest.skip(f"golden vectors not found at {GOLDEN} (../shared is not beside the repo)")
-    return GOLDEN
+    return golden_dir()
 
 
 @pytest.fixture(autouse=True)

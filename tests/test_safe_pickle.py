@@ -33,15 +33,11 @@ from inpaintd.server.weights.safe_pickle import (
     safe_load,
     torchscript_state_dict,
 )
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from shared_data import golden_dir
 
 
 def _golden() -> Path:
-    golden = SHARED / "golden"
-    if not (golden / "state_dict_manifest.json").is_file():
-        pytest.skip(f"golden checkpoints not found at {golden} (../shared is not beside the repository)")
-    return golden
+    return golden_dir()
 
 
 # --------------------------------------------------------------------------------------

@@ -9,8 +9,7 @@ from PIL import Image
 
 from inpaintd.protocol.errors import BadInputError
 from inpaintd.server.train.split import VAL_FILES, group_key, split_files
-
-SHARED_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train"
+from shared_data import require_shared
 
 
 def test_val_list_is_a_fixed_set_over_every_family() -> None:
@@ -28,9 +27,8 @@ def test_group_key_joins_variants() -> None:
     assert group_key("plasma-1-2560x1440.jpg") != group_key("plasma-2-2560x1440.jpg")
 
 
-@pytest.mark.skipif(not SHARED_TRAIN.is_dir(), reason="../shared/data/train not present")
 def test_split_of_the_shared_data() -> None:
-    train, val = split_files(SHARED_TRAIN)
+    train, val = split_files(require_shared("data/train"))
     assert sorted(p.name for p in val) == sorted(VAL_FILES)
     assert not {p.name for p in train} & set(VAL_FILES)
     val_groups = {group_key(p.name) for p in val}

@@ -24,15 +24,11 @@ from inpaintd.protocol.errors import CheckpointError
 from inpaintd.server.weights import store
 from inpaintd.server.weights.card import card_path, load_ours, save_ours
 from inpaintd.server.weights.formats import RawCheckpoint, load_checkpoint, resolve_interpolations
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from shared_data import golden_dir
 
 
 def _golden() -> Path:
-    golden = SHARED / "golden"
-    if not (golden / "state_dict_manifest.json").is_file():
-        pytest.skip(f"golden checkpoints not found at {golden} (../shared is not beside the repository)")
-    return golden
+    return golden_dir()
 
 
 def _manifest() -> dict[str, dict[str, list[int]]]:
