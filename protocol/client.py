@@ -58,6 +58,7 @@ from .codec import (
     validate_reply,
     validate_request,
 )
+from .endpoint import DEFAULT_ENDPOINT, client_endpoint
 from .errors import (
     BadInputError,
     BadMessageError,
@@ -77,7 +78,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Client", "Job", "DEFAULT_ENDPOINT"]
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
 #: SPEC 1: ZeroMQ's own heartbeats, in milliseconds.
 HEARTBEAT_IVL_MS = 5_000
 HEARTBEAT_TIMEOUT_MS = 15_000
@@ -740,6 +740,7 @@ class _Engine:
 class Client:
     """A connection to an inpaintd server (SPEC.md); thread-safe; a context manager.
 
+    ``endpoint`` is ``tcp://HOST:PORT``, ``HOST:PORT`` (meaning TCP) or ``ipc://PATH``.
     ``server_key`` is the server's CURVE public key (z85, 40 characters) or the path of its
     certificate (``server.key``); ``client_keys`` is ``(public, secret)`` in z85 or the path
     of this client's secret certificate (``NAME.key_secret``, from ``inpaintd keys
@@ -755,6 +756,7 @@ class Client:
                  context: zmq.Context | None = None) -> None:
         if not timeout > 0:
             raise BadInputError(f"timeout must be positive, got {timeout}")
+        endpoint = client_endpoint(endpoint)  # host:port means tcp://host:port
         self.endpoint = endpoint
         self.timeout = float(timeout)
         self.name = (name or f"inpaintd-client {__version__}")[:64]

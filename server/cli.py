@@ -9,108 +9,200 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from inpaintd.protocol import __version__
-from inpaintd.protocol.errors import BadInputError, InpaintdError
+from inpaintd.protocol.errors import BadInputError, InpaintdError, MaskSizeError
 
 from .speed.names import add_precision_argument
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 log = logging.getLogger("inpaintd")
 
 
 # --- fill -----------------------------------------------------------------------------
 
-def _cases_in(folder: Path) -> list[tuple[Path, Path, str]]:
+@dataclass
+class FolderPlan:
+    """What ``fill DIR`` will do: the cases, and the files it leaves alone (and why)."""
+
+    #: (image, mask, output name relative to OUTDIR)
+    cases: list[tuple[Path, Path, str]] = field(default_factory=list)
+    #: (file, reason) for every image or mask that will not be filled
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _cases_in(folder: Path) -> FolderPlan:
     """LaMa's folder convention: ``name.png`` (or .jpg) with ``name_mask*.png`` beside it.
 
-    Returns (image, mask, output name relative to the output folder). With one mask the
-    output is named after the image; with several, after each mask, as LaMa's predict does.
+    With one mask the output is ``name.png``; with several, each fill is named after its
+    mask (``name_mask001.png``, ...), as LaMa's ``bin/predict.py`` names them, so that no
+    two fills of one image overwrite each other. Images without a mask and masks without an
+    image are listed as skipped.
     """
     from .imageio import IMAGE_SUFFIXES
 
+    plan = FolderPlan()
     masks: dict[Path, list[Path]] = {}
     for mask in sorted(folder.rglob("*_mask*.png")):
         stem = mask.name.rsplit("_mask", 1)[0]
         masks.setdefault(mask.parent / stem, []).append(mask)
-    cases = []
+    mask_files = {m for found in masks.values() for m in found}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and \
+                path not in mask_files and path.with_suffix("") not in masks:
+            plan.skipped.append((path, f"no mask {path.stem}_mask*.png beside it"))
     for base, found in sorted(masks.items()):
         image = next((base.with_name(base.name + s) for s in IMAGE_SUFFIXES
                       if base.with_name(base.name + s).is_file()), None)
         if image is None:
-            log.warning("%s: no image %s.png/.jpg beside it; skipped", found[0], base.name)
+            plan.skipped.extend((m, f"no image {base.name}.png/.jpg beside it") for m in found)
             continue
         rel = base.relative_to(folder)
         for mask in found:
             out = rel.with_suffix(".png") if len(found) == 1 else \
                 mask.relative_to(folder).with_suffix(".png")
-            cases.append((image, mask, str(out)))
-    return cases
+            plan.cases.append((image, mask, str(out)))
+    return plan
 
 
 class _RemoteInpainter:
     """``fill --server``: the same fill, run by an ``inpaintd serve`` through the client."""
 
     def __init__(self, endpoint: str, model: str, server_key: Optional[str],
-                 client_key: Optional[str]) -> None:
+                 client_key: Optional[str], timeout: float) -> None:
         from inpaintd.protocol import Client
 
-        self.client = Client(endpoint, server_key=server_key, client_keys=client_key,
-                             name="inpaintd-fill")
+        self.client = Client(endpoint, timeout=timeout, server_key=server_key,
+                             client_keys=client_key, name="inpaintd-fill")
         self.model = model
 
-    def fill(self, image, mask, strategy=None):  # type: ignore[no-untyped-def]
+    def fill(self, image: np.ndarray, mask: np.ndarray,
+             strategy: Optional[str] = None) -> np.ndarray:
         return self.client.inpaint(image, mask, model=self.model, strategy=strategy)
 
 
-def _inpainter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+class _LocalInpainter:
+    """The pipeline in this process, for images of 1 to 4 channels."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .pipeline import load_inpainter
+        from .speed.precision import use_physical_cores
+
+        use_physical_cores()
+        self.inpainter = load_inpainter(args.model, args.device or "auto",
+                                        precision=args.precision or "auto")
+
+    def fill(self, image: np.ndarray, mask: np.ndarray,
+             strategy: Optional[str] = None) -> np.ndarray:
+        from .worker import fill_any_channels
+
+        return fill_any_channels(self.inpainter, image, mask, strategy, progress=None,
+                                 inplace=True)
+
+
+def _inpainter(args: argparse.Namespace) -> "_RemoteInpainter | _LocalInpainter":
     if args.server:
-        return _RemoteInpainter(args.server, args.model, args.server_key, args.client_key)
-    from .pipeline import load_inpainter
-    from .speed.precision import use_physical_cores
-
-    use_physical_cores()
-    return load_inpainter(args.model, args.device, precision=args.precision)
+        return _RemoteInpainter(args.server, args.model, args.server_key, args.client_key,
+                                args.timeout if args.timeout is not None else 30.0)
+    return _LocalInpainter(args)
 
 
-def cmd_fill(args: argparse.Namespace) -> int:
+def _check_fill_options(args: argparse.Namespace) -> None:
+    """Options that only make sense with (or without) --server, checked before any work."""
+    if args.server:
+        from inpaintd.protocol.endpoint import client_endpoint
+
+        args.server = client_endpoint(args.server)
+        for option, value in (("--device", args.device), ("--precision", args.precision)):
+            if value is not None:
+                raise BadInputError(f"{option} is the server's choice with --server "
+                                    "(see `inpaintd serve --help`)")
+        if args.timeout is not None and not args.timeout > 0:
+            raise BadInputError(f"--timeout must be positive, got {args.timeout:g}")
+        return
+    for option, value in (("--server-key", args.server_key), ("--client-key", args.client_key),
+                          ("--timeout", args.timeout)):
+        if value is not None:
+            raise BadInputError(f"{option} is for fills through a server (with --server)")
+
+
+def _check_pair(image_size: tuple[int, int], mask_size: tuple[int, int], mask: Path) -> None:
+    if image_size != mask_size:
+        raise MaskSizeError(f"{mask}: the mask is {mask_size[0]}x{mask_size[1]} but the image "
+                            f"is {image_size[0]}x{image_size[1]}")
+
+
+def _fill_folder(args: argparse.Namespace, src: Path, out: Path) -> int:
+    from PIL import Image
     from tqdm import tqdm
 
     from .imageio import read_image, read_mask, write_image
 
+    if args.mask:
+        raise BadInputError("--mask is for a single image; a folder pairs name.png with "
+                            "name_mask.png")
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: not a folder (a folder input writes into a folder)")
+    plan = _cases_in(src)
+    for path, reason in plan.skipped:
+        log.warning("%s: %s; skipped", path, reason)
+    if not plan.cases:
+        raise BadInputError(f"{src}: no name.png + name_mask*.png pairs found")
+    for image_path, mask_path, _ in plan.cases:  # headers only: sizes before any fill
+        try:
+            with Image.open(image_path) as im, Image.open(mask_path) as m:
+                _check_pair(im.size, m.size, mask_path)
+        except OSError as exc:
+            from inpaintd.protocol.errors import BadImageError
+
+            raise BadImageError(f"{image_path} or {mask_path}: {exc}") from None
+    inpainter = _inpainter(args)
+    for image_path, mask_path, name in tqdm(plan.cases, desc="fill", unit="image",
+                                            disable=args.quiet):
+        result = inpainter.fill(read_image(image_path), read_mask(mask_path), args.strategy)
+        write_image(out / name, result)
+    skipped = f"; skipped {len(plan.skipped)} (see the warnings)" if plan.skipped else ""
+    if not args.quiet:
+        print(f"filled {len(plan.cases)} image(s) into {out}{skipped}")
+    return 0
+
+
+def cmd_fill(args: argparse.Namespace) -> int:
+    from .imageio import check_writable, read_image, read_mask, write_image
+
+    _check_fill_options(args)
     src = Path(args.input)
     out = Path(args.output)
     if src.is_dir():
-        if args.mask:
-            raise BadInputError("--mask is for a single image; a folder pairs name.png with "
-                                "name_mask.png")
-        cases = _cases_in(src)
-        if not cases:
-            raise BadInputError(f"{src}: no name.png + name_mask*.png pairs found")
-        inpainter = _inpainter(args)
-        for image_path, mask_path, name in tqdm(cases, desc="fill", unit="image",
-                                                disable=args.quiet):
-            result = inpainter.fill(read_image(image_path), read_mask(mask_path), args.strategy)
-            write_image(out / name, result)
-        return 0
-
+        return _fill_folder(args, src, out)
     if not args.mask:
         raise BadInputError("--mask MASK is required for a single image")
+    check_writable(out)  # the format, before reading anything
     image, mask = read_image(src), read_mask(args.mask)
+    _check_pair((image.shape[1], image.shape[0]), (mask.shape[1], mask.shape[0]),
+                Path(args.mask))
+    check_writable(out, image.shape[2], image.dtype)  # this depth and these channels
     inpainter = _inpainter(args)
     write_image(out, inpainter.fill(image, mask, args.strategy))
     return 0
 
 
 def _add_fill(sub: argparse._SubParsersAction) -> None:
-    from .loading import DEFAULT_MODEL
-    from .pipeline import STRATEGIES
+    from . import DEFAULT_MODEL
+    from .strategy import STRATEGIES
 
-    p = sub.add_parser("fill", help="fill the masked hole of an image, or a folder of them",
-                       description="Fill IMAGE's hole (mask > 127) and write OUT. With a "
-                       "folder, every name.png/.jpg with its name_mask*.png is filled into "
-                       "OUTDIR/name.png (LaMa's convention).")
+    p = sub.add_parser("fill", help=COMMAND_HELP["fill"],
+                       description="Fill IMAGE's hole (mask > 127) and write OUT, keeping "
+                       "its channels and depth (8 or 16 bits). With a folder, every "
+                       "name.png/.jpg with one name_mask*.png is filled into OUTDIR/name.png; "
+                       "an image with several masks gets one fill per mask, named after the "
+                       "mask (LaMa's convention). Images without a mask are reported and "
+                       "skipped.")
     p.add_argument("input", metavar="IMAGE|DIR")
     p.add_argument("--mask", metavar="MASK", help="mask image, same size; white (>127) = hole")
     p.add_argument("-o", "--output", required=True, metavar="OUT|OUTDIR")
@@ -118,14 +210,20 @@ def _add_fill(sub: argparse._SubParsersAction) -> None:
                    help=f"registry name or checkpoint path (default: {DEFAULT_MODEL})")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES,
                    help="auto: full up to 1024 px, crop around each hole above (default)")
-    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda[:N]")
+    p.add_argument("--device", default=None, help="auto (default; cuda if present), cpu, "
+                   "cuda[:N]")
     add_precision_argument(p)
+    p.set_defaults(precision=None)  # None: not given (auto), so --server can refuse it
     p.add_argument("--server", metavar="ENDPOINT",
-                   help="fill through a running `inpaintd serve` (e.g. tcp://127.0.0.1:5557)")
+                   help="fill through a running `inpaintd serve`: tcp://HOST:PORT or "
+                   "HOST:PORT (e.g. 127.0.0.1:5557)")
     p.add_argument("--server-key", metavar="FILE",
                    help="with --server: the server's public CURVE key file")
     p.add_argument("--client-key", metavar="FILE",
                    help="with --server: this client's secret CURVE key file")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="with --server: fail when the server has not answered for S seconds "
+                   "(default 30)")
     p.set_defaults(func=cmd_fill)
 
 
@@ -175,28 +273,87 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
 
 # --- main -----------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
+Adder = Callable[[argparse._SubParsersAction], None]
+
+#: Each command's one-line help, as ``inpaintd --help`` lists it.
+COMMAND_HELP = {
+    "serve": "run the inpainting server",
+    "status": "ask a running server for its state",
+    "keys": "CurveZMQ keys for serve --curve",
+    "fill": "fill the masked hole of an image, or a folder of them",
+    "weights": "import, fetch and list model weights",
+    "train": "train a LaMa or PEN-Net generator on a folder of images",
+    "eval": "score models against Telea/NS on held-out cases",
+    "plugin": "install or bundle the host plug-ins",
+}
+
+
+def _server_adder() -> Adder:
+    from .serve_cli import add_server_parsers
+
+    return add_server_parsers
+
+
+def _train_adder() -> Adder:
+    from .train.train_cli import add_train_parser
+
+    return add_train_parser
+
+
+def _eval_adder() -> Adder:
+    from .train.eval_cli import add_eval_parser
+
+    return add_eval_parser
+
+
+def _plugin_adder() -> Adder:
+    from inpaintd.host_plugins.plugin_cli import add_plugin_parser
+
+    return add_plugin_parser
+
+
+#: The commands in ``--help`` order, grouped by the function that registers them in full.
+_GROUPS: list[tuple[tuple[str, ...], Callable[[], Adder]]] = [
+    (("serve", "status", "keys"), _server_adder),
+    (("fill",), lambda: _add_fill),
+    (("weights",), lambda: _add_weights),
+    (("train",), _train_adder),
+    (("eval",), _eval_adder),
+    (("plugin",), _plugin_adder),
+]
+
+
+def command_in(argv: Sequence[str]) -> Optional[str]:
+    """The command word of an ``inpaintd`` command line (the top-level options take no
+    values, so it is the first word that is not an option), or None."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(command: Optional[str] = None, *, full: bool = True) -> argparse.ArgumentParser:
+    """The ``inpaintd`` parser: every command in full, or (``full=False``) only ``command``
+    in full and the others as their one-line help.
+
+    Why: registering a command imports what its options need (``train`` lists presets that
+    import torch; ``eval`` loads numpy and Pillow), so ``inpaintd --help``, ``status`` or
+    ``fill --server`` would pay for every other command's imports on each start.
+    """
     parser = argparse.ArgumentParser(prog="inpaintd", description="Inpainting server and tools.")
     parser.add_argument("--version", action="version", version=f"inpaintd {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from inpaintd.host_plugins.plugin_cli import add_plugin_parser
-
-    from .serve_cli import add_server_parsers
-    from .train.eval_cli import add_eval_parser
-    from .train.train_cli import add_train_parser
-
-    adders: list[Callable[[argparse._SubParsersAction], None]] = [
-        add_server_parsers, _add_fill, _add_weights, add_train_parser, add_eval_parser,
-        add_plugin_parser]
-    for add in adders:
-        add(sub)
+    for names, adder in _GROUPS:
+        if full or command in names:
+            adder()(sub)
+        else:
+            for name in names:
+                sub.add_parser(name, help=COMMAND_HELP[name], add_help=False)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(command_in(argv), full=False)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="inpaintd: %(levelname)s: %(message)s")

@@ -589,17 +589,12 @@ class Engine(JobReporter):
         if stage == "loading":
             self._progress(job, "loading", FRACTION_LOADING, f"loading model {job.model}")
         elif stage == "running":
-            done, total = int(header.get("done", 0)), int(header.get("total", 0))
             lo, hi = FRACTION_RUNNING
-            if total <= 0:
-                self._progress(job, "running", lo, "crop 1")
-            elif done < total:
-                self._progress(job, "running", lo + (hi - lo) * done / total,
-                               f"crop {done + 1} of {total}")
-            else:
-                self._progress(job, "running", hi, f"crop {total} of {total} done")
+            share = min(1.0, max(0.0, float(header.get("fraction", 0.0))))
+            self._progress(job, "running", lo + (hi - lo) * share,
+                           str(header.get("message") or f"running {job.model}"))
         elif stage == "compositing":
-            self._progress(job, "compositing", FRACTION_COMPOSITING, "compositing")
+            self._progress(job, "compositing", FRACTION_COMPOSITING, "sending the result")
 
     def _on_end(self, worker: WorkerHandle, job: Job, header: dict[str, Any],
                 frames: list[Any]) -> None:

@@ -1,10 +1,22 @@
-"""Reading images and masks from files, and writing results without half-written files."""
+"""Reading images and masks from files, and writing results without half-written files.
+
+An image keeps its channels and its depth from file to file: gray, gray + alpha, RGB or
+RGBA, 8 or 16 bits per sample, so that every value outside the hole comes back as it went
+in. Why two readers: Pillow reads 8-bit files and 16-bit gray at full depth, but cuts
+16-bit RGB(A) PNG and TIFF down to 8 bits; those are read with OpenCV, which keeps every
+bit. 16-bit results are written by :func:`_png16` (PNG) and tifffile (TIFF, with its alpha
+marked as alpha), since neither Pillow nor OpenCV writes every channel layout at 16 bits.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -12,6 +24,12 @@ from PIL import Image, UnidentifiedImageError
 from inpaintd.protocol.errors import BadImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: Formats that store 16 bits per sample, as Pillow names them.
+DEEP_FORMATS = ("PNG", "TIFF")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: PNG colour types by channel count: gray, gray + alpha, RGB, RGBA.
+_PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}
 
 
 def _open(path: Path) -> Image.Image:
@@ -26,10 +44,61 @@ def _open(path: Path) -> Image.Image:
     return im
 
 
+def _deep_colour_channels(path: Path, im: Image.Image) -> int:
+    """The channel count of a 16-bit file with colour or alpha (which Pillow would cut to
+    8 bits), or 0 for any other file."""
+    if im.format == "PNG":
+        with open(path, "rb") as f:
+            head = f.read(26)
+        if head[:8] != _PNG_SIGNATURE or head[24] != 16:
+            return 0
+        return {2: 3, 4: 2, 6: 4}.get(head[25], 0)
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258)  # BitsPerSample, one entry per sample
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        if len(bits) > 1 and all(b == 16 for b in bits):
+            return len(bits)
+    return 0
+
+
+def _read_deep(path: Path, channels: int) -> np.ndarray:
+    import cv2
+
+    decoded = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.dtype != np.uint16:
+        raise BadImageError(f"{path}: a 16-bit image that cannot be decoded")
+    if decoded.ndim == 2:
+        decoded = decoded[..., None]
+    if channels == 2 and decoded.shape[2] == 4:  # OpenCV spreads gray + alpha to BGRA
+        return np.ascontiguousarray(decoded[..., [0, 3]])
+    if decoded.shape[2] == 3:
+        return np.ascontiguousarray(decoded[..., ::-1])
+    if decoded.shape[2] == 4:
+        return np.ascontiguousarray(decoded[..., [2, 1, 0, 3]])
+    return decoded
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """HxWx3 uint8, or HxWx4 when the file has transparency."""
-    im = _open(Path(path))
-    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    """HxWxC with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA); uint8, or uint16
+    for a 16-bit file. Palette images become RGB, or RGBA when they have transparency."""
+    path = Path(path)
+    im = _open(path)
+    deep = _deep_colour_channels(path, im)
+    if deep:
+        return _read_deep(path, deep)
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        gray = np.asarray(im)
+        if gray.dtype != np.uint16 and (gray.min() < 0 or gray.max() > 65535):
+            raise BadImageError(f"{path}: 32-bit integer images are not supported")
+        return gray.astype(np.uint16)[..., None]
+    if im.mode == "F":
+        raise BadImageError(f"{path}: floating-point image files are not supported (use "
+                            "8 or 16 bits, or float32 arrays through the Python API)")
+    if im.mode in ("1", "L"):
+        return np.asarray(im.convert("L"))[..., None].copy()
+    if im.mode in ("LA", "La"):
+        return np.asarray(im.convert("LA")).copy()
+    has_alpha = im.mode in ("RGBA", "RGBa", "PA") or (im.mode == "P" and "transparency" in im.info)
     return np.asarray(im.convert("RGBA" if has_alpha else "RGB")).copy()
 
 
@@ -40,7 +109,7 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
         rgba = np.asarray(im.convert("RGBA"))
         if not rgba[..., :3].any():
             return rgba[..., 3].copy()
-    if im.mode in ("I;16", "I;16B", "I"):
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         return (np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8)
     return np.asarray(im.convert("L")).copy()
 
@@ -51,22 +120,86 @@ def _umask() -> int:
     return mask
 
 
+def _format_of(path: Path) -> str:
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        known = ", ".join(IMAGE_SUFFIXES)
+        raise BadImageError(f"{path}: unknown image format {path.suffix!r} (use {known})")
+    return fmt
+
+
+def _png16(f: BinaryIO, image: np.ndarray) -> None:
+    """A 16-bit PNG of 1 to 4 channels: big-endian samples, no row filter, zlib."""
+    h, w, c = image.shape
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = np.zeros((h, 1 + w * c * 2), dtype=np.uint8)  # each row: filter 0, then samples
+    rows[:, 1:] = image.astype(">u2").view(np.uint8).reshape(h, w * c * 2)
+    f.write(_PNG_SIGNATURE)
+    f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, _PNG_COLOUR_TYPE[c], 0, 0, 0)))
+    f.write(chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)))
+    f.write(chunk(b"IEND", b""))
+
+
+def _tiff16(f: BinaryIO, image: np.ndarray) -> None:
+    import tifffile
+
+    c = image.shape[2]
+    tifffile.imwrite(f, image[..., 0] if c == 1 else image,
+                     photometric="minisblack" if c <= 2 else "rgb",
+                     extrasamples=["unassalpha"] if c in (2, 4) else None,
+                     compression="zlib")
+
+
+def _encode(f: BinaryIO, image: np.ndarray, fmt: str, path: Path) -> None:
+    """``image`` (HxWxC) in ``fmt``, or BadImageError saying what the format cannot hold."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
+        raise BadImageError(f"{path}: images have 1 to 4 channels, not shape {image.shape}")
+    if image.dtype == np.uint16:
+        if fmt not in DEEP_FORMATS:
+            raise BadImageError(f"{path}: {fmt} cannot hold a 16-bit image; write .png or "
+                                ".tif")
+        (_png16 if fmt == "PNG" else _tiff16)(f, image)
+        return
+    if image.dtype != np.uint8:
+        raise BadImageError(f"{path}: only 8- and 16-bit images can be written to files, "
+                            f"not {image.dtype}")
+    im = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+    if fmt == "JPEG" and im.mode in ("RGBA", "LA"):
+        im = im.convert("RGB" if im.mode == "RGBA" else "L")
+    try:
+        im.save(f, format=fmt)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BadImageError(f"{path}: {fmt} cannot hold a {im.mode} image ({exc})") from None
+
+
+def check_writable(path: str | os.PathLike[str], channels: int | None = None,
+                   dtype: np.dtype | type | None = None) -> None:
+    """Fail now, before any work, when ``path`` could not take the result.
+
+    Why a trial encode: a 2x2 image of the same channels and depth goes through the very
+    code :func:`write_image` runs, so the check and the write never disagree.
+    """
+    path = Path(path)
+    fmt = _format_of(path)
+    if channels is not None and dtype is not None:
+        _encode(io.BytesIO(), np.zeros((2, 2, channels), dtype=dtype), fmt, path)
+
+
 def write_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
     """Write atomically: a temporary file in the same folder, then a rename."""
     path = Path(path)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise BadImageError(f"{path}: unknown image format {path.suffix!r}")
-    if image.dtype != np.uint8:
-        raise BadImageError(f"{path}: only 8-bit images can be written to files")
-    im = Image.fromarray(image)
-    if fmt == "JPEG" and im.mode == "RGBA":
-        im = im.convert("RGB")
+    fmt = _format_of(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            im.save(f, format=fmt)
+            _encode(f, image, fmt, path)
         # mkstemp makes the file 0600; a written image gets the usual umask'd mode.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)

@@ -7,6 +7,7 @@ says how to get it; anything else is an unknown model.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch.nn as nn
 
 from inpaintd.protocol.errors import CheckpointError, ModelMissingError, UnknownModelError
 
+from . import DEFAULT_MODEL
 from .models import build_generator
 from .models.lama import LamaConfig
 from .weights import store
@@ -25,7 +27,6 @@ from .weights.formats import RawCheckpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "lama"
 
 
 @dataclass
@@ -60,11 +61,25 @@ def resolve(spec: str) -> Path:
         raise ModelMissingError(
             f"model {spec!r} is not installed; run `inpaintd weights fetch {spec}` on a machine "
             "with internet, or `inpaintd weights import PATH --name NAME`")
-    names = ", ".join(sorted(set(installed) | set(KNOWN_SOURCES))) or "none"
+    what = models_on_offer(installed)
     if spec == DEFAULT_MODEL or spec == "pennet":
         raise ModelMissingError(
-            f"the bundled model {spec!r} is missing from this installation (known: {names})")
-    raise UnknownModelError(f"unknown model {spec!r} (known: {names})")
+            f"the bundled model {spec!r} is missing from this installation ({what})")
+    close = difflib.get_close_matches(spec, sorted(set(installed) | set(KNOWN_SOURCES)), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UnknownModelError(f"unknown model {spec!r}; {hint}{what}")
+
+
+def models_on_offer(installed: dict[str, Path]) -> str:
+    """Which models are installed, which can be fetched and how, and what else ``--model``
+    takes: the tail of every unknown-model error."""
+    fetchable = sorted(set(KNOWN_SOURCES) - set(installed))
+    parts = [f"installed: {', '.join(sorted(installed)) or 'none'}"]
+    if fetchable:
+        parts.append(f"can be fetched: {', '.join(fetchable)} (`inpaintd weights fetch NAME`)")
+    parts.append("or give a checkpoint path, or import one with `inpaintd weights import "
+                 "PATH --name NAME`")
+    return "; ".join(parts)
 
 
 def config_of(raw: RawCheckpoint) -> dict[str, Any]:

@@ -20,8 +20,9 @@ Strategies:
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,8 +35,9 @@ from .strategy import STRATEGIES, StrategyOptions, runs_whole
 
 log = logging.getLogger(__name__)
 
-#: Progress callback: fraction done in [0, 1].
-Progress = Callable[[float], None]
+#: Progress callback: the fraction of the fill done, in [0, 1], and what runs now, in words
+#: (``"lama on the whole image (512x512)"``, ``"lama on hole region 2 of 5 (300x280)"``).
+Progress = Callable[[float, str], None]
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -208,10 +210,17 @@ def _scale_of(dtype: np.dtype) -> float:
     raise BadInputError(f"image dtype {dtype} is not supported (use uint8, uint16 or float32)")
 
 
+def _shareable(a: np.ndarray) -> np.ndarray:
+    """``a`` as torch may share it: contiguous and writable. Why: ``np.asarray`` of a PIL
+    image is read-only, and ``torch.from_numpy`` warns about every such array."""
+    a = np.ascontiguousarray(a)
+    return a if a.flags.writeable else a.copy()
+
+
 def _to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     """HxWx3 array of any supported dtype -> (1,3,H,W) float32 in [0,1]."""
     scale = _scale_of(rgb.dtype)
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
+    t = torch.from_numpy(_shareable(rgb)).to(device)
     t = t.permute(2, 0, 1).unsqueeze(0).float()
     if scale != 1.0:
         t = t / scale
@@ -371,7 +380,7 @@ class Inpainter:
         if not grid.any():
             log.warning("the mask is empty: the image is returned unchanged")
             if progress:
-                progress(1.0)
+                progress(1.0, "nothing to fill: the mask is empty")
             return out
         if strategy == "crop":
             boxes = expand_and_merge(hole_regions(mask, o.region_cell, grid), (h, w),
@@ -382,11 +391,26 @@ class Inpainter:
         if strategy == "resize":
             limit = min(o.resize_limit, max(h, w))
 
-        for i, (y0, x0, y1, x1) in enumerate(boxes):
-            self._fill_box(image, mask, out, (y0, x0, y1, x1), limit)
-            if progress:
-                progress((i + 1) / len(boxes))
+        n = len(boxes)
+        for i, box in enumerate(boxes):
+            step = None if progress is None else \
+                _box_step(progress, i, n, self._describe(strategy, box, i, n, limit))
+            self._fill_box(image, mask, out, box, limit, step)
         return out
+
+    def _describe(self, strategy: str, box: Box, i: int, n: int, limit: int) -> str:
+        """What runs on one box, in words, for the progress messages."""
+        h, w = box[2] - box[0], box[3] - box[1]
+        where = f"the whole image ({w}x{h})" if strategy != "crop" else \
+            f"hole region {i + 1} of {n} ({w}x{h})"
+        if limit and max(h, w) > limit:
+            s = limit / max(h, w)
+            h, w = max(1, round(h * s)), max(1, round(w * s))
+            where += f" resized to {w}x{h}"
+        ih, iw = self.adapter.input_size(h, w)
+        if (ih, iw) != (h, w) and self.adapter.fixed_size:
+            where += f", run at {iw}x{ih}"
+        return f"{self.name} on {where}"
 
     def fill_batch(self, items: Sequence[FillItem]) -> list[np.ndarray]:
         """Fill several images; those the model sees at one input size share one forward.
@@ -441,7 +465,7 @@ class Inpainter:
         """One forward over images of one model input size: each one's fill, its dtype."""
         device = self.adapter.device
         rgbs = [_to_tensor(image[..., :3], device) for image, _, _ in members]
-        masks = [torch.from_numpy(np.ascontiguousarray(hole)).to(device)[None, None].float()
+        masks = [torch.from_numpy(_shareable(hole)).to(device)[None, None].float()
                  for _, _, hole in members]
         preds = self.adapter.predict_batch(rgbs, masks)
         del rgbs, masks
@@ -467,14 +491,27 @@ class Inpainter:
 
     @torch.inference_mode()
     def _fill_box(self, image: np.ndarray, mask: np.ndarray, out: np.ndarray, box: Box,
-                  limit: int) -> None:
+                  limit: int, step: Optional[Callable[[float], None]] = None) -> None:
+        """Fill one box; ``step`` hears the share of this box done, from inside the model."""
         y0, x0, y1, x1 = box
         sub_hole = is_hole(mask[y0:y1, x0:x1])
         if not sub_hole.any():
+            if step:
+                step(1.0)
             return
+        if step:
+            step(0.0)
+        with reporting_steps(self.adapter.module, step):
+            self._predict_box(image, out, box, sub_hole, limit)
+        if step:
+            step(1.0)
+
+    def _predict_box(self, image: np.ndarray, out: np.ndarray, box: Box, sub_hole: np.ndarray,
+                     limit: int) -> None:
+        y0, x0, y1, x1 = box
         device = self.adapter.device
         rgb = _to_tensor(image[y0:y1, x0:x1, :3], device)
-        m = torch.from_numpy(np.ascontiguousarray(sub_hole)).to(device)[None, None].float()
+        m = torch.from_numpy(_shareable(sub_hole)).to(device)[None, None].float()
         h, w = y1 - y0, x1 - x0
         if limit and max(h, w) > limit:
             s = limit / max(h, w)
@@ -489,6 +526,46 @@ class Inpainter:
         filled = _from_tensor(pred, image.dtype)
         region = out[y0:y1, x0:x1]
         region[..., :3][sub_hole] = filled[sub_hole]
+
+
+def _box_step(progress: Progress, i: int, n: int, what: str) -> Callable[[float], None]:
+    """Box ``i`` of ``n``'s own share done, as the whole fill's progress."""
+    return lambda share: progress((i + share) / n, what)
+
+
+def model_stages(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The generator's top-level stages (LaMa: the layers of its Sequential; PEN-Net: its
+    encoder, attention, decoder and to-RGB convolutions): what one forward runs through."""
+    stages = list(module.children())
+    while len(stages) == 1 and list(stages[0].children()):
+        stages = list(stages[0].children())
+    return stages or [module]
+
+
+@contextmanager
+def reporting_steps(module: torch.nn.Module,
+                    step: Optional[Callable[[float], None]]) -> Iterator[None]:
+    """Call ``step(share)`` each time a forward of ``module`` finishes one more of its
+    :func:`model_stages`: steady progress from inside one model call (a 4096 px fill is one
+    call of many seconds). Forward hooks, removed on leaving; nothing when ``step`` is None.
+    """
+    if step is None:
+        yield
+        return
+    stages = model_stages(module)
+    done: set[int] = set()
+
+    def finished(stage: torch.nn.Module, _inputs: object, _output: object) -> None:
+        if id(stage) not in done:
+            done.add(id(stage))
+            step(len(done) / (len(stages) + 1))  # the last share: back to the image
+
+    handles = [stage.register_forward_hook(finished) for stage in stages]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def load_inpainter(model: str = DEFAULT_MODEL, device: str = "auto",

@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("inpaintd").setLevel(level)
     preload: tuple[str, ...] = ()
     if args.preload is not None:
-        from .loading import DEFAULT_MODEL
+        from . import DEFAULT_MODEL
 
         preload = tuple(args.preload) or (DEFAULT_MODEL,)
     config = ServerConfig(
@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    from .service import DEFAULT_BIND
+    from inpaintd.protocol.endpoint import DEFAULT_ENDPOINT as DEFAULT_BIND
 
     p = sub.add_parser(
         "serve", help="run the inpainting server",
@@ -157,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
-    from .service import DEFAULT_BIND
+    from inpaintd.protocol.endpoint import DEFAULT_ENDPOINT as DEFAULT_BIND
 
     p = sub.add_parser("status", help="ask a running server for its state",
                        description="Print a server's version, device, worker, queue, "

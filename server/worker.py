@@ -24,7 +24,8 @@ Front end -> worker (``op``):
 - ``exit``.
 
 Worker -> front end (``ev``): ``ready``, ``model`` (a model loaded or failed),
-``stage`` (``loading``, ``running`` with ``done``/``total`` crops, ``compositing``),
+``stage`` (``loading``, ``running`` with the fill's ``fraction`` and a ``message`` saying
+what runs, ``compositing``),
 ``done`` (+ result chunks), ``error`` (a protocol error code), ``fatal`` (cannot start).
 Every event carries ``device_memory`` so the front end can answer ``status`` while a job
 runs.
@@ -59,6 +60,8 @@ log = logging.getLogger("inpaintd.worker")
 _LINGER_MS = 2000
 #: How often an idle worker checks that its front end is still alive.
 _PARENT_CHECK_MS = 1000
+#: The shortest gap between two progress events of one job about the same work.
+_PROGRESS_EVERY_S = 0.1
 
 
 def pack(header: dict[str, Any]) -> bytes:
@@ -112,7 +115,7 @@ def device_memory(device: Any) -> Optional[dict[str, int]]:
 
 
 class _Cancelled(Exception):
-    """Raised inside the progress callback to unwind ``fill`` at a crop boundary."""
+    """Raised inside the progress callback to unwind ``fill`` between two model stages."""
 
 
 class Worker:
@@ -259,7 +262,6 @@ class Worker:
         image, mask = decoded if decoded is not None else _decode(header, chunks)
         del chunks
 
-        self.send({"ev": "stage", "job": job, "stage": "running", "done": 0, "total": 0})
         result = self._fill_alone(job, inpainter, image, mask, header.get("strategy"))
         if self._cancel_requested(job):
             raise _Cancelled
@@ -350,7 +352,10 @@ class Worker:
                 self.send({"ev": "error", "job": job, "code": err.code, "message": err.message})
                 continue
             decoded.append((spec, image, mask))
-            self.send({"ev": "stage", "job": job, "stage": "running", "done": 0, "total": 0})
+        for spec, _, _ in decoded:
+            self.send({"ev": "stage", "job": str(spec["job"]), "stage": "running",
+                       "fraction": 0.0, "message": f"{name} on the whole image, in one "
+                       f"batch of {len(decoded)}"})
         if not decoded:
             return
 
@@ -379,8 +384,9 @@ class Worker:
             if self._stopped(job):
                 continue
             try:
-                self.send({"ev": "stage", "job": job, "stage": "running", "done": 1,
-                           "total": 1})
+                self.send({"ev": "stage", "job": job, "stage": "running", "fraction": 1.0,
+                           "message": f"{name} on the whole image, in one batch of "
+                           f"{len(decoded)}"})
                 frames, desc = self._reply(job, spec, result)
             except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
                 err = classify(exc)
@@ -401,23 +407,24 @@ class Worker:
             return True
         return False
 
-    def _progress(self, job: str) -> Callable[[float], None]:
-        """The pipeline's callback: report crop k of n, and stop here if cancelled.
+    def _progress(self, job: str) -> Callable[[float, str], None]:
+        """The pipeline's callback: pass on the fill's fraction and what runs, and stop here
+        if the job was cancelled (the pipeline calls it between the model's stages too).
 
-        ``fill`` reports the fraction after each crop box, ``k / n``; the first call is
-        ``1 / n``, which gives ``n``.
+        At most one event per ``_PROGRESS_EVERY_S`` unless what runs changes or the fill
+        is done, so a many-stage model does not flood the front end.
         """
-        total = 0
+        last: list[Any] = [None, 0.0]  # message, time sent
 
-        def report(fraction: float) -> None:
-            nonlocal total
-            if total == 0:
-                total = max(1, round(1 / fraction)) if fraction > 0 else 1
-            done = min(total, max(1, round(fraction * total)))
+        def report(fraction: float, what: str) -> None:
             if self._cancel_requested(job):
                 raise _Cancelled
-            self.send({"ev": "stage", "job": job, "stage": "running", "done": done,
-                       "total": total})
+            now = time.monotonic()
+            if what == last[0] and fraction < 1.0 and now - last[1] < _PROGRESS_EVERY_S:
+                return
+            last[0], last[1] = what, now
+            self.send({"ev": "stage", "job": job, "stage": "running",
+                       "fraction": min(1.0, max(0.0, float(fraction))), "message": what})
 
         return report
 
@@ -440,7 +447,8 @@ def model_path(name: str) -> str:
 
 
 def fill_any_channels(inpainter: Any, image: np.ndarray, mask: np.ndarray,
-                      strategy: Optional[str], progress: Callable[[float], None],
+                      strategy: Optional[str],
+                      progress: Optional[Callable[[float, str], None]],
                       inplace: bool = False) -> np.ndarray:
     """Fill gray (1), gray+alpha (2), RGB (3) or RGBA (4) images.
 

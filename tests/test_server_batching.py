@@ -514,7 +514,7 @@ def test_queued_jobs_of_several_clients_run_as_batches(batch_server: ServerProce
         assert isinstance(got, np.ndarray), (name, got)
         stages = [h["stage"] for h in seen if h["type"] == "progress"]
         assert stages[-2:] == ["running", "compositing"] and "queued" in stages
-        want = fill_any_channels(references[model], image, mask, None, lambda f: None)
+        want = fill_any_channels(references[model], image, mask, None, None)
         assert_close_to_alone(got, want, image, mask)
 
 

@@ -167,7 +167,7 @@ def test_gray_fill_keeps_everything_outside_the_hole(dtype: Any, channels: int) 
     image = (rng.random((20, 30, channels)) * 100).astype(dtype)
     mask = np.zeros((20, 30), np.uint8)
     mask[5:10, 5:10] = 255
-    out = fill_any_channels(Echo(), image, mask, None, lambda f: None)
+    out = fill_any_channels(Echo(), image, mask, None, None)
     hole = mask > 127
     assert np.array_equal(out[~hole], image[~hole])
     assert np.all(out[hole][:, 0] == dtype(20))
@@ -176,7 +176,8 @@ def test_gray_fill_keeps_everything_outside_the_hole(dtype: Any, channels: int) 
 
 
 class FakeInpainter:
-    """Runs ``crops`` crops, calling the progress callback after each like the pipeline."""
+    """Runs ``crops`` crops, calling the progress callback as the pipeline does: at the start
+    of each crop with what runs, and at the end."""
 
     def __init__(self, crops: int = 1, delay: float = 0.0,
                  fail: Optional[Callable[[int], Optional[BaseException]]] = None) -> None:
@@ -191,7 +192,9 @@ class FakeInpainter:
             if exc is not None:
                 raise exc
             if progress:
-                progress((i + 1) / self.crops)
+                progress(i / self.crops, f"fake on crop {i + 1} of {self.crops}")
+        if progress:
+            progress(1.0, f"fake on crop {self.crops} of {self.crops}")
         out[mask > 127] = 0
         return out
 
@@ -254,10 +257,12 @@ def test_worker_reports_crops_and_sends_the_result_in_chunks(worker_channel: Any
     image, mask = _inputs()
     _send_job(front, "1", "fake", image, mask)
     events = _events(front, "1")
-    stages = [(h["stage"], h.get("done"), h.get("total")) for h, _ in events
+    stages = [(h["stage"], h.get("fraction"), h.get("message")) for h, _ in events
               if h["ev"] == "stage"]
-    assert stages == [("running", 0, 0), ("running", 1, 3), ("running", 2, 3),
-                      ("running", 3, 3), ("compositing", None, None)]
+    assert stages == [("running", 0.0, "fake on crop 1 of 3"),
+                      ("running", pytest.approx(1 / 3), "fake on crop 2 of 3"),
+                      ("running", pytest.approx(2 / 3), "fake on crop 3 of 3"),
+                      ("running", 1.0, "fake on crop 3 of 3"), ("compositing", None, None)]
     done, frames = events[-1]
     assert done["ev"] == "done" and all(len(f) <= 1000 for f in frames)
     result = unpack_array(BufferDesc.from_wire(done["image"]), b"".join(frames))
@@ -300,8 +305,9 @@ def test_worker_cancel_stops_between_crops(worker_channel: Any) -> None:
     front.send(pack({"op": "cancel", "job": "1"}))
     events = _events(front, "1")
     assert events[-1][0]["code"] == "cancelled"
-    crops = [h["done"] for h, _ in events if h["ev"] == "stage" and h["stage"] == "running"]
-    assert crops == sorted(crops) and crops[-1] < 20
+    crops = [h["fraction"] for h, _ in events
+             if h["ev"] == "stage" and h["stage"] == "running"]
+    assert crops == sorted(crops) and crops[-1] < 1.0
     worker.inpainters["fake"] = FakeInpainter()
     _send_job(front, "2", "fake", image, mask)
     assert _events(front, "2")[-1][0]["ev"] == "done"
@@ -388,7 +394,7 @@ class BatchingFake(FakeInpainter):
         out = image if inplace else image.copy()
         out[mask > 127, :3] = 0
         if progress:
-            progress(1.0)
+            progress(1.0, "fake on the whole image")
         return out
 
     def fill_batch(self, items: list[Any]) -> list[np.ndarray]:
@@ -473,10 +479,12 @@ def test_worker_batch_is_one_forward_with_each_job_answered(worker_channel: Any)
     events = _batch_events(front, ["0", "1", "2"])
     assert fake.batches == [3] and fake.fills == []
     for i, (image, mask) in enumerate(inputs):
-        stages = [(h["stage"], h.get("done"), h.get("total")) for h, _ in events[str(i)]
+        stages = [(h["stage"], h.get("fraction"), h.get("message")) for h, _ in events[str(i)]
                   if h["ev"] == "stage"]
-        assert stages == [("running", 0, 0), ("running", 1, 1), ("compositing", None, None)]
-        want = fill_any_channels(BatchingFake(), image, mask, None, lambda f: None)
+        batched = "fake on the whole image, in one batch of 3"
+        assert stages == [("running", 0.0, batched), ("running", 1.0, batched),
+                          ("compositing", None, None)]
+        want = fill_any_channels(BatchingFake(), image, mask, None, None)
         got = _result_of(events[str(i)])
         assert got.dtype == image.dtype and np.array_equal(got, want)
         assert np.array_equal(got[mask <= 127], image[mask <= 127])
@@ -492,7 +500,7 @@ def test_worker_batch_out_of_memory_reruns_its_jobs_alone(worker_channel: Any,
     assert fake.batches == [3] and fake.fills == ["auto"] * 3  # then one at a time
     assert released, "the cache was not released after the batch ran out of memory"
     for i, (image, mask) in enumerate(inputs):
-        want = fill_any_channels(BatchingFake(), image, mask, None, lambda f: None)
+        want = fill_any_channels(BatchingFake(), image, mask, None, None)
         assert np.array_equal(_result_of(events[str(i)]), want)
 
 
@@ -521,7 +529,7 @@ def test_worker_cancel_inside_a_batch_ends_only_that_job(worker_channel: Any) ->
     assert all(h.get("stage") != "compositing" for h, _ in events["1"])
     for i in (0, 2):
         image, mask = inputs[i]
-        want = fill_any_channels(BatchingFake(), image, mask, None, lambda f: None)
+        want = fill_any_channels(BatchingFake(), image, mask, None, None)
         assert np.array_equal(_result_of(events[str(i)]), want)
 
 
@@ -536,7 +544,7 @@ def test_worker_whole_image_out_of_memory_is_retried_with_crop(
     assert fake.fills == [strategy, "crop"]
     assert events[-1][0]["ev"] == "done" and released
     assert np.array_equal(_result_of(events),
-                          fill_any_channels(BatchingFake(), image, mask, None, lambda f: None))
+                          fill_any_channels(BatchingFake(), image, mask, None, None))
 
 
 def test_worker_out_of_memory_with_crop_answers_out_of_memory_and_serves_the_next(

@@ -68,7 +68,7 @@ class InpaintActor:
         pixels = unpack_array(image_desc, view[:image_desc.nbytes])
         hole = unpack_array(mask_desc, view[image_desc.nbytes:])
         t0 = time.perf_counter()
-        out = fill_any_channels(inpainter, pixels, hole, strategy, lambda f: None)
+        out = fill_any_channels(inpainter, pixels, hole, strategy, None)
         log.info("job %s model %s %dx%d %.0f ms", job, model, pixels.shape[1], pixels.shape[0],
                  (time.perf_counter() - t0) * 1000)
         desc, encoded = pack_array(out, reply_encoding)
