@@ -2,10 +2,10 @@
 
 Nothing in this package may import torch: the plug-ins vendor it into Krita's and GIMP's
 own Python interpreters. numpy, pyzmq and zstandard are imported only where needed:
-``Client`` (and ``Job``) load on first access, so the codec works without pyzmq.
+``Client`` (and ``Job``, ``JobProgress``) load on first access, so the codec works without pyzmq.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .codec import (
     PROTOCOL_VERSION,
@@ -27,18 +27,21 @@ from .codec import (
 from .errors import InpaintdError
 from .version import __version__
 
+if TYPE_CHECKING:  # type checkers see the real classes; at run time they load lazily
+    from .client import Client, Job, JobProgress
+
 __all__ = [
     "InpaintdError", "__version__",
     "PROTOCOL_VERSION", "SIGNATURE", "BufferDesc", "Message", "NotOurs",
     "available_encodings", "decode_message", "encode_message", "error_header", "header",
     "pack_array", "split_chunks", "unpack_array", "validate_reply", "validate_request",
-    "Client", "Job",
+    "Client", "Job", "JobProgress",
 ]
 
 
 def __getattr__(name: str) -> Any:
     """Load the client (and pyzmq) only when it is asked for."""
-    if name in ("Client", "Job"):
+    if name in ("Client", "Job", "JobProgress"):
         from . import client
 
         return getattr(client, name)

@@ -42,6 +42,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import zmq
@@ -76,7 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Client", "Job", "DEFAULT_ENDPOINT"]
+__all__ = ["Client", "Job", "JobProgress", "DEFAULT_ENDPOINT"]
 
 #: SPEC 1: ZeroMQ's own heartbeats, in milliseconds.
 HEARTBEAT_IVL_MS = 5_000
@@ -90,6 +91,18 @@ _TOMBSTONES = 4096
 _RECV_BATCH = 64
 
 ProgressCallback = Callable[[str, float, str], None]
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A job's latest ``progress`` reply (SPEC 4.3): ``stage`` (queued, loading, running,
+    compositing), ``fraction`` of the whole job in [0, 1], what runs in words, and for a
+    queued job how many jobs are ahead of it."""
+
+    stage: str
+    fraction: float
+    message: str = ""
+    position: int | None = None
 
 
 def _z85_key(value: str | bytes, what: str) -> bytes:
@@ -184,7 +197,7 @@ class Job:
         self._result_desc: BufferDesc | None = None
         self._result_frames: list[memoryview] | None = None
         self._array: "np.ndarray | None" = None
-        self._progress: dict[str, Any] | None = None
+        self._progress: JobProgress | None = None
         self._owner: Client | None = None
         # Upload state, owned by the I/O thread.
         self._segments = [(0, memoryview(image_data).cast("B")),
@@ -202,9 +215,11 @@ class Job:
 
     # --- public ---
 
-    @property
-    def progress(self) -> dict[str, Any] | None:
-        """The last ``progress`` reply's fields (stage, fraction, position, message), or None."""
+    # Every query is a method, as on concurrent.futures.Future: done(), progress(),
+    # result(), exception(), cancel().
+
+    def progress(self) -> JobProgress | None:
+        """The last ``progress`` reply, or None before the first one."""
         return self._progress
 
     def done(self) -> bool:
@@ -632,13 +647,13 @@ class _Engine:
             job._credit = max(job._credit, hdr["credit"])
             self._pump(job)
         elif mtype == "progress":
-            info = {k: hdr[k] for k in ("stage", "fraction", "position", "message") if k in hdr}
-            job._progress = info
+            message = hdr.get("message")
+            position = hdr.get("position")
+            if message is None:
+                message = f"{position} job(s) ahead" if position is not None else ""
+            job._progress = JobProgress(str(hdr["stage"]), float(hdr["fraction"]), message,
+                                        position)
             if job._on_progress is not None:
-                message = hdr.get("message")
-                if message is None:
-                    position = hdr.get("position")
-                    message = f"{position} job(s) ahead" if position is not None else ""
                 try:
                     job._on_progress(hdr["stage"], float(hdr["fraction"]), message)
                 except Exception:

@@ -301,7 +301,8 @@ def test_hello_status_and_progress(server):
     assert [s for s, _, _ in seen] == ["queued", "running", "compositing"]
     assert [f for _, f, _ in seen] == [0.0, 0.5, 0.9]
     assert seen[0][2] == "0 job(s) ahead"
-    assert job.progress["stage"] == "compositing"
+    last = job.progress()
+    assert last is not None and last.stage == "compositing" and last.fraction == 0.9
     assert [r["client"] for r in server.requests if r["type"] == "hello"] == ["test-suite"]
     hellos = [r for r in server.requests if r["type"] == "hello"]
     assert len(hellos) == 1  # the welcome is fetched once and reused
