@@ -60,8 +60,10 @@ log = logging.getLogger("inpaintd.worker")
 _LINGER_MS = 2000
 #: How often an idle worker checks that its front end is still alive.
 _PARENT_CHECK_MS = 1000
-#: The shortest gap between two progress events of one job about the same work.
-_PROGRESS_EVERY_S = 0.1
+#: Progress events of one job about the same work go out this far apart, at least
+#: (whichever comes first).
+_PROGRESS_STEP = 0.05
+_PROGRESS_EVERY_S = 0.5
 
 
 def pack(header: dict[str, Any]) -> bytes:
@@ -411,18 +413,20 @@ class Worker:
         """The pipeline's callback: pass on the fill's fraction and what runs, and stop here
         if the job was cancelled (the pipeline calls it between the model's stages too).
 
-        At most one event per ``_PROGRESS_EVERY_S`` unless what runs changes or the fill
-        is done, so a many-stage model does not flood the front end.
+        An event goes out when what runs changes, the fill is done, or it has moved on by
+        ``_PROGRESS_STEP`` or for ``_PROGRESS_EVERY_S``: a many-stage model on many crops
+        does not flood the front end.
         """
-        last: list[Any] = [None, 0.0]  # message, time sent
+        last: list[Any] = [None, 0.0, 0.0]  # message, fraction, time sent
 
         def report(fraction: float, what: str) -> None:
             if self._cancel_requested(job):
                 raise _Cancelled
             now = time.monotonic()
-            if what == last[0] and fraction < 1.0 and now - last[1] < _PROGRESS_EVERY_S:
+            if what == last[0] and fraction < 1.0 and fraction - last[1] < _PROGRESS_STEP \
+                    and now - last[2] < _PROGRESS_EVERY_S:
                 return
-            last[0], last[1] = what, now
+            last[0], last[1], last[2] = what, fraction, now
             self.send({"ev": "stage", "job": job, "stage": "running",
                        "fraction": min(1.0, max(0.0, float(fraction))), "message": what})
 

@@ -196,8 +196,9 @@ def test_cancel_a_running_multi_crop_job_between_crops(server: ServerProcess) ->
         assert isinstance(result, dict) and result["code"] == "cancelled", result
         progress += [h for h in seen if h["type"] == "progress"]
         assert stage_order_ok(progress), progress
-        crops = [p["message"] for p in progress if p["stage"] == "running"]
-        assert crops[-1] != "crop 16 of 16 done", "the job ran to its end"
+        running = [p for p in progress if p["stage"] == "running"]
+        assert running[-1]["message"].startswith(f"{TINY} on hole region ")
+        assert running[-1]["fraction"] < 0.9, "the job ran to its end"
         assert all(p["stage"] != "compositing" for p in progress)
         seen, _ = raw.until(cid, ("cancelled", "error"))
         assert seen[-1]["type"] == "cancelled" and seen[-1]["target"] == rid
@@ -522,3 +523,29 @@ def test_errors_are_typed_for_the_client(server: ServerProcess) -> None:
         with pytest.raises(InpaintdError) as info:
             c.inpaint(image, mask, model="../../../etc/passwd")
         assert info.value.code == "unknown_model"
+
+
+@pytest.mark.parametrize("strategy", ["full", "crop"])
+def test_progress_names_what_runs_and_moves_inside_the_model(server: ServerProcess,
+                                                              strategy: str) -> None:
+    """Issue 14: no "crop 1" under ``full``, and steady steps from inside one model call."""
+    image, mask = many_holes(size=1024, grid=2, hole=60)
+    seen: list[tuple[str, float, str]] = []
+    with Client(server.endpoint, timeout=60) as client:
+        client.inpaint(image, mask, model=TINY, strategy=strategy,
+                       on_progress=lambda s, f, m: seen.append((s, f, m)))
+    running = [(f, m) for s, f, m in seen if s == "running"]
+    messages = {m for _, m in running}
+    if strategy == "full":
+        assert messages == {f"{TINY} on the whole image (1024x1024)"}, messages
+    else:
+        assert {m.split(" (")[0] for m in messages} == {
+            f"{TINY} on hole region {k} of 4" for k in (1, 2, 3, 4)}, messages
+    assert not any("crop" in m for m in messages)
+    fractions = [f for f, _ in running]
+    assert fractions == sorted(fractions) and fractions[0] == pytest.approx(0.1)
+    assert fractions[-1] == pytest.approx(0.9)
+    # More steps than boxes (start and end of each): the model's stages report too.
+    assert len(set(fractions)) > (2 if strategy == "full" else 8), running
+    assert [s for s, _, _ in seen][-1] == "compositing"
+    assert seen[-1][2] == "sending the result"
