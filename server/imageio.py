@@ -148,10 +148,12 @@ def _tiff16(f: BinaryIO, image: np.ndarray) -> None:
     import tifffile
 
     c = image.shape[2]
-    tifffile.imwrite(f, image[..., 0] if c == 1 else image,
+    buf = io.BytesIO()  # tifffile wants a named file or a BytesIO, not an fd's file object
+    tifffile.imwrite(buf, image[..., 0] if c == 1 else image,
                      photometric="minisblack" if c <= 2 else "rgb",
                      extrasamples=["unassalpha"] if c in (2, 4) else None,
                      compression="zlib")
+    f.write(buf.getbuffer())
 
 
 def _encode(f: BinaryIO, image: np.ndarray, fmt: str, path: Path) -> None:

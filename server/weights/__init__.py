@@ -5,7 +5,24 @@ Checkpoints are untrusted input, so nothing here calls ``torch.load`` or runs pi
 weights in any supported format.
 """
 
-from .card import load_ours, save_ours
-from .formats import RawCheckpoint, load_checkpoint
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # at run time they load on first use: .store alone must not import torch
+    from .card import load_ours, save_ours
+    from .formats import RawCheckpoint, load_checkpoint
 
 __all__ = ["RawCheckpoint", "load_checkpoint", "load_ours", "save_ours"]
+
+
+def __getattr__(name: str) -> Any:
+    """Load the torch-side readers only when they are asked for (``inpaintd keys`` reads
+    ``$INPAINTD_HOME`` through :mod:`.store` and must start without torch)."""
+    if name in ("load_ours", "save_ours"):
+        from . import card
+
+        return getattr(card, name)
+    if name in ("RawCheckpoint", "load_checkpoint"):
+        from . import formats
+
+        return getattr(formats, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
