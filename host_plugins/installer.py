@@ -575,7 +575,7 @@ def main_install_gimp(gimp_dir: Optional[str], python_version: Optional[str],
              f"  built for {target.label}" + ("" if target.with_numpy else
                                                " (numpy: GIMP's Python's own)")]
     lines += [f"  {note}" for note in target.notes]
-    lines.append("restart GIMP, then use Filters > Enhance > Inpaint (LaMa) with a selection "
+    lines.append("restart GIMP, then use Filters > Enhance > Inpaint (LaMa)... with a selection "
                  "(start the server with `inpaintd serve`)")
     return "\n".join(lines)
 

@@ -336,9 +336,9 @@ def test_no_server_gives_the_message_fast(run: dict[str, Any]) -> None:
 def test_registered_in_filters_enhance(run: dict[str, Any]) -> None:
     menu = run["menu"]
     assert menu["lama"]["menu_paths"] == ["<Image>/Filters/Enhance"]
-    assert menu["lama"]["label"] == "Inpaint (LaMa)"
+    assert menu["lama"]["label"] == "Inpaint (LaMa)..."  # it opens a dialog (GNOME HIG)
     assert menu["pennet"]["menu_paths"] == ["<Image>/Filters/Enhance"]
-    assert menu["pennet"]["label"] == "Inpaint (PEN-Net)"
+    assert menu["pennet"]["label"] == "Inpaint (PEN-Net)..."
     assert menu["lama"]["image_types"] == "*"
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""inpaintd for GIMP 3: Filters > Enhance > Inpaint (LaMa) / Inpaint (PEN-Net).
+"""inpaintd for GIMP 3: Filters > Enhance > Inpaint (LaMa)... / Inpaint (PEN-Net)...
 
 GIMP glue only, like the Krita plug-in's ``krita_io`` and ``controller``: what a fill does
 (crop and margin, the mask, pixel conversion, the network job, the error sentences) is
@@ -258,7 +258,8 @@ class InpaintPlugIn(Gimp.PlugIn):
                                             model)
         procedure.set_image_types("*")
         procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-        procedure.set_menu_label(f"Inpaint ({title})")
+        # GNOME HIG: an entry that opens a dialog ends in "..." (interactive runs show one).
+        procedure.set_menu_label(f"Inpaint ({title})...")
         procedure.add_menu_path(MENU_PATH)
         procedure.set_documentation(
             f"Fill the selection with {title} (inpaintd)",
