@@ -115,3 +115,16 @@ def test_the_local_example_runs_without_a_warning(tmp_path: Path) -> None:
     assert proc.stderr == "", proc.stderr  # no PyTorch UserWarning about read-only arrays
     filled = np.asarray(Image.open(tmp_path / "filled.png"))
     assert np.array_equal(filled[mask <= 127], image[mask <= 127])
+
+
+def test_the_docs_speak_to_a_user_on_their_own_machine() -> None:
+    """No paths of the machine the project was built on: a user's paths are relative to
+    the repository or to $INPAINTD_HOME."""
+    machine = re.compile(r"(?<![\w.$])(/root/|/work/|/tmp/shim|/home/\w+/)")
+    found = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            if machine.search(line):
+                found.append(f"{doc.name}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)
+    assert "Until `train` is wired" not in (REPO / "docs" / "training.md").read_text()
