@@ -591,3 +591,30 @@ def test_an_unreferenced_client_stops_its_thread(server):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert name not in before
+
+
+@pytest.mark.parametrize("written, meant", [
+    ("localhost:5557", "tcp://localhost:5557"),
+    (" 127.0.0.1:6000 ", "tcp://127.0.0.1:6000"),
+    ("tcp://[::1]:5557", "tcp://[::1]:5557"),
+    ("ipc:///run/inpaintd.sock", "ipc:///run/inpaintd.sock"),
+])
+def test_endpoints_as_people_write_them(written: str, meant: str) -> None:
+    from inpaintd.protocol.endpoint import client_endpoint
+
+    assert client_endpoint(written) == meant
+
+
+@pytest.mark.parametrize("written", ["localhost", "tcp://localhost", "localhost:http",
+                                     "localhost:70000", "udp://host:1", "ipc://"])
+def test_endpoints_that_say_what_to_write(written: str) -> None:
+    from inpaintd.protocol.endpoint import client_endpoint
+
+    with pytest.raises(BadInputError, match=r"tcp://HOST:PORT"):
+        client_endpoint(written)
+
+
+def test_client_connects_to_host_port(server: Any) -> None:
+    with Client(server.endpoint.removeprefix("tcp://"), timeout=5) as client:
+        assert client.endpoint == server.endpoint
+        assert client.hello()["server"]
