@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from inpaintd.protocol import __version__
-from inpaintd.protocol.errors import BadInputError, InpaintdError, MaskSizeError
+from inpaintd.protocol.errors import BadImageError, BadInputError, InpaintdError, MaskSizeError
 
 from .speed.names import add_precision_argument
 
@@ -158,8 +158,6 @@ def _fill_folder(args: argparse.Namespace, src: Path, out: Path) -> int:
             with Image.open(image_path) as im, Image.open(mask_path) as m:
                 _check_pair(im.size, m.size, mask_path)
         except OSError as exc:
-            from inpaintd.protocol.errors import BadImageError
-
             raise BadImageError(f"{image_path} or {mask_path}: {exc}") from None
     inpainter = _inpainter(args)
     for image_path, mask_path, name in tqdm(plan.cases, desc="fill", unit="image",

@@ -2,9 +2,10 @@
 
 An image keeps its channels and its depth from file to file: gray, gray + alpha, RGB or
 RGBA, 8 or 16 bits per sample, so that every value outside the hole comes back as it went
-in. Why two readers: Pillow reads 8-bit files and 16-bit gray at full depth, but cuts
-16-bit RGB(A) PNG and TIFF down to 8 bits; those are read with OpenCV, which keeps every
-bit. 16-bit results are written by :func:`_png16` (PNG) and tifffile (TIFF, with its alpha
+in. Why more than one reader: Pillow reads 8-bit files and 16-bit gray at full depth, but
+cuts 16-bit RGB(A) PNG and TIFF down to 8 bits (and opens no 16-bit gray + alpha TIFF);
+those are read with tifffile (TIFF) or OpenCV (PNG, and TIFF compressions tifffile lacks
+without imagecodecs), which keep every bit. 16-bit results are written by :func:`_png16` (PNG) and tifffile (TIFF, with its alpha
 marked as alpha), since neither Pillow nor OpenCV writes every channel layout at 16 bits.
 """
 
@@ -49,24 +50,49 @@ def _open(path: Path) -> Image.Image:
     return im
 
 
-def _deep_colour_channels(path: Path, im: Image.Image) -> int:
-    """The channel count of a 16-bit file with colour or alpha (which Pillow would cut to
-    8 bits), or 0 for any other file."""
-    if im.format == "PNG":
+def _deep_colour_channels(path: Path) -> tuple[str, int]:
+    """``("PNG"|"TIFF", channels)`` for a 16-bit PNG or TIFF with colour or alpha (which
+    Pillow cuts to 8 bits, or for gray + alpha TIFF cannot open), ``("", 0)`` for any other
+    file. From the header alone, before Pillow sees the file."""
+    try:
         with open(path, "rb") as f:
             head = f.read(26)
-        if head[:8] != _PNG_SIGNATURE or head[24] != 16:
-            return 0
-        return {2: 3, 4: 2, 6: 4}.get(head[25], 0)
-    if im.format == "TIFF":
-        bits = im.tag_v2.get(258)  # BitsPerSample, one entry per sample
-        bits = bits if isinstance(bits, tuple) else (bits,)
-        if len(bits) > 1 and all(b == 16 for b in bits):
-            return len(bits)
-    return 0
+    except OSError:
+        return "", 0  # _open says what is wrong
+    if head[:8] == _PNG_SIGNATURE and len(head) == 26:
+        return "PNG", {2: 3, 4: 2, 6: 4}.get(head[25], 0) if head[24] == 16 else 0
+    if head[:4] in (b"II*\0", b"MM\0*"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                samples, bits = int(page.samplesperpixel), int(page.bitspersample)
+        except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: Pillow tries it next
+            return "", 0
+        return "TIFF", samples if bits == 16 and samples > 1 else 0
+    return "", 0
 
 
-def _read_deep(path: Path, channels: int) -> np.ndarray:
+def _read_deep_tiff(path: Path, channels: int) -> np.ndarray | None:
+    """tifffile reads every sample layout (gray + alpha too) as stored, but without the
+    optional imagecodecs package no LZW or JPEG compression: None then, for OpenCV."""
+    import tifffile
+
+    try:
+        decoded = tifffile.imread(path, key=0)
+    except Exception:  # noqa: BLE001 - a compression it lacks; OpenCV has those
+        return None
+    if decoded.dtype != np.uint16 or decoded.ndim != 3 or decoded.shape[2] != channels:
+        return None  # planar or otherwise unusual: OpenCV's reading normalises it
+    return np.ascontiguousarray(decoded)
+
+
+def _read_deep(path: Path, kind: str, channels: int) -> np.ndarray:
+    if kind == "TIFF":
+        via_tifffile = _read_deep_tiff(path, channels)
+        if via_tifffile is not None:
+            return via_tifffile
     import cv2
 
     decoded = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
@@ -76,6 +102,8 @@ def _read_deep(path: Path, channels: int) -> np.ndarray:
         decoded = decoded[..., None]
     if channels == 2 and decoded.shape[2] == 4:  # OpenCV spreads gray + alpha to BGRA
         return np.ascontiguousarray(decoded[..., [0, 3]])
+    if decoded.shape[2] == 2:
+        return decoded
     if decoded.shape[2] == 3:
         return np.ascontiguousarray(decoded[..., ::-1])
     if decoded.shape[2] == 4:
@@ -87,10 +115,10 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """HxWxC with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA); uint8, or uint16
     for a 16-bit file. Palette images become RGB, or RGBA when they have transparency."""
     path = Path(path)
-    im = _open(path)
-    deep = _deep_colour_channels(path, im)
+    kind, deep = _deep_colour_channels(path)
     if deep:
-        return _read_deep(path, deep)
+        return _read_deep(path, kind, deep)
+    im = _open(path)
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         gray = np.asarray(im)
         if gray.dtype != np.uint16 and (gray.min() < 0 or gray.max() > 65535):

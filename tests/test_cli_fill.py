@@ -163,8 +163,13 @@ def _deep_case(folder: Path, channels: int, suffix: str) -> tuple[Path, Path, np
     path = folder / f"deep{channels}{suffix}"
     if suffix == ".tif":
         tifffile.imwrite(path, image[..., 0] if channels == 1 else image,
-                         photometric="minisblack" if channels == 1 else "rgb",
-                         extrasamples=["unassalpha"] if channels == 4 else None)
+                         photometric="minisblack" if channels <= 2 else "rgb",
+                         extrasamples=["unassalpha"] if channels in (2, 4) else None)
+    elif channels == 2:  # OpenCV writes no gray + alpha PNG; Pillow none at 16 bits
+        from inpaintd.server.imageio import _png16
+
+        with open(path, "wb") as f:
+            _png16(f, image)
     else:
         order = {1: [0], 3: [2, 1, 0], 4: [2, 1, 0, 3]}[channels]
         assert cv2.imwrite(str(path), image[..., order])
@@ -180,13 +185,15 @@ def _read_back(path: Path) -> np.ndarray:
         out = tifffile.imread(path)
     else:
         out = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if out.ndim == 3 and path.read_bytes()[25] == 4:  # gray + alpha, spread to BGRA
+            return out[..., [0, 3]]
         if out.ndim == 3:
             out = out[..., [2, 1, 0, 3][:out.shape[2]]] if out.shape[2] == 4 else out[..., ::-1]
     return out if out.ndim == 3 else out[..., None]
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
-@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
 @pytest.mark.parametrize("where", ["local", "server"])
 def test_16_bit_in_16_bit_out(tmp_path: Path, golden: Path, server: ServerProcess,
                               suffix: str, channels: int, where: str) -> None:
@@ -201,10 +208,11 @@ def test_16_bit_in_16_bit_out(tmp_path: Path, golden: Path, server: ServerProces
     hole = mask > 127
     assert np.array_equal(got[~hole], image[~hole])  # every value, every channel, exact
     assert got[0, 0, 0] == 11374
-    if channels == 4:
-        assert np.array_equal(got[..., 3], image[..., 3])  # alpha untouched, hole too
-    assert (got[hole][..., :3] != image[hole][..., :3]).any()
-    if suffix == ".tif" and channels == 4:
+    if channels in (2, 4):
+        assert np.array_equal(got[..., -1], image[..., -1])  # alpha untouched, hole too
+    color = 1 if channels <= 2 else 3
+    assert (got[hole][..., :color] != image[hole][..., :color]).any()
+    if suffix == ".tif" and channels in (2, 4):
         assert tifffile.TiffFile(out).pages[0].extrasamples == (2,)  # marked as alpha
 
 
