@@ -20,27 +20,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_server import start_server  # noqa: E402  (bench/ is on sys.path)
 from PIL import Image
 
 BUDGET_S = 0.5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _inpaintd() -> list[str]:
@@ -58,25 +51,7 @@ def _wall(cmd: list[str], env: dict[str, str]) -> float:
 
 
 def _start_server(env: dict[str, str], model: str) -> tuple[subprocess.Popen[str], str]:
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    proc = subprocess.Popen([*_inpaintd(), "serve", "--bind", endpoint, "--device", "cpu",
-                             "--preload", model], env=dict(env, PYTHONUNBUFFERED="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ready = threading.Event()
-    lines: list[str] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if re.search(r"serving on", line):
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(300):
-        proc.kill()
-        raise SystemExit("the server did not start:\n" + "".join(lines))
-    return proc, endpoint
+    return start_server([*_inpaintd(), "serve", "--device", "cpu", "--preload", model], env)
 
 
 def main() -> None:

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_server import start_server  # noqa: E402  (bench/ is on sys.path)
 
 BENCH_MODEL = "bench-compact-lama"
 
@@ -49,12 +48,6 @@ def _save_compact_lama(home: Path) -> None:
               home / "models" / f"{BENCH_MODEL}.safetensors")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _server_module() -> str:
     from inpaintd.server import cli
 
@@ -65,27 +58,9 @@ def _server_module() -> str:
 
 
 def _start_server(home: Path, model: str, device: str) -> tuple[subprocess.Popen[str], str]:
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    env = dict(os.environ, INPAINTD_HOME=str(home), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", _server_module(), "serve", "--bind",
-                             endpoint, "--device", device, "--preload", model,
-                             "--max-message-mb", "16"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ready = threading.Event()
-    lines: list[str] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if re.search(r"serving on", line):
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(300):
-        proc.kill()
-        raise SystemExit("the server did not start:\n" + "".join(lines))
-    return proc, endpoint
+    env = dict(os.environ, INPAINTD_HOME=str(home))
+    return start_server([sys.executable, "-m", _server_module(), "serve", "--device", device,
+                         "--preload", model, "--max-message-mb", "16"], env)
 
 
 def main() -> None:
