@@ -95,7 +95,8 @@ class _LocalInpainter:
 
         use_physical_cores()
         self.inpainter = load_inpainter(args.model, args.device or "auto",
-                                        precision=args.precision or "auto")
+                                        precision=args.precision or "auto",
+                                        colour_match=COLOUR_MATCH[args.colour_match or "auto"])
 
     def fill(self, image: np.ndarray, mask: np.ndarray,
              strategy: Optional[str] = None) -> np.ndarray:
@@ -103,6 +104,10 @@ class _LocalInpainter:
 
         return fill_any_channels(self.inpainter, image, mask, strategy, progress=None,
                                  inplace=True)
+
+
+#: ``fill --colour-match``: the pipeline's ``colour_match`` (None: the model card's choice).
+COLOUR_MATCH: dict[str, Optional[bool]] = {"auto": None, "on": True, "off": False}
 
 
 def _inpainter(args: argparse.Namespace) -> "_RemoteInpainter | _LocalInpainter":
@@ -118,7 +123,8 @@ def _check_fill_options(args: argparse.Namespace) -> None:
         from inpaintd.protocol.endpoint import client_endpoint
 
         args.server = client_endpoint(args.server)
-        for option, value in (("--device", args.device), ("--precision", args.precision)):
+        for option, value in (("--device", args.device), ("--precision", args.precision),
+                              ("--colour-match", args.colour_match)):
             if value is not None:
                 raise BadInputError(f"{option} is the server's choice with --server "
                                     "(see `inpaintd serve --help`)")
@@ -212,6 +218,11 @@ def _add_fill(sub: argparse._SubParsersAction) -> None:
                    "cuda[:N]")
     add_precision_argument(p)
     p.set_defaults(precision=None)  # None: not given (auto), so --server can refuse it
+    p.add_argument("--colour-match", choices=tuple(COLOUR_MATCH), default=None,
+                   help="match the fill's low frequencies to the hole's border so it keeps "
+                   "the surrounding colour; auto (default): as the model's card says (on for "
+                   "the bundled lama and pennet, off for official checkpoints, which then fill "
+                   "exactly as their own code does)")
     p.add_argument("--server", metavar="ENDPOINT",
                    help="fill through a running `inpaintd serve`: tcp://HOST:PORT or "
                    "HOST:PORT (e.g. 127.0.0.1:5557)")

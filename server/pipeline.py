@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from inpaintd.protocol.errors import BadInputError, MaskSizeError
 
+from .colour_match import match_colour
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
 from .strategy import STRATEGIES, StrategyOptions, runs_whole
 
@@ -346,13 +347,18 @@ class FillItem:
 class Inpainter:
     """A loaded model plus the strategy logic; :meth:`fill` is thread-compatible, not -safe."""
 
-    def __init__(self, model: LoadedModel, options: StrategyOptions = StrategyOptions()) -> None:
+    def __init__(self, model: LoadedModel, options: StrategyOptions = StrategyOptions(),
+                 colour_match: Optional[bool] = None) -> None:
         try:
             self.adapter = ADAPTERS[model.architecture](model)
         except KeyError:
             raise BadInputError(f"no pipeline for architecture {model.architecture!r}") from None
         self.model = model
         self.options = options
+        #: Move the fill's low frequencies onto the hole's border (:mod:`.colour_match`).
+        #: None: as the model's card says (on for the bundled models, off for any other).
+        self.colour_match = card_colour_match(model.card) if colour_match is None \
+            else colour_match
 
     @property
     def name(self) -> str:
@@ -468,6 +474,8 @@ class Inpainter:
         masks = [torch.from_numpy(_shareable(hole)).to(device)[None, None].float()
                  for _, _, hole in members]
         preds = self.adapter.predict_batch(rgbs, masks)
+        if self.colour_match:
+            preds = [match_colour(p.float(), r, m) for p, r, m in zip(preds, rgbs, masks)]
         del rgbs, masks
         return [_from_tensor(pred, image.dtype) for pred, (image, _, _) in zip(preds, members)]
 
@@ -520,9 +528,13 @@ class Inpainter:
                                   antialias=True)
             small_m = (F.interpolate(m, size=size, mode="area") > 0).float()
             pred = self.adapter.predict(small, small_m)
+            if self.colour_match:
+                pred = match_colour(pred.float(), small, small_m)
             pred = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False)
         else:
             pred = self.adapter.predict(rgb, m)
+            if self.colour_match:
+                pred = match_colour(pred.float(), rgb, m)
         filled = _from_tensor(pred, image.dtype)
         region = out[y0:y1, x0:x1]
         region[..., :3][sub_hole] = filled[sub_hole]
@@ -568,15 +580,22 @@ def reporting_steps(module: torch.nn.Module,
             handle.remove()
 
 
+def card_colour_match(card: dict) -> bool:
+    """Whether a model's card turns colour matching on (``inference.colour_match``)."""
+    inference = card.get("inference") if isinstance(card, dict) else None
+    return bool(isinstance(inference, dict) and inference.get("colour_match", False))
+
+
 def load_inpainter(model: str = DEFAULT_MODEL, device: str = "auto",
                    options: StrategyOptions = StrategyOptions(), precision: str = "auto",
-                   fast: bool = True) -> Inpainter:
+                   fast: bool = True, colour_match: Optional[bool] = None) -> Inpainter:
     """Load a model by registry name or path and wrap it in the pipeline: its fast path at
     ``precision`` (``auto``: what suits the device), or with ``fast=False`` the reference
-    path (the official code's computation, eager float32)."""
+    path (the official code's computation, eager float32). ``colour_match`` None: as the
+    model's card says."""
     from .speed.optimize import optimize  # noqa: PLC0415 - speed imports loading
 
     loaded = load_model(model, pick_device(device))
     if fast:
         loaded = optimize(loaded, precision)
-    return Inpainter(loaded, options)
+    return Inpainter(loaded, options, colour_match)

@@ -9,10 +9,11 @@ known kind (``gnome-2d530dd9-licorice-l_thick``); a case without one counts as k
 :data:`ALL_KIND`, so any LaMa-style folder can be evaluated.
 
 :func:`make_cases` builds our held-out set from the validation images of
-:func:`inpaintd.server.train.split.split_files`, which the training never sees. Each image is
-downscaled so its shorter side is ``size`` (a 512 px crop of a 1024 px screenshot would
-otherwise hold only a corner of it), then cropped to ``size x size`` at a seeded position,
-and gets one mask of every kind. Every random draw is seeded by the seed, the file name and
+:func:`inpaintd.server.train.split.split_folders`, which the training never sees. At the
+``downscale`` scale each image is downscaled so its shorter side is ``size`` (a 512 px crop
+of a 1024 px screenshot would otherwise hold only a corner of it); at the ``native`` scale it
+is not (an artist works at 1:1). Then it is cropped to ``size x size`` at a seeded position,
+and gets one mask of every kind (or one kind, the kinds taking turns over the images). Every random draw is seeded by the seed, the file name and
 the kind, so a case does not change when files are added to the data folder or kinds are
 added to the run.
 """
@@ -118,22 +119,74 @@ def _read(path: Path, mode: str) -> np.ndarray:
 
 # --- building a case folder -------------------------------------------------------------
 
+def spread_over_sources(images: Sequence[Path], n: int) -> list[Path]:
+    """``n`` images taken in turn from each source family (the name's first ``-`` word:
+    a package or a game), each family's evenly spaced, so that one game's hundred textures
+    do not outweigh a dozen photographs. Sorted by name."""
+    families: dict[str, list[Path]] = {}
+    for p in sorted(images):
+        families.setdefault(p.name.split("-", 1)[0], []).append(p)
+    # Evenly spaced within a family: the middle first, then the quarters, and so on.
+    order = {f: [ps[j] for j in _spread_indices(len(ps))] for f, ps in families.items()}
+    picked: list[Path] = []
+    depth = 0
+    while len(picked) < n and any(depth < len(ps) for ps in order.values()):
+        for f in sorted(order):
+            if depth < len(order[f]) and len(picked) < n:
+                picked.append(order[f][depth])
+        depth += 1
+    return sorted(picked)
+
+
+def _spread_indices(n: int) -> list[int]:
+    """0..n-1 in an order whose every prefix is spread over the range (bisection order)."""
+    out: list[int] = []
+    seen: set[int] = set()
+    k = 1
+    while len(out) < n:
+        for i in range(k):
+            j = min(n - 1, int((i + 0.5) * n / k))
+            if j not in seen:
+                seen.add(j)
+                out.append(j)
+        k *= 2
+    return out
+
+
+def _short_side(path: Path) -> int:
+    try:
+        with Image.open(path) as im:
+            return min(im.size)
+    except (OSError, ValueError) as exc:
+        raise BadImageError(f"cannot read validation image {path}: {exc}") from exc
+
+
 def _rng(seed: int, name: str, purpose: str) -> np.random.Generator:
     """A generator that depends only on the seed, the source file name and the purpose."""
     return np.random.default_rng([seed, zlib.crc32(name.encode()), zlib.crc32(purpose.encode())])
 
 
-def crop_square(image: Image.Image, size: int, rng: np.random.Generator) -> Optional[Image.Image]:
-    """Downscale so the shorter side is ``size`` (never upscale), then crop ``size x size``.
+#: How :func:`make_cases` gets a square from an image: ``downscale`` shrinks the shorter side
+#: to the case size first (the whole picture, as a thumbnail); ``native`` crops at the image's
+#: own scale, as an artist working at 1:1 sees it.
+SCALES = ("downscale", "native")
+
+
+def crop_square(image: Image.Image, size: int, rng: np.random.Generator,
+                scale: str = "downscale") -> Optional[Image.Image]:
+    """Downscale so the shorter side is ``size`` (never upscale; ``scale="native"``: not at
+    all), then crop ``size x size`` at a seeded position.
 
     Returns None for an image whose shorter side is below ``size``: upscaling would make a
     blurry case that flatters every method.
     """
+    if scale not in SCALES:
+        raise BadInputError(f"unknown case scale {scale!r}; choose from {', '.join(SCALES)}")
     w, h = image.size
     short = min(w, h)
     if short < size:
         return None
-    if short > size:
+    if short > size and scale == "downscale":
         f = size / short
         image = image.resize((max(size, round(w * f)), max(size, round(h * f))),
                              Image.Resampling.LANCZOS)
@@ -143,14 +196,21 @@ def crop_square(image: Image.Image, size: int, rng: np.random.Generator) -> Opti
     return image.crop((x0, y0, x0 + size, y0 + size))
 
 
-def make_cases(data_dir: Union[str, Path], out_dir: Union[str, Path], *,
+def make_cases(data_dir: Union[str, Path, Sequence[Union[str, Path]]],
+               out_dir: Union[str, Path], *,
                kinds: Sequence[str] = DEFAULT_KINDS, size: int = DEFAULT_SIZE,
-               seed: int = DEFAULT_SEED, images: Optional[Sequence[Path]] = None) -> list[Case]:
-    """Write the held-out case folder: one ``size``-px crop per validation image, one mask per kind.
+               seed: int = DEFAULT_SEED, images: Optional[Sequence[Path]] = None,
+               scale: str = "downscale", max_images: Optional[int] = None,
+               kind_per_image: bool = False) -> list[Case]:
+    """Write the held-out case folder: one ``size``-px crop per validation image, one mask per
+    kind (``kind_per_image``: one mask per image, the kinds taking turns).
 
-    ``images`` overrides the validation list of ``split_files(data_dir)`` (tests use it).
-    Also writes :data:`MANIFEST`, which records where every case came from. Returns the
-    cases written, sorted by name.
+    ``data_dir`` is one folder or several; their validation images come from
+    :func:`~inpaintd.server.train.split.split_folders`, and ``images`` overrides that list
+    (tests use it). ``max_images`` keeps that many, evenly spaced over the sorted list, so
+    every source is sampled. ``scale`` is one of :data:`SCALES`. Also writes
+    :data:`MANIFEST`, which records where every case came from. Returns the cases written,
+    sorted by name.
     """
     from .masks import MASK_KINDS, make_mask  # lazily: reading cases needs no training code
 
@@ -159,31 +219,38 @@ def make_cases(data_dir: Union[str, Path], out_dir: Union[str, Path], *,
         raise BadInputError(f"unknown mask kinds {unknown}; choose from {MASK_KINDS}")
     if size < 16:
         raise BadInputError(f"case size {size} is too small (at least 16)")
+    if scale not in SCALES:
+        raise BadInputError(f"unknown case scale {scale!r}; choose from {', '.join(SCALES)}")
+    dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     if images is None:
-        from .split import split_files
+        from .split import split_folders
 
-        _, images = split_files(data_dir)
+        _, images = split_folders(dirs)
     images = sorted(Path(p) for p in images)
     if not images:
-        raise BadInputError(f"no validation images under {data_dir}")
+        raise BadInputError(f"no validation images under {', '.join(map(str, dirs))}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     manifest: list[dict[str, object]] = []
     cases: list[Case] = []
     skipped: list[str] = []
-    for src in images:
+    usable = [p for p in images if _short_side(p) >= size]
+    skipped = [p.name for p in images if p not in set(usable)]
+    if max_images is not None and len(usable) > max_images:
+        usable = spread_over_sources(usable, max_images)
+    for i, src in enumerate(usable):
         try:
             with Image.open(src) as im:
                 rgb = im.convert("RGB")
         except (OSError, ValueError) as exc:
             raise BadImageError(f"cannot read validation image {src}: {exc}") from exc
-        crop = crop_square(rgb, size, _rng(seed, src.name, "crop"))
+        crop = crop_square(rgb, size, _rng(seed, src.name, "crop"), scale)
         if crop is None:
             skipped.append(src.name)
             continue
         first: Optional[Path] = None
-        for kind in kinds:
+        for kind in ([kinds[i % len(kinds)]] if kind_per_image else kinds):
             name = f"{src.stem}_{kind}"
             mask = make_mask(kind, size, size, _rng(seed, src.name, f"mask:{kind}"))
             image_path, mask_path = out / f"{name}.png", out / f"{name}_mask.png"
@@ -202,7 +269,8 @@ def make_cases(data_dir: Union[str, Path], out_dir: Union[str, Path], *,
     if not cases:
         raise BadInputError(f"no validation image is at least {size}x{size}")
     (out / MANIFEST).write_text(json.dumps(
-        {"data_dir": str(data_dir), "size": size, "seed": seed, "kinds": list(kinds),
+        {"data_dir": [str(d) for d in dirs], "size": size, "seed": seed, "scale": scale,
+         "kinds": list(kinds), "kind_per_image": kind_per_image,
          "skipped_small": skipped, "cases": manifest}, indent=1) + "\n")
-    log.info("wrote %d cases from %d images to %s", len(cases), len(images) - len(skipped), out)
+    log.info("wrote %d cases from %d images to %s", len(cases), len(usable), out)
     return sorted(cases, key=lambda c: c.name)

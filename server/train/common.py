@@ -178,6 +178,21 @@ class TaskState:
             sd["d_opt"] = self.d_opt.state_dict()
         return sd
 
+    def init_generator(self, spec: str) -> None:
+        """Start a new run from exported generator weights (``bundled:NAME`` or a path to our
+        ``.safetensors``): the generator and its weight average both take them."""
+        from inpaintd.server.weights.card import load_ours
+        if spec.startswith("bundled:"):
+            from inpaintd.server.weights.store import bundled_dir
+            path = Path(bundled_dir()) / f"{spec.split(':', 1)[1]}.safetensors"
+        else:
+            path = Path(spec).expanduser()
+        weights, _card = load_ours(path)
+        weights = {k: v.float() if v.dtype.is_floating_point else v for k, v in weights.items()}
+        self.gen.load_state_dict(weights, strict=True)
+        self.ema.model.load_state_dict(weights, strict=True)
+        logging.getLogger(__name__).info("generator initialised from %s", path)
+
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
         self.gen.load_state_dict(sd["gen"])
         self.opt.load_state_dict(sd["opt"])

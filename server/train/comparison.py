@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 HOLE_COLOR = (255, 255, 255)
 #: Column titles for the usual method names; any other name is shown as it is.
 DISPLAY_NAMES = {"lama": "LaMa", "pennet": "PEN-Net", "telea": "Telea (OpenCV)",
-                 "ns": "Navier-Stokes (OpenCV)"}
+                 "ns": "Navier-Stokes (OpenCV)", "shiftmap": "ShiftMap (OpenCV)",
+                 "fsr": "FSR (OpenCV)"}
 _GAP = 4
 _HEADER = 22
 _BACKGROUND = (32, 32, 32)

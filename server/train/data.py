@@ -228,7 +228,9 @@ def make_val_cases(paths: Sequence[Path], size: int = 512, seed: int = 1234,
                    limit: Union[int, None] = None) -> list[ValCase]:
     """Fixed ``size x size`` cases: each image scaled so its shorter side is ``size``,
     centre-cropped, with a seeded mask; kinds cycle so each gets a third of the cases."""
-    paths = list(paths)[:limit] if limit else list(paths)
+    paths = list(paths)
+    if limit and len(paths) > limit:  # evenly spaced, so every folder and package is sampled
+        paths = [paths[(i * len(paths)) // limit] for i in range(limit)]
     cache = ImageCache(paths, cache_dir, max_short=max(512, size), progress=False)
     cases = []
     for i, p in enumerate(paths):

@@ -31,18 +31,31 @@ overall:
   hole PSNR        dB on the 8-bit scale over the hole pixels only, mean over cases
   SSIM             whole-image SSIM (11x11 Gaussian window, sigma 1.5, per RGB channel,
                    averaged), mean over cases
+  hf               the fill's energy in the finest Laplacian level inside the hole over the
+                   original's, median over cases: 1 = as detailed, near 0 = a smudge
+  swd              sliced Wasserstein distance (x1000) between 7x7 hole patches of the
+                   fills and of the originals, on the three finest Laplacian levels, pooled
+                   over the cases; lower is better (0 = the original's texture)
+  colour shift     |mean of the fill - mean of the original| over the hole, per R/G/B
+                   channel in 8-bit levels, mean over cases
   changed outside  share of cases where any pixel outside the hole differs from the input
   s/case           mean seconds per fill
 
-Baselines are cv2.inpaint with INPAINT_TELEA (telea) and INPAINT_NS (ns), radius 3. They
-need OpenCV: pip install 'inpaintd[eval]'.
+PSNR alone rewards a blur (the average of all plausible fills); read it beside hf and swd.
 
-Build the held-out case folder first (from the validation split, never trained on):
+Baselines: cv2.inpaint with INPAINT_TELEA (telea) and INPAINT_NS (ns), radius 3, and
+OpenCV-contrib's cv2.xphoto.inpaint with INPAINT_SHIFTMAP (shiftmap, patch-based) and
+INPAINT_FSR_FAST (fsr). They need OpenCV: pip install 'inpaintd[eval]'.
 
-  inpaintd eval --make-cases CASES --data ../shared/data/train
+Build the held-out case folders first (from the validation split, never trained on), at
+both scales an artist meets:
 
-Each validation image is downscaled to a 512 px shorter side, cropped to 512x512 at a
-seeded position, and gets one mask of each kind: NAME_KIND.png + NAME_KIND_mask.png.
+  inpaintd eval --make-cases CASES --data ../shared/data/train ../shared/data/debian
+  inpaintd eval --make-cases CASES-1to1 --scale native --data ../shared/data/debian
+
+Each validation image is downscaled to a 512 px shorter side (--scale native: left at its
+own scale), cropped to 512x512 at a seeded position, and gets one mask of each kind
+(--kind-per-image: one, the kinds taking turns): NAME_KIND.png + NAME_KIND_mask.png.
 Images smaller than 512 px are skipped. CASES/cases.json records the sources.
 """
 
@@ -50,7 +63,7 @@ EPILOG = """\
 examples:
   inpaintd eval CASES                                   # lama vs telea and ns
   inpaintd eval CASES --model pennet --model out/ckpt.safetensors --json scores.json
-  inpaintd eval CASES --no-model --baselines telea,ns   # baselines only
+  inpaintd eval CASES --no-model --baselines telea,ns,shiftmap,fsr   # baselines only
   inpaintd eval CASES --model lama --model pennet --baselines telea --picture cmp.png
 """
 
@@ -67,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     add_precision_argument(p)
     p.add_argument("--baselines", default="telea,ns", metavar="LIST",
-                   help="comma-separated OpenCV baselines: telea, ns, or none "
+                   help="comma-separated OpenCV baselines: telea, ns, shiftmap, fsr, or none "
                         "(default: telea,ns)")
     p.add_argument("--json", type=Path, metavar="OUT",
                    help="also write every score and the summary as JSON")
@@ -77,14 +90,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also draw a comparison picture: masked input | each method | original")
     p.add_argument("--picture-rows", type=int, default=6, metavar="N",
                    help="rows (cases) in the picture, spread over the mask kinds (default: 6)")
+    p.add_argument("--picture-cases", metavar="NAMES",
+                   help="comma-separated case names for the picture's rows, in order "
+                        "(default: --picture-rows cases spread over the mask kinds)")
     p.add_argument("--picture-tile", type=int, default=256, metavar="PX",
                    help="size of one picture tile in pixels (default: 256)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g = p.add_argument_group("building a case folder")
     g.add_argument("--make-cases", type=Path, metavar="OUTDIR",
                    help="write the held-out cases to OUTDIR instead of scoring (needs --data)")
-    g.add_argument("--data", type=Path, metavar="DIR",
-                   help="training data folder whose validation split the cases come from")
+    g.add_argument("--data", type=Path, metavar="DIR", nargs="+",
+                   help="training data folder(s) whose validation split the cases come from")
+    g.add_argument("--scale", default="downscale", choices=("downscale", "native"),
+                   help="downscale: shorter side to --size first (the whole picture); native: "
+                        "crop at the image's own scale, as an artist at 1:1 (default: "
+                        "downscale)")
+    g.add_argument("--max-images", type=int, metavar="N",
+                   help="use N validation images, evenly spaced over the sorted list")
+    g.add_argument("--kind-per-image", action="store_true",
+                   help="one mask per image, the kinds taking turns (default: one per kind)")
     g.add_argument("--kinds", default=",".join(DEFAULT_KINDS), metavar="LIST",
                    help=f"mask kinds, one case per image and kind "
                         f"(default: {','.join(DEFAULT_KINDS)})")
@@ -135,8 +159,11 @@ def _run(args: argparse.Namespace) -> int:
             raise BadInputError("give either DIR_OF_CASES or --make-cases, not both")
         if args.data is None:
             raise BadInputError("--make-cases needs --data DIR (the training data folder)")
+        if args.max_images is not None and args.max_images < 1:
+            raise BadInputError("--max-images must be at least 1")
         cases = make_cases(args.data, args.make_cases, kinds=_split(args.kinds),
-                           size=args.size, seed=args.seed)
+                           size=args.size, seed=args.seed, scale=args.scale,
+                           max_images=args.max_images, kind_per_image=args.kind_per_image)
         kinds = sorted({c.kind for c in cases})
         print(f"wrote {len(cases)} cases ({', '.join(kinds)}) to {args.make_cases}")
         return 0
@@ -153,7 +180,16 @@ def _run(args: argparse.Namespace) -> int:
     cases = find_cases(args.cases)[: args.limit]
     methods = build_methods(_models(args), _split(args.baselines), args.device,
                             args.precision)
-    picked = pick_rows(cases, args.picture_rows) if args.picture is not None else []
+    picked = []
+    if args.picture is not None and args.picture_cases:
+        by_name = {c.name: c for c in cases}
+        names = _split(args.picture_cases)
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise BadInputError(f"--picture-cases: no case named {', '.join(missing)}")
+        picked = [by_name[n] for n in names]
+    elif args.picture is not None:
+        picked = pick_rows(cases, args.picture_rows)
     report = evaluate(cases, methods, keep=[c.name for c in picked], case_dir=str(args.cases),
                       progress=progress)
     print(format_table(report))

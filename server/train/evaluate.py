@@ -26,6 +26,7 @@ from inpaintd.protocol.errors import BadInputError, InternalError
 
 from . import metrics
 from .cases import ALL_KIND, Case, read_case
+from .texture import SWDAccumulator, colour_shift, hf_ratio, pooled_swd
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,10 @@ log = logging.getLogger(__name__)
 Filler = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 OPENCV_RADIUS = 3
-BASELINES = ("telea", "ns")
+#: cv2.inpaint's two (radius :data:`OPENCV_RADIUS`) and OpenCV-contrib's two
+#: ``cv2.xphoto.inpaint`` algorithms: ShiftMap (He and Sun's patch-offset graph cut) and
+#: FSR_FAST (frequency-selective reconstruction).
+BASELINES = ("telea", "ns", "shiftmap", "fsr")
 OVERALL = "overall"
 
 
@@ -58,9 +62,12 @@ def import_cv2() -> Any:
 
 
 def opencv_method(name: str, radius: int = OPENCV_RADIUS) -> Method:
-    """``telea`` or ``ns``: ``cv2.inpaint`` with that flag and ``radius``."""
+    """``telea`` or ``ns``: ``cv2.inpaint`` with that flag and ``radius``; ``shiftmap`` or
+    ``fsr``: :func:`xphoto_method`."""
     if name not in BASELINES:
         raise BadInputError(f"unknown baseline {name!r} (choose from {', '.join(BASELINES)})")
+    if name in ("shiftmap", "fsr"):
+        return xphoto_method(name)
     cv2 = import_cv2()
     flag = cv2.INPAINT_TELEA if name == "telea" else cv2.INPAINT_NS
 
@@ -69,6 +76,36 @@ def opencv_method(name: str, radius: int = OPENCV_RADIUS) -> Method:
         rgb = np.ascontiguousarray(image[..., :3])
         out = image.copy()
         out[..., :3] = cv2.inpaint(rgb, hole, radius, flag)
+        return out
+
+    return Method(name, fill)
+
+
+def xphoto_method(name: str) -> Method:
+    """OpenCV-contrib's ``cv2.xphoto.inpaint``: ``shiftmap`` (fed CIELab, as its documentation
+    asks, so its patch search weighs lightness apart from colour) or ``fsr`` (FSR_FAST, on
+    RGB). Their masks mark the *known* pixels, the opposite of ``cv2.inpaint``'s."""
+    cv2 = import_cv2()
+    xphoto = getattr(cv2, "xphoto", None)
+    if xphoto is None:
+        raise BadInputError(
+            f"the {name} baseline needs OpenCV's contrib modules (cv2.xphoto): "
+            "pip install 'inpaintd[eval]' installs opencv-contrib-python-headless; if "
+            "opencv-python-headless was installed after it, reinstall the contrib package "
+            "(pip install --force-reinstall --no-deps opencv-contrib-python-headless)")
+    flag = xphoto.INPAINT_SHIFTMAP if name == "shiftmap" else xphoto.INPAINT_FSR_FAST
+
+    def fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        known = ((mask <= metrics.HOLE_THRESHOLD) * 255).astype(np.uint8)
+        rgb = np.ascontiguousarray(image[..., :3])
+        src = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB) if name == "shiftmap" else rgb
+        dst = np.zeros_like(src)
+        xphoto.inpaint(src, known, dst, flag)
+        if name == "shiftmap":
+            dst = cv2.cvtColor(dst, cv2.COLOR_LAB2RGB)
+        out = image.copy()
+        hole = ~known.astype(bool)
+        out[..., :3][hole] = dst[hole]  # the algorithms may touch known pixels; we do not
         return out
 
     return Method(name, fill)
@@ -119,6 +156,10 @@ class CaseScore:
     ssim: float
     changed_outside: bool
     seconds: float
+    #: The fill's finest-Laplacian energy in the hole over the original's (texture.hf_ratio).
+    hf: float = float("nan")
+    #: |mean(fill) - mean(original)| over the hole, per RGB channel, in 8-bit levels.
+    colour_shift: tuple[float, float, float] = (float("nan"),) * 3
 
 
 @dataclass
@@ -131,6 +172,8 @@ class EvalReport:
     #: case name -> (original, mask, {method: fill}), for the cases asked to be kept.
     kept: dict[str, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = field(
         default_factory=dict)
+    #: (method, kind) -> hole patches of every case of that kind, for the pooled SWD.
+    patches: dict[tuple[str, str], SWDAccumulator] = field(default_factory=dict)
 
     def kinds(self) -> list[str]:
         """The mask kinds present, in a stable order (known kinds first)."""
@@ -139,17 +182,28 @@ class EvalReport:
         return [k for k in order if k in present] + sorted(present - set(order))
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
-        """``{method: {kind | "overall": {cases, hole_psnr, ssim, changed_outside, seconds}}}``.
+        """``{method: {kind | "overall": {cases, hole_psnr, ssim, changed_outside, seconds,
+        hf, swd, colour_shift}}}``.
 
         ``hole_psnr``, ``ssim`` and ``seconds`` are means over cases; ``changed_outside`` is
-        the share (0..1) of cases where any pixel outside the hole changed.
+        the share (0..1) of cases where any pixel outside the hole changed; ``hf`` the median
+        over cases; ``swd`` the SWD x1000 per Laplacian level (finest first) of the hole
+        patches pooled over the group's cases; ``colour_shift`` the mean over cases, per RGB
+        channel.
         """
-        out: dict[str, dict[str, dict[str, float]]] = {}
+        out: dict[str, dict[str, dict[str, Any]]] = {}
         for method in self.methods:
             rows = [s for s in self.scores if s.method == method]
             groups = {k: [s for s in rows if s.kind == k] for k in self.kinds()}
             groups[OVERALL] = rows
-            out[method] = {k: _aggregate(v) for k, v in groups.items() if v}
+            out[method] = {}
+            for k, v in groups.items():
+                if not v:
+                    continue
+                accs = ([a for (m, _), a in self.patches.items() if m == method]
+                        if k == OVERALL else [self.patches[(method, k)]]
+                        if (method, k) in self.patches else [])
+                out[method][k] = {**_aggregate(v), "swd": pooled_swd(accs)}
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -165,20 +219,31 @@ class EvalReport:
                         "averaged; mean over cases",
                 "changed_outside": "share of cases with any pixel outside the hole changed",
                 "seconds": "mean wall time of one fill",
-                "baselines": f"cv2.inpaint, radius {OPENCV_RADIUS}",
+                "baselines": f"telea, ns: cv2.inpaint, radius {OPENCV_RADIUS}; shiftmap, "
+                             "fsr: cv2.xphoto.inpaint (INPAINT_SHIFTMAP on CIELab, "
+                             "INPAINT_FSR_FAST)",
+                "hf": "fill's over original's energy of the finest Laplacian level in the "
+                      "hole; median over cases (1 = as detailed as the original, 0 = flat)",
+                "swd": "sliced Wasserstein distance x1000 of 7x7 hole patches on the three "
+                       "finest Laplacian levels (finest first), pooled over cases; lower is "
+                       "better",
+                "colour_shift": "|mean of fill - mean of original| over the hole per RGB "
+                                "channel, 8-bit levels, mean over cases",
             },
             "summary": self.summary(),
             "per_case": [asdict(s) for s in self.scores],
         }
 
 
-def _aggregate(rows: Sequence[CaseScore]) -> dict[str, float]:
+def _aggregate(rows: Sequence[CaseScore]) -> dict[str, Any]:
     return {
         "cases": len(rows),
         "hole_psnr": float(np.mean([r.hole_psnr for r in rows])),
         "ssim": float(np.mean([r.ssim for r in rows])),
         "changed_outside": float(np.mean([r.changed_outside for r in rows])),
         "seconds": float(np.mean([r.seconds for r in rows])),
+        "hf": float(np.median([r.hf for r in rows])),
+        "colour_shift": [float(np.mean([r.colour_shift[c] for r in rows])) for c in range(3)],
     }
 
 
@@ -193,6 +258,7 @@ def evaluate(cases: Sequence[Case], methods: Sequence[Method], *,
     keep = set(keep)
     scores: list[CaseScore] = []
     kept: dict[str, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = {}
+    patches: dict[tuple[str, str], SWDAccumulator] = {}
     bar = tqdm(cases, desc="eval", unit="case", disable=None if progress is None else not progress)
     for case in bar:
         image, mask = read_case(case)
@@ -212,13 +278,16 @@ def evaluate(cases: Sequence[Case], methods: Sequence[Method], *,
                 hole_psnr=metrics.hole_psnr(filled, image, mask),
                 ssim=metrics.ssim(filled, image),
                 changed_outside=metrics.changed_outside(filled, image, mask),
-                seconds=seconds))
+                seconds=seconds, hf=hf_ratio(filled, image, mask),
+                colour_shift=tuple(float(v) for v in colour_shift(filled, image, mask))))
+            patches.setdefault((m.name, case.kind), SWDAccumulator()).add(
+                filled, image, mask, case.name)
             if case.name in keep:
                 fills[m.name] = filled
         if case.name in keep:
             kept[case.name] = (image, mask, fills)
     return EvalReport(case_dir=case_dir, methods=[m.name for m in methods], scores=scores,
-                      kept=kept)
+                      kept=kept, patches=patches)
 
 
 def format_table(report: EvalReport) -> str:
@@ -228,6 +297,7 @@ def format_table(report: EvalReport) -> str:
     groups = ([] if kinds == [ALL_KIND] else kinds) + [OVERALL]
     width = max([6] + [len(m) for m in report.methods])
     head = (f"{'kind':<8} {'cases':>5}  {'method':<{width}}  {'hole PSNR':>9}  {'SSIM':>6}  "
+            f"{'hf':>5}  {'swd fine/mid/coarse':>19}  {'colour shift':>14}  "
             f"{'changed outside':>15}  {'s/case':>7}")
     lines = [head, "-" * len(head)]
     for g in groups:
@@ -237,12 +307,17 @@ def format_table(report: EvalReport) -> str:
                 continue
             label = (g, str(int(s["cases"]))) if i == 0 else ("", "")
             psnr = "inf" if math.isinf(s["hole_psnr"]) else f"{s['hole_psnr']:.2f}"
+            swd = "/".join("-" if v is None else f"{v:.0f}" for v in s["swd"])
+            shift = "/".join(f"{v:.1f}" for v in s["colour_shift"])
             lines.append(f"{label[0]:<8} {label[1]:>5}  {method:<{width}}  {psnr:>9}  "
-                         f"{s['ssim']:>6.4f}  {s['changed_outside']:>14.1%}  "
-                         f"{s['seconds']:>7.3f}")
+                         f"{s['ssim']:>6.4f}  {s['hf']:>5.2f}  {swd:>19}  {shift:>14}  "
+                         f"{s['changed_outside']:>14.1%}  {s['seconds']:>7.3f}")
         if g != OVERALL:
             lines.append("")
     lines.append(f"hole PSNR: dB over hole pixels, mean over cases; SSIM: whole image; "
-                 f"changed outside: share of cases; baselines: cv2.inpaint radius "
-                 f"{OPENCV_RADIUS}")
+                 f"hf: fine detail in the hole over the original's, median (1 = as "
+                 f"detailed); swd: patch distribution distance x1000 per Laplacian level, "
+                 f"lower is better; colour shift: |hole mean - original's| in levels, R/G/B; "
+                 f"changed outside: share of cases; telea/ns: cv2.inpaint radius "
+                 f"{OPENCV_RADIUS}; shiftmap/fsr: cv2.xphoto.inpaint")
     return "\n".join(lines)

@@ -16,9 +16,43 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 from inpaintd.protocol.errors import BadInputError
+
+#: A folder with this file names each image's source package (``file`` and ``package``
+#: columns, tab-separated), as ``../shared/data/debian`` does.
+MANIFEST = "manifest.tsv"
+
+#: Debian packages held out whole from a manifest folder: photographs (skimage, gramps,
+#: lomiri, kphotoalbum, forensics samples, backstretch, wordpress), paintings and drawings
+#: (palapeli, tuxpaint) and one game's textures (torcs), so validation spans every kind of
+#: picture and no package has images on both sides.
+VAL_PACKAGES: frozenset[str] = frozenset({
+    "forensics-samples-files", "gramps", "kphotoalbum", "libjs-jquery-backstretch",
+    "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "palapeli-data", "python3-skimage",
+    "torcs-data", "tuxpaint-data", "wordpress-theme-twentytwentyone",
+})
+
+#: Training images that are near-copies of a validation image from another folder or
+#: package: perceptual hashes within 10 bits, or the same texture under another name (a
+#: KDE wallpaper that is a Plasma one, SuperTuxKart textures torcs also ships). They are
+#: trained on by neither side.
+TWINS_OF_VALIDATION: frozenset[str] = frozenset({
+    "kde-88183dc6-5120x2880.jpg", "kde-e2ee3dde-2560x1600.jpg",
+    "krita-a9768e6a-15_texture_rockB.jpg", "krita-b7dd6596-Sand_fine.jpg",
+    "stk-1c1bccbb-stktex_generic_tilesA.jpg", "stk-1dce6802-city_asphalt_2.jpg",
+    "stk-257668d7-stktex_generic_roadSnow_a.jpg", "stk-2c97e497-stk_generic_wickerA.jpg",
+    "stk-2dfb12da-grass3.jpg", "stk-41ace8a0-city_asphalt_2.jpg",
+    "stk-4abaf975-stktex_generic_chocolateChunk_a.jpg",
+    "stk-4b15e2da-stk_generic_brickRoad_a.jpg", "stk-4bad970b-stktex_generic_gravelA.jpg",
+    "stk-60bb2b67-stk_generic_asianRoof_a.jpg", "stk-8a3df187-stktex_generic_tilesB.jpg",
+    "stk-90d3b31b-stk_generic_dirtRoad_a.jpg", "stk-9ad532b5-stktex_generic_earth_a.jpg",
+    "stk-a4022fa6-stk_generic_dirtRoad_b.jpg", "stk-c22d9b81-grass2.jpg",
+    "stk-ce416985-stktex_generic_waterAztekWallA.jpg",
+    "stk-f3cae584-stktex_generic_stoneWallA.jpg", "stk-f55cda6f-rock_brown.jpg",
+    "wesnoth-08d27b95-landscape-battlefield_nohumans.jpg",
+})
 
 #: Image suffixes the loaders read.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -103,17 +137,42 @@ def list_images(data_dir: Union[str, Path]) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def split_files(data_dir: Union[str, Path]) -> tuple[list[Path], list[Path]]:
-    """(train, val) paths of ``data_dir``: val = the files named in :data:`VAL_FILES`.
+def read_packages(data_dir: Union[str, Path]) -> dict[str, str]:
+    """File name -> source package, from the folder's :data:`MANIFEST` ({} without one)."""
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        return {}
+    header = lines[0].split("\t")
+    if "file" not in header or "package" not in header:
+        raise BadInputError(f"{path} has no 'file' and 'package' columns")
+    fi, pi = header.index("file"), header.index("package")
+    out = {}
+    for line in lines[1:]:
+        cols = line.split("\t")
+        if len(cols) > max(fi, pi):
+            out[cols[fi]] = cols[pi]
+    return out
 
-    A folder that holds none of the listed files (a user's own data) gets a deterministic
-    split instead: every 8th image by sorted name goes to validation.
+
+def split_files(data_dir: Union[str, Path]) -> tuple[list[Path], list[Path]]:
+    """(train, val) paths of ``data_dir``.
+
+    val is, in order of precedence: the files named in :data:`VAL_FILES`; in a folder with a
+    :data:`MANIFEST`, every image of the :data:`VAL_PACKAGES`; in any other folder (a user's
+    own data), every 8th image by sorted name. :data:`TWINS_OF_VALIDATION` are on neither
+    side.
     """
-    files = list_images(data_dir)
+    files = [p for p in list_images(data_dir) if p.name not in TWINS_OF_VALIDATION]
     if not files:
         raise BadInputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {data_dir}")
     held = set(VAL_FILES)
     val = [p for p in files if p.name in held]
+    packages = read_packages(data_dir)
+    if not val and packages:
+        val = [p for p in files if packages.get(p.name) in VAL_PACKAGES]
     if not val:
         val = files[::8] if len(files) >= 8 else []
     val_set = set(val)
@@ -121,3 +180,19 @@ def split_files(data_dir: Union[str, Path]) -> tuple[list[Path], list[Path]]:
     if not train:
         raise BadInputError(f"{data_dir} has no training images left after the validation split")
     return train, val
+
+
+def split_folders(data_dirs: Sequence[Union[str, Path]]) -> tuple[list[Path], list[Path]]:
+    """(train, val) of several folders, each split by :func:`split_files`; val interleaves
+    the folders, so the first N validation images sample all of them."""
+    if not data_dirs:
+        raise BadInputError("no training data folder given")
+    trains, vals = [], []
+    for d in data_dirs:
+        t, v = split_files(d)
+        trains.extend(t)
+        vals.append(v)
+    merged: list[Path] = []
+    for i in range(max(len(v) for v in vals)):
+        merged.extend(v[i] for v in vals if i < len(v))
+    return trains, merged

@@ -210,3 +210,16 @@ def sliced_wasserstein(fill: np.ndarray, orig: np.ndarray,
     pa = np.sort(a @ d, axis=0)
     pb = np.sort(b @ d, axis=0)
     return float(np.abs(pa - pb).mean() * 1e3)
+
+
+def pooled_swd(accumulators: "list[SWDAccumulator]") -> list[Optional[float]]:
+    """SWD x1000 per level of the patches of several accumulators pooled together (a
+    summary over mask kinds); None for a level no accumulator has patches of."""
+    if not accumulators:
+        return []
+    merged = SWDAccumulator(accumulators[0].levels, accumulators[0].per_case)
+    for acc in accumulators:
+        for lev in range(merged.levels):
+            merged.fills[lev].extend(acc.fills[lev])
+            merged.origs[lev].extend(acc.origs[lev])
+    return merged.distances()

@@ -1,6 +1,5 @@
-"""``inpaintd train lama|pennet --data DIR --out DIR [--config NAME] [--steps N] [--resume]``.
+"""``inpaintd train lama|pennet --data DIR [DIR ...] --out DIR [--config NAME] [--resume]``.
 
-The lead wires :func:`add_train_parser` into the ``inpaintd`` command; until then
 ``python -m inpaintd.server.train.train_cli lama ...`` runs the same thing.
 """
 
@@ -27,7 +26,9 @@ def add_train_parser(subparsers: "argparse._SubParsersAction") -> argparse.Argum
         description="Train a generator on a folder of images. State goes to --out; "
                     "--resume continues from --out/last.pt.")
     p.add_argument("arch", choices=("lama", "pennet"), help="which generator to train")
-    p.add_argument("--data", required=True, type=Path, help="folder of training images")
+    p.add_argument("--data", required=True, type=Path, nargs="+", metavar="DIR",
+                   help="folders of training images (each split into training and held-out "
+                        "validation images: see docs/training.md)")
     p.add_argument("--out", required=True, type=Path,
                    help="run folder: checkpoints, samples, history, best weights")
     p.add_argument("--config", default=None, choices=sorted(PRESETS),
@@ -43,6 +44,9 @@ def add_train_parser(subparsers: "argparse._SubParsersAction") -> argparse.Argum
     p.add_argument("--workers", type=int, default=None,
                    help="data loader processes (default: recipe)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="start a new run's generator from these weights (our .safetensors, or "
+                        "bundled:lama / bundled:pennet); default: the recipe's")
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
@@ -95,6 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
             overrides["val_every"] = args.val_every
         if args.steps is not None:
             overrides["steps"] = args.steps
+        if args.init is not None:
+            overrides["init"] = args.init
         if overrides and cfg is None:
             from .trainer import load_checkpoint
             from .presets import TrainConfig

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,7 +33,8 @@ from .common import (append_jsonl, atomic_torch_save, composite, export_weights,
                      masked_view, save_grid)
 from .data import DEFAULT_CACHE, CropDataset, ImageCache, ValCase, make_loader, make_val_cases
 from .presets import TrainConfig
-from .split import split_files
+from .split import split_folders
+from .texture import SWDAccumulator, colour_shift, hf_ratio
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,18 @@ class ValResult:
     per_kind: dict[str, float]
     n_cases: int
     seconds: float
+    #: Median fine-detail ratio in the hole (texture.hf_ratio), 1.0 = the original's.
+    hf: float = float("nan")
+    #: SWD x1000 of hole patches per Laplacian level, finest first (texture.SWDAccumulator).
+    swd: tuple[float, ...] = ()
+    #: Mean over cases of the hole's mean colour shift, max over channels, in levels.
+    colour_shift: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "hole_psnr": round(self.psnr, 3),
                 "per_kind": {k: round(v, 3) for k, v in self.per_kind.items()},
+                "hf": round(self.hf, 4), "swd": [round(v, 1) for v in self.swd],
+                "colour_shift": round(self.colour_shift, 2),
                 "n_cases": self.n_cases, "seconds": round(self.seconds, 1)}
 
 
@@ -95,7 +104,8 @@ class Trainer:
     replaces the schedule and the losses but must build the same generator.
     """
 
-    def __init__(self, cfg: Optional[TrainConfig], data_dir: Union[str, Path],
+    def __init__(self, cfg: Optional[TrainConfig],
+                 data_dir: Union[str, Path, Sequence[Union[str, Path]]],
                  out_dir: Union[str, Path], resume: bool = False,
                  cache_dir: Union[str, Path] = DEFAULT_CACHE, progress: bool = True,
                  data_description: str = "") -> None:
@@ -122,10 +132,12 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
 
-        self.data_dir = Path(data_dir)
-        train_files, val_files = split_files(self.data_dir)
+        dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
+        self.data_dirs = [Path(d) for d in dirs]
+        train_files, val_files = split_folders(self.data_dirs)
+        names = " + ".join(f"{d.name}/" for d in self.data_dirs)
         self.data_description = data_description or (
-            f"{len(train_files)} images of {self.data_dir.name}/ (validation: "
+            f"{len(train_files)} images of {names} (validation: "
             f"{len(val_files)} held-out images, never trained on)")
         self.cache = ImageCache(train_files, cache_dir, max_short=512, progress=progress)
         self.dataset = CropDataset(self.cache, cfg.seed, cfg.mask_weights, cfg.min_zoom)
@@ -138,10 +150,13 @@ class Trainer:
         self.images_seen = 0
         self.wall_s = 0.0
         self.best_psnr = -math.inf
+        self.best_swd = math.inf
         self.best_step = -1
         self._classical: Optional[dict[str, Any]] = None
         #: Set (e.g. by a signal handler) to end :meth:`run` at the next step boundary.
         self.stop_requested = False
+        if ckpt is None and cfg.init:
+            self.task.init_generator(cfg.init)
         if ckpt is not None:
             self.task.load_state_dict(ckpt["task"])
             self.step = int(ckpt["step"])
@@ -149,6 +164,7 @@ class Trainer:
             self.wall_s = float(ckpt.get("wall_s", 0.0))
             self.best_psnr = float(ckpt.get("best_psnr", -math.inf))
             self.best_step = int(ckpt.get("best_step", -1))
+            self.best_swd = float(ckpt.get("best_swd", math.inf))
             torch.set_rng_state(ckpt["torch_rng"])
             log.info("resumed %s at step %d (%d images seen)", self.out, self.step,
                      self.images_seen)
@@ -165,6 +181,7 @@ class Trainer:
             "wall_s": self.wall_s,
             "best_psnr": self.best_psnr,
             "best_step": self.best_step,
+            "best_swd": self.best_swd,
             "torch_rng": torch.get_rng_state(),
             "task": self.task.state_dict(),
         }, self.ckpt_path)
@@ -203,28 +220,52 @@ class Trainer:
         model = self.task.eval_model()
         scores: dict[str, list[float]] = {}
         rows = []
+        hfs: list[float] = []
+        shifts: list[float] = []
+        swd = SWDAccumulator()
         for i, case in enumerate(self.val_cases):
             out = self.task.predict(model, case.image, case.mask)
             filled = composite(out, case.image, case.mask)
             scores.setdefault(case.kind, []).append(hole_psnr(filled, case.image, case.mask))
+            hfs.append(hf_ratio(filled, case.image, case.mask))
+            shifts.append(float(colour_shift(filled, case.image, case.mask).max()))
+            swd.add(filled, case.image, case.mask, case.name)
             if i < self.cfg.sample_cases:
                 rows.append([masked_view(case.image, case.mask), filled, case.image])
         per_kind = {k: float(np.mean(v)) for k, v in scores.items()}
         allv = [s for v in scores.values() for s in v]
         res = ValResult(self.step, float(np.mean(allv)), per_kind, len(allv),
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, hf=float(np.median(hfs)),
+                        swd=tuple(float(d) for d in swd.distances() if d is not None),
+                        colour_shift=float(np.mean(shifts)))
         if rows:
             save_grid(self.out / "samples" / f"step_{self.step:07d}.png", rows)
         rec = {"type": "val", "images_seen": self.images_seen, "wall_s": round(self.wall_s),
                **res.to_dict()}
         append_jsonl(self.out / "history.jsonl", rec)
-        log.info("validation at step %d: hole PSNR %.2f dB %s (%.0f s)", self.step, res.psnr,
-                 {k: round(v, 2) for k, v in per_kind.items()}, res.seconds)
-        if res.psnr > self.best_psnr:
-            self.best_psnr, self.best_step = res.psnr, self.step
+        log.info("validation at step %d: hole PSNR %.2f dB %s, hf %.3f, swd %s, colour shift "
+                 "%.2f (%.0f s)", self.step, res.psnr,
+                 {k: round(v, 2) for k, v in per_kind.items()}, res.hf,
+                 [round(v) for v in res.swd], res.colour_shift, res.seconds)
+        if export and self.cfg.select == "texture":
+            # Every evaluation is kept, so a later look at the pictures can pick another.
+            self.export(self.out / "steps" / f"{self.step:07d}" / f"{self.cfg.arch}.safetensors",
+                        res)
+        if self._is_better(res):
+            self.best_step = self.step
+            self.best_swd = res.swd[0] if res.swd else math.inf
             if export:
                 self.export(self.out / "best" / f"{self.cfg.arch}.safetensors", res)
+        self.best_psnr = max(self.best_psnr, res.psnr)
         return res
+
+    def _is_better(self, res: ValResult) -> bool:
+        """Whether ``res`` beats the exported best, by the recipe's ``select`` figure."""
+        if self.cfg.select == "texture":
+            fine = res.swd[0] if res.swd else math.inf
+            floor = max(self.best_psnr, res.psnr) - self.cfg.psnr_slack
+            return res.psnr >= floor and fine < self.best_swd
+        return res.psnr > self.best_psnr
 
     def export(self, path: Union[str, Path], val: Optional[ValResult] = None) -> Path:
         """Export the averaged generator weights (fp16) with a card describing the run."""
@@ -246,6 +287,9 @@ class Trainer:
                 "validation_hole_psnr": round(val.psnr, 3),
                 "validation_hole_psnr_per_kind": {k: round(v, 3)
                                                   for k, v in val.per_kind.items()},
+                "validation_hf": round(val.hf, 4),
+                "validation_swd": [round(v, 1) for v in val.swd],
+                "validation_colour_shift": round(val.colour_shift, 2),
                 "validation_cases": val.n_cases,
                 "validation_size": self.cfg.val_size,
                 **{f"{name}_hole_psnr": v["hole_psnr"]
@@ -268,6 +312,9 @@ class Trainer:
             log.info("already at step %d of %d", self.step, total)
             return result
         cfg = self.cfg
+        if self.step == 0 and cfg.init and self.val_cases:
+            # The starting weights' scores: the figures fine-tuning has to beat.
+            self.validate(export=False)
         loader = make_loader(self.dataset, cfg.stages, self.step, total, cfg.workers)
         bar = tqdm(total=total, initial=self.step, desc=f"train {cfg.arch}", unit="step",
                    disable=not self.progress, dynamic_ncols=True,
