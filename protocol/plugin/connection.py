@@ -52,10 +52,10 @@ class Reach(enum.Enum):
 
 def _curve(settings: PluginSettings) -> tuple[bytes, bytes, bytes] | None:
     """(server public, client public, client secret) as the Client would use them."""
-    from ..client import _curve_keys  # the Client's own key rules, errors included
+    from ..client_keys import curve_keys  # the Client's own key rules, errors included
 
     kwargs = settings.client_kwargs()
-    return _curve_keys(kwargs.get("server_key"), kwargs.get("client_keys"))
+    return curve_keys(kwargs.get("server_key"), kwargs.get("client_keys"))
 
 
 def probe(settings: PluginSettings, timeout: float | None = None) -> Reach:
