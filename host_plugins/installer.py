@@ -17,7 +17,7 @@ What a working install needs, and why it is more than a copy:
   File accepts. Krita's importer finds the module by its *directory entry*
   (``inpaintd_krita/``), so the zip has explicit directory entries.
 
-The user's settings live in inpaintd's config folder (``plugin_settings``), never in the
+The user's settings live in inpaintd's config folder (``protocol.plugin.settings``), never in the
 plug-in folder, so reinstalling keeps them.
 """
 
@@ -296,10 +296,11 @@ def vendor_into(vendor: Path, target: Optional[Target], wheels_dir: Optional[Pat
     """``inpaintd.protocol`` and the dependencies' wheels for ``target``, unpacked into
     ``vendor`` (both plug-ins). ``target=None``: the protocol only, for a Python that
     already has pyzmq, msgpack and numpy (a distribution's GIMP with its packages)."""
-    protocol = vendor / "inpaintd" / "protocol"
-    protocol.mkdir(parents=True)
-    for src in sorted(_protocol_source().glob("*.py")):
-        shutil.copy2(src, protocol / src.name)
+    source = _protocol_source()
+    for src in sorted(source.rglob("*.py")):  # plugin/ too: the shared plug-in core
+        dest = vendor / "inpaintd" / "protocol" / src.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
     if target is None:
         manifest = {"python_version": None, "wheels": [],
                     "notes": ["dependencies: the target Python's own"]}

@@ -19,9 +19,10 @@ import pytest
 from inpaintd.host_plugins import installer
 from inpaintd.host_plugins.installer import GIMP_PLUGIN, make_target
 from inpaintd.host_plugins.plugin_cli import main as plugin_main
-from inpaintd.protocol.plugin_errors import describe_error, unsupported_colour
+from inpaintd.protocol.plugin.errors import describe_error, unsupported_colour
 
-from test_krita_installer import LOCAL, PY, _fetch  # noqa: E402  (tests/ is on sys.path)
+from test_krita_installer import (  # noqa: E402  (tests/ is on sys.path)
+    LOCAL, PY, _fetch, protocol_sources)
 
 SCRIPT = f"{GIMP_PLUGIN}/{GIMP_PLUGIN}.py"
 
@@ -47,7 +48,7 @@ def test_plugin_folder_follows_gimps_convention(monkeypatch: pytest.MonkeyPatch,
 
 def test_install_tree_executable_and_reinstall(tmp_path: Path, wheels: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from inpaintd.protocol.plugin_settings import (PluginSettings, load_settings,
+    from inpaintd.protocol.plugin.settings import (PluginSettings, load_settings,
                                                    save_settings, settings_path)
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
@@ -60,8 +61,8 @@ def test_install_tree_executable_and_reinstall(tmp_path: Path, wheels: Path,
     assert script.is_file() and script.stat().st_mode & stat.S_IXUSR  # GIMP runs it
     assert script.read_text().startswith("#!/usr/bin/env python3\n")
     vendor = folder / "_vendor"
-    for name in ("plugin_fill.py", "client.py", "host_pixels.py", "geometry.py"):
-        assert (vendor / "inpaintd" / "protocol" / name).is_file(), name
+    for name in protocol_sources():
+        assert (vendor / name).is_file(), name
     for package in ("zmq", "msgpack", "numpy"):
         assert (vendor / package / "__init__.py").is_file(), package
     assert json.loads((vendor / "VENDORED.json").read_text())["python_version"] == PY
@@ -82,8 +83,8 @@ def test_vendored_tree_imports_in_a_bare_python(tmp_path: Path, wheels: Path) ->
         pytest.skip(f"no system Python {PY} to stand in for GIMP's")
     folder = installer.install_gimp(tmp_path / "plug-ins", LOCAL, wheels)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import zmq, msgpack, numpy; "
-            "from inpaintd.protocol.plugin_fill import FillJob, plan_fill, prepare_inputs; "
-            "from inpaintd.protocol.plugin_connection import probe; "
+            "from inpaintd.protocol.plugin.fill import FillJob, plan_fill, prepare_inputs; "
+            "from inpaintd.protocol.plugin.connection import probe; "
             "assert zmq.__file__.startswith(sys.argv[1]), zmq.__file__; print('ok')")
     proc = subprocess.run([str(python), "-s", "-c", code, str(folder / "_vendor")],
                           capture_output=True, text=True, cwd=tmp_path)
@@ -94,7 +95,8 @@ def test_vendored_tree_imports_in_a_bare_python(tmp_path: Path, wheels: Path) ->
 def test_protocol_only_install_for_a_distributions_gimp(tmp_path: Path) -> None:
     """``vendor_wheels=False`` (the real-GIMP tests' Debian root): no pip, protocol only."""
     folder = installer.install_gimp(tmp_path / "plug-ins", vendor_wheels=False)
-    assert (folder / "_vendor" / "inpaintd" / "protocol" / "plugin_fill.py").is_file()
+    for name in protocol_sources():
+        assert (folder / "_vendor" / name).is_file(), name
     assert not (folder / "_vendor" / "zmq").exists()
     assert json.loads((folder / "_vendor" / "VENDORED.json").read_text())["wheels"] == []
 
@@ -121,7 +123,8 @@ def test_bundle_for_windows_gimp(tmp_path: Path) -> None:
         mode = zf.getinfo(SCRIPT).external_attr >> 16
     assert f"{GIMP_PLUGIN}/" in names and SCRIPT in names
     assert mode & stat.S_IXUSR  # unpacked on macOS/Linux, it stays executable
-    assert f"{GIMP_PLUGIN}/_vendor/inpaintd/protocol/plugin_fill.py" in names
+    for name in protocol_sources():
+        assert f"{GIMP_PLUGIN}/_vendor/{name}" in names, name
     pyds = [n for n in names if n.endswith(".pyd")]
     assert any("/zmq/" in n for n in pyds) and any("/numpy/" in n for n in pyds)
     assert not [n for n in names if n.endswith(".so") or "__pycache__" in n]

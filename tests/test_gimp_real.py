@@ -29,8 +29,8 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from inpaintd.protocol.geometry import Bounds
-from inpaintd.protocol.host_pixels import result_layer
+from inpaintd.protocol.plugin.geometry import Bounds
+from inpaintd.protocol.plugin.host_pixels import result_layer
 from plugin_testing import gimp_harness, krita_harness
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,7 +260,7 @@ def test_plugin_killed_mid_job_cancels_it_on_the_server(
 def _check_fill(entry: dict[str, Any], source: np.ndarray, depth: str, model: str,
                 layer_name: str, endpoint: str) -> None:
     from inpaintd.protocol import Client
-    from inpaintd.protocol.geometry import crop_bounds
+    from inpaintd.protocol.plugin.geometry import crop_bounds
 
     assert entry["status"] == "success", entry["error"]
     # above the source, under the layer that was above it, named after the model

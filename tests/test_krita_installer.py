@@ -29,6 +29,16 @@ from inpaintd.host_plugins.installer import (
 from inpaintd.host_plugins.plugin_cli import main as plugin_main
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def protocol_sources() -> list[str]:
+    """Every module of ``inpaintd.protocol``, sub-packages included, as vendored paths: what
+    the plug-ins may import, so what each bundle must carry."""
+    import inpaintd.protocol
+
+    root = Path(inpaintd.protocol.__file__).resolve().parent
+    return sorted(f"inpaintd/protocol/{p.relative_to(root).as_posix()}"
+                  for p in root.rglob("*.py"))
 LOCAL = Target(PY, expand_platform("linux_x86_64"), with_numpy=True)
 
 
@@ -124,7 +134,7 @@ def test_detects_this_machines_krita() -> None:
 
 def test_install_tree_kritarc_and_settings_survive_reinstall(
         tmp_path: Path, wheels: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from inpaintd.protocol.plugin_settings import (PluginSettings, load_settings,
+    from inpaintd.protocol.plugin.settings import (PluginSettings, load_settings,
                                                    save_settings, settings_path)
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
@@ -141,8 +151,9 @@ def test_install_tree_kritarc_and_settings_survive_reinstall(
                  "settings_dialog.py", "manual.html"):
         assert (module / name).is_file(), name
     vendor = module / "_vendor"
-    for name in ("plugin_fill.py", "client.py", "host_pixels.py"):
-        assert (vendor / "inpaintd" / "protocol" / name).is_file()
+    assert "inpaintd/protocol/plugin/fill.py" in protocol_sources()
+    for name in protocol_sources():
+        assert (vendor / name).is_file(), name
     for package in ("zmq", "msgpack", "zstandard", "numpy"):
         assert (vendor / package / "__init__.py").is_file(), package
     assert not list(vendor.glob("zstandard/_cffi.*"))
@@ -169,7 +180,7 @@ def test_vendored_tree_imports_in_a_bare_python(tmp_path: Path, wheels: Path) ->
     vendor = tmp_path / "krita" / "pykrita" / PLUGIN_NAME / "_vendor"
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import numpy, zmq, msgpack, "
             "zstandard; from inpaintd.protocol import Client, available_encodings; "
-            "from inpaintd.protocol.plugin_fill import FillJob; "
+            "from inpaintd.protocol.plugin.fill import FillJob; "
             "assert numpy.__file__.startswith(sys.argv[1]), numpy.__file__; "
             "print('zstd' in available_encodings())")
     proc = subprocess.run([str(python), "-s", "-c", code, str(vendor)], capture_output=True,
@@ -203,7 +214,8 @@ def _check_zip(path: Path) -> list[str]:
     assert f"{PLUGIN_NAME}/__init__.py" in names
     assert f"{PLUGIN_NAME}.desktop" in names and f"{PLUGIN_NAME}.action" in names
     assert f"{PLUGIN_NAME}/_vendor/" in names
-    assert f"{PLUGIN_NAME}/_vendor/inpaintd/protocol/plugin_fill.py" in names
+    for name in protocol_sources():
+        assert f"{PLUGIN_NAME}/_vendor/{name}" in names, name
     assert not [n for n in names if "__pycache__" in n]
     return names
 

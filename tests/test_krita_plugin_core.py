@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 
 from inpaintd.protocol import errors as E
-from inpaintd.protocol.geometry import Bounds
-from inpaintd.protocol.host_pixels import host_to_rgba, rgba_to_host
-from inpaintd.protocol.plugin_connection import Reach, check_connection, describe_welcome, probe
-from inpaintd.protocol.plugin_errors import (
+from inpaintd.protocol.plugin.geometry import Bounds
+from inpaintd.protocol.plugin.host_pixels import host_to_rgba, rgba_to_host
+from inpaintd.protocol.plugin.connection import Reach, check_connection, describe_welcome, probe
+from inpaintd.protocol.plugin.errors import (
     NO_SELECTION,
     PluginError,
     describe_error,
     describe_reach,
 )
-from inpaintd.protocol.plugin_fill import (
+from inpaintd.protocol.plugin.fill import (
     MODELS,
     FillJob,
     FillState,
@@ -36,7 +36,7 @@ from inpaintd.protocol.plugin_fill import (
     plan_fill,
     prepare_inputs,
 )
-from inpaintd.protocol.plugin_settings import (
+from inpaintd.protocol.plugin.settings import (
     PluginSettings,
     load_settings,
     log_path,

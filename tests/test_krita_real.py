@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from inpaintd.protocol.host_pixels import host_to_rgba, rgba_to_host
+from inpaintd.protocol.plugin.host_pixels import host_to_rgba, rgba_to_host
 from plugin_testing import krita_harness
 
 
@@ -244,7 +244,7 @@ def gui(tmp: Path, headless: dict[str, Any], server: Any) -> dict[str, Any]:
     from PIL import Image
 
     from inpaintd.host_plugins.installer import enable_in_kritarc
-    from inpaintd.protocol.plugin_settings import PluginSettings, save_settings
+    from inpaintd.protocol.plugin.settings import PluginSettings, save_settings
 
     home = harness.KritaHome(tmp / "gui")
     assert (home.pykrita / "inpaintd_krita" / "__init__.py").is_file()  # imported above

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from inpaintd.protocol.errors import BadInputError
-from inpaintd.protocol.geometry import Bounds, context_margin, crop_bounds
-from inpaintd.protocol.host_pixels import (host_to_rgba, result_layer, rgba_to_host,
+from inpaintd.protocol.plugin.geometry import Bounds, context_margin, crop_bounds
+from inpaintd.protocol.plugin.host_pixels import (host_to_rgba, result_layer, rgba_to_host,
                                            selection_to_mask)
 
 CANVAS = Bounds(0, 0, 4000, 3000)

@@ -26,13 +26,9 @@ import torch
 import torch.nn as nn
 
 from inpaintd.protocol.errors import CheckpointError, UnsafeCheckpointError
-from inpaintd.server.weights.safe_pickle import (
-    Placeholder,
-    is_torchscript_archive,
-    placeholder_to_plain,
-    safe_load,
-    torchscript_state_dict,
-)
+from inpaintd.server.weights.placeholders import Placeholder, placeholder_to_plain
+from inpaintd.server.weights.torch_archives import safe_load
+from inpaintd.server.weights.torchscript import is_torchscript_archive, torchscript_state_dict
 from shared_data import golden_dir
 
 

@@ -1,8 +1,11 @@
 """Model weights: import of official checkpoints, our own format, the model store, fetching.
 
-Checkpoints are untrusted input, so nothing here calls ``torch.load`` or runs pickled code
-(see :mod:`.safe_pickle`). :func:`load_checkpoint` is the one entry point for reading
-weights in any supported format.
+Checkpoints are untrusted input, so nothing here calls ``torch.load`` or runs pickled code.
+:func:`load_checkpoint` (:mod:`.formats`) is the one entry point for reading weights in any
+supported format. It calls the archive readers (:mod:`.torch_archives` for ``torch.save``
+zips and legacy streams, :mod:`.torchscript`), which call the restricted unpickler
+(:mod:`.unpickler`); what they return holds :mod:`.placeholders` for unknown classes.
+Nothing below calls back up.
 """
 
 from typing import TYPE_CHECKING, Any

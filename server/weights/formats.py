@@ -7,7 +7,8 @@ same :class:`RawCheckpoint`: the generator's own parameter names (as the officia
 names them, so ``load_state_dict(strict=True)`` works), its architecture and, for LaMa, the
 official ``generator:`` config when the file carries one.
 
-Nothing here runs pickled code: torch files go through :mod:`.safe_pickle`.
+Nothing here runs pickled code: torch files go through the archive readers
+(:mod:`.torch_archives`, :mod:`.torchscript`) and their restricted unpickler.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import yaml
 from inpaintd.protocol.errors import CheckpointError
 
 from .card import load_ours
-from .safe_pickle import Placeholder, is_torchscript_archive, placeholder_to_plain, safe_load, torchscript_state_dict
+from .placeholders import Placeholder, placeholder_to_plain
+from .torch_archives import safe_load
+from .torchscript import is_torchscript_archive, torchscript_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 
 try:
-    from inpaintd.protocol.geometry import Bounds
-    from inpaintd.protocol.plugin_errors import (
+    from inpaintd.protocol.plugin.geometry import Bounds
+    from inpaintd.protocol.plugin.errors import (
         DOCUMENT_CLOSED,
         IMAGE_RESIZED,
         LAYER_GONE,
@@ -49,7 +49,7 @@ try:
         describe_error,
         unsupported_colour,
     )
-    from inpaintd.protocol.plugin_fill import (
+    from inpaintd.protocol.plugin.fill import (
         MODELS,
         FillJob,
         FillState,
@@ -57,7 +57,7 @@ try:
         plan_fill,
         prepare_inputs,
     )
-    from inpaintd.protocol.plugin_settings import (
+    from inpaintd.protocol.plugin.settings import (
         PluginSettings,
         load_settings,
         log_path,

@@ -2,7 +2,7 @@
 
 Krita imports this package at start-up (when the plug-in is enabled) and the extension
 adds the actions to every window. The package is host glue only; what a fill does lives in
-``inpaintd.protocol.plugin_*`` (vendored in ``_vendor/``) and is tested without Krita.
+``inpaintd.protocol.plugin`` (vendored in ``_vendor/``) and is tested without Krita.
 """
 
 from .vendor_path import use_vendored

@@ -1,6 +1,6 @@
 """A fill's life on Krita's GUI thread: read, hand the network to a FillJob, apply.
 
-The protocol's :class:`~inpaintd.protocol.plugin_fill.FillJob` does the network on its own
+The protocol's :class:`~inpaintd.protocol.plugin.fill.FillJob` does the network on its own
 thread and reports through a callback from that thread (or the client's I/O thread). Here
 the callback only puts the update on a queue, which a 30 ms QTimer drains on the GUI thread,
 where Krita may be called. So the UI never waits on the network, Krita is only touched from
@@ -23,8 +23,8 @@ from typing import Any, Optional
 
 from PyQt5.QtCore import QEventLoop, QObject, QTimer, pyqtSignal
 
-from inpaintd.protocol.plugin_errors import PluginError, describe_error
-from inpaintd.protocol.plugin_fill import (
+from inpaintd.protocol.plugin.errors import PluginError, describe_error
+from inpaintd.protocol.plugin.fill import (
     FillJob,
     FillOutcome,
     FillState,
@@ -33,7 +33,7 @@ from inpaintd.protocol.plugin_fill import (
     model_choice,
     prepare_inputs,
 )
-from inpaintd.protocol.plugin_settings import (
+from inpaintd.protocol.plugin.settings import (
     PluginSettings,
     load_settings,
     log_path,

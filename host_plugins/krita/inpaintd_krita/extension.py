@@ -48,7 +48,7 @@ class InpaintExtension(Extension):
     def setup(self) -> None:
         """Once, before any window: start the log file (failures must not stop Krita)."""
         try:
-            from inpaintd.protocol.plugin_settings import log_path, setup_logging
+            from inpaintd.protocol.plugin.settings import log_path, setup_logging
 
             setup_logging(log_path("krita"))
         except (ImportError, OSError) as exc:
@@ -56,7 +56,7 @@ class InpaintExtension(Extension):
 
     def createActions(self, window: Any) -> None:
         try:
-            from inpaintd.protocol.plugin_fill import MODELS
+            from inpaintd.protocol.plugin.fill import MODELS
             models = [(m.action_id, m.menu_text, m.name) for m in MODELS]
         except ImportError as exc:  # the vendored libraries are missing or broken
             log.error("inpaintd: can't load inpaintd.protocol: %s", exc)
@@ -73,7 +73,7 @@ class InpaintExtension(Extension):
     def inpaint(self, model: str) -> None:
         """The menu action: fill the active layer's selection, with a progress dialog."""
         try:
-            from inpaintd.protocol.plugin_fill import model_choice
+            from inpaintd.protocol.plugin.fill import model_choice
 
             from .controller import FillController
         except ImportError as exc:

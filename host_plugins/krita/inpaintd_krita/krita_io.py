@@ -23,8 +23,8 @@ from typing import Any, Optional
 
 from krita import Krita, Node  # noqa: F401  (Node: type hints in docs)
 
-from inpaintd.protocol.geometry import Bounds
-from inpaintd.protocol.plugin_errors import (
+from inpaintd.protocol.plugin.geometry import Bounds
+from inpaintd.protocol.plugin.errors import (
     DOCUMENT_CLOSED,
     IMAGE_RESIZED,
     LAYER_GONE,
@@ -33,7 +33,7 @@ from inpaintd.protocol.plugin_errors import (
     PluginError,
     unsupported_colour,
 )
-from inpaintd.protocol.plugin_fill import FillPlan, ModelChoice, plan_fill
+from inpaintd.protocol.plugin.fill import FillPlan, ModelChoice, plan_fill
 
 log = logging.getLogger("inpaintd.krita")
 

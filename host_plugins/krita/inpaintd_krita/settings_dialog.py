@@ -1,6 +1,6 @@
 """Filter > Inpaint settings...: the server, its keys, the context margin, a connection test.
 
-The settings are :class:`~inpaintd.protocol.plugin_settings.PluginSettings`, stored in
+The settings are :class:`~inpaintd.protocol.plugin.settings.PluginSettings`, stored in
 ``inpaintd``'s config folder (``krita.json``), not in the plug-in's folder, so they survive
 reinstalling the plug-in. "Test connection" runs on a worker thread: a server that is down
 must not freeze Krita for the seconds the check takes. Its answer comes back through a queue
@@ -30,8 +30,8 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
-from inpaintd.protocol.plugin_connection import ConnectionReport, check_connection
-from inpaintd.protocol.plugin_settings import (
+from inpaintd.protocol.plugin.connection import ConnectionReport, check_connection
+from inpaintd.protocol.plugin.settings import (
     PluginSettings,
     load_settings,
     save_settings,

@@ -45,7 +45,7 @@ class Scenarios:
         sys.path.insert(0, config["pykrita"])
         from inpaintd_krita import controller  # the installed plug-in, vendored libraries
 
-        from inpaintd.protocol.plugin_settings import PluginSettings
+        from inpaintd.protocol.plugin.settings import PluginSettings
 
         self.controller = controller
         self.settings = PluginSettings(endpoint=config["endpoint"], margin=config["margin"])

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feather", type=int, default=6)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    from inpaintd.protocol.plugin_settings import PluginSettings, save_settings
+    from inpaintd.protocol.plugin.settings import PluginSettings, save_settings
 
     with tempfile.TemporaryDirectory(prefix="inpaintd-demo-") as tmp:
         root = Path(tmp)

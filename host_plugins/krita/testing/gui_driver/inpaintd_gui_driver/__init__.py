@@ -176,7 +176,7 @@ class Driver(Extension):
         raise RuntimeError("the inpaintd extension is not loaded")
 
     def use_endpoint(self, endpoint):
-        from inpaintd.protocol.plugin_settings import (load_settings, save_settings,
+        from inpaintd.protocol.plugin.settings import (load_settings, save_settings,
                                                        settings_path)
 
         path = settings_path("krita")

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .errors import CancelledError
+from ..errors import CancelledError
 from .geometry import Bounds, crop_bounds
 from .host_pixels import host_to_rgba, result_layer, rgba_to_host, selection_to_mask
-from .plugin_errors import NO_SELECTION, PluginError, describe_error, describe_reach
-from .plugin_settings import PluginSettings
+from .errors import NO_SELECTION, PluginError, describe_error, describe_reach
+from .settings import PluginSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -319,7 +319,7 @@ class FillJob:
             log.warning("ignored progress %r after state %s", stage, self._state.value)
 
     def _run(self) -> None:
-        from .plugin_connection import Reach, make_client, probe
+        from .connection import Reach, make_client, probe
 
         endpoint = self.settings.endpoint
         client = None

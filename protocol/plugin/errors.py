@@ -3,7 +3,7 @@
 Why here and not in each plug-in: Krita and GIMP must say the same thing for the same
 problem, and the mapping from a protocol error to words is host-independent and testable
 without a host. A plug-in shows the sentence and writes the traceback (if any) to its log
-(``plugin_settings.log_path``); a sentence never contains a traceback.
+(``settings.log_path``); a sentence never contains a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .errors import (
+from ..errors import (
     BadInputError,
     BusyError,
     CancelledError,
@@ -25,7 +25,7 @@ from .errors import (
     VersionMismatchError,
     WorkerCrashedError,
 )
-from .plugin_connection import Reach
+from .connection import Reach
 
 __all__ = [
     "PluginError", "NO_SELECTION", "NO_LAYER", "DOCUMENT_CLOSED", "LAYER_GONE",

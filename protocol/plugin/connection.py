@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .plugin_settings import PluginSettings
+from .settings import PluginSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,10 @@ class Reach(enum.Enum):
 
 def _curve(settings: PluginSettings) -> tuple[bytes, bytes, bytes] | None:
     """(server public, client public, client secret) as the Client would use them."""
-    from .client import _curve_keys  # the Client's own key rules, errors included
+    from ..client_keys import curve_keys  # the Client's own key rules, errors included
 
     kwargs = settings.client_kwargs()
-    return _curve_keys(kwargs.get("server_key"), kwargs.get("client_keys"))
+    return curve_keys(kwargs.get("server_key"), kwargs.get("client_keys"))
 
 
 def probe(settings: PluginSettings, timeout: float | None = None) -> Reach:
@@ -110,7 +110,7 @@ def probe(settings: PluginSettings, timeout: float | None = None) -> Reach:
 
 def make_client(settings: PluginSettings, name: str) -> Any:
     """A :class:`inpaintd.protocol.Client` for these settings."""
-    from .client import Client
+    from ..client import Client
 
     return Client(name=name, **settings.client_kwargs())
 
@@ -138,7 +138,7 @@ def check_connection(settings: PluginSettings, name: str) -> ConnectionReport:
     Blocks for up to the connect timeout plus the request timeout: call it off the UI
     thread.
     """
-    from .plugin_errors import describe_error, describe_reach
+    from .errors import describe_error, describe_reach
 
     problems = settings.problems()
     if problems:

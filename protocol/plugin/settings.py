@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..endpoint import DEFAULT_ENDPOINT  # the Client's own default; no pyzmq behind it
 from .geometry import DEFAULT_MARGIN
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,6 @@ __all__ = [
     "load_settings", "save_settings", "setup_logging",
 ]
 
-#: The client's default endpoint (``inpaintd.protocol.client.DEFAULT_ENDPOINT``), repeated
-#: here so that reading settings does not import pyzmq.
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
 #: Silence allowed before a request fails (the Client's ``timeout``).
 DEFAULT_TIMEOUT_S = 30.0
 #: How long the connection check before a fill may take.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 if TYPE_CHECKING:
     import numpy as np
