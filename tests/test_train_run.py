@@ -187,3 +187,41 @@ def test_sigterm_checkpoints_and_exits(data_dir: Path, tmp_path: Path) -> None:
     assert proc.wait(timeout=60) == 130
     step = torch.load(out / "last.pt", weights_only=True)["step"]
     assert 3 <= step < 100000
+
+
+@pytest.mark.slow
+def test_warm_start_with_texture_selection(data_dir: Path, tmp_path: Path) -> None:
+    """A run can start from exported weights (``init``): its generator and weight average are
+    those weights, the starting scores are validated before the first step, every evaluation
+    reports hf/SWD/colour shift and is exported, and ``best/`` follows the texture rule."""
+    first = _trainer(get_preset("lama-tiny").replace(steps=10, val_every=10), data_dir,
+                     tmp_path / "first", tmp_path)
+    first.run()
+    init = tmp_path / "first" / "best" / "lama.safetensors"
+    from safetensors.torch import load_file
+    want = load_file(str(init))
+
+    cfg = get_preset("lama-tiny").replace(steps=6, val_every=3, init=str(init),
+                                          select="texture", psnr_slack=100.0,
+                                          losses={"l1_known": 10.0, "adv": 10.0, "fm": 100.0,
+                                                  "r1": 0.001},
+                                          disc={"ndf": 8, "n_layers": 2})
+    run = _trainer(cfg, data_dir, tmp_path / "warm", tmp_path)
+    for name, t in run.task.gen.state_dict().items():
+        assert torch.equal(t.to(want[name].dtype), want[name]), name
+    run.run()
+    vals = [json.loads(l) for l in (tmp_path / "warm" / "history.jsonl").read_text()
+            .splitlines() if '"val"' in l]
+    assert [v["step"] for v in vals] == [0, 3, 6]
+    for v in vals:
+        assert v["hf"] >= 0 and len(v["swd"]) == 3 and v["colour_shift"] >= 0
+    assert sorted(p.name for p in (tmp_path / "warm" / "steps").iterdir()) == \
+        ["0000003", "0000006"]
+    best_swd = min(v["swd"][0] for v in vals)
+    card = json.loads((tmp_path / "warm" / "best" / "lama.json").read_text()) \
+        if (tmp_path / "warm" / "best").exists() else None
+    if best_swd < vals[0]["swd"][0]:  # a fine-tuned step beat the starting weights
+        assert card is not None and card["scores"]["validation_swd"][0] == pytest.approx(
+            best_swd, abs=0.05)
+    else:  # the starting weights stay the best: nothing is exported as best
+        assert card is None
