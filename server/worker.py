@@ -453,7 +453,7 @@ def model_path(name: str) -> str:
 def fill_any_channels(inpainter: Any, image: np.ndarray, mask: np.ndarray,
                       strategy: Optional[str],
                       progress: Optional[Callable[[float, str], None]],
-                      inplace: bool = False) -> np.ndarray:
+                      inplace: bool = False, refine: Any = None) -> np.ndarray:
     """Fill gray (1), gray+alpha (2), RGB (3) or RGBA (4) images.
 
     The pipeline works on RGB(A); gray is spread to RGB for the model and the fill is
@@ -462,10 +462,13 @@ def fill_any_channels(inpainter: Any, image: np.ndarray, mask: np.ndarray,
     ``image`` (the worker owns its decoded upload, so a canvas costs no second copy).
     """
     image, mask = _as_hwc(image, mask)
+    # ``refine`` (RefineOptions or None) only travels when set: Ray actors' pipelines
+    # predate it.
+    more = {} if refine is None else {"refine": refine}
     if image.shape[2] in (3, 4):
-        return inpainter.fill(image, mask, strategy, progress=progress, inplace=inplace)
+        return inpainter.fill(image, mask, strategy, progress=progress, inplace=inplace, **more)
     filled = inpainter.fill(_spread_gray(image), mask, strategy, progress=progress,
-                            inplace=True)
+                            inplace=True, **more)
     return _gather_gray(image, mask, filled, inplace)
 
 
