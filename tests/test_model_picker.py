@@ -1,9 +1,9 @@
-"""The model list of the plug-ins' settings (protocol/model_picker.py), from a welcome."""
+"""The model list of the plug-ins' settings (protocol/plugin/model_picker.py), from a welcome."""
 
 from __future__ import annotations
 
-from inpaintd.protocol.model_picker import (entry_label, fetch_hint, lama_entries, models_of,
-                                            usable)
+from inpaintd.protocol.plugin.model_picker import (entry_label, fetch_hint, lama_entries,
+                                                   models_of, usable)
 
 WELCOME = {"models": [
     {"name": "pennet", "architecture": "pennet", "state": "available"},

@@ -1,11 +1,12 @@
-"""Grow/shrink and feather of the plug-ins' shared code (protocol/selection_edit.py)."""
+"""Grow/shrink and feather of the plug-ins' shared code (protocol/plugin/selection_edit.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from inpaintd.protocol.selection_edit import edited_selection, feather_alpha, grow_selection
+from inpaintd.protocol.plugin.selection_edit import (edited_selection, feather_alpha,
+                                                     grow_selection)
 
 
 def _dot(size: int = 41) -> np.ndarray:
