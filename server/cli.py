@@ -76,16 +76,18 @@ class _RemoteInpainter:
     """``fill --server``: the same fill, run by an ``inpaintd serve`` through the client."""
 
     def __init__(self, endpoint: str, model: str, server_key: Optional[str],
-                 client_key: Optional[str], timeout: float) -> None:
+                 client_key: Optional[str], timeout: float, refine: bool = False) -> None:
         from inpaintd.protocol import Client
 
         self.client = Client(endpoint, timeout=timeout, server_key=server_key,
                              client_keys=client_key, name="inpaintd-fill")
         self.model = model
+        self.refine = refine
 
     def fill(self, image: np.ndarray, mask: np.ndarray,
              strategy: Optional[str] = None) -> np.ndarray:
-        return self.client.inpaint(image, mask, model=self.model, strategy=strategy)
+        return self.client.inpaint(image, mask, model=self.model, strategy=strategy,
+                                   refine=self.refine)
 
 
 class _LocalInpainter:
@@ -127,7 +129,8 @@ COLOUR_MATCH: dict[str, Optional[bool]] = {"auto": None, "on": True, "off": Fals
 def _inpainter(args: argparse.Namespace) -> "_RemoteInpainter | _LocalInpainter":
     if args.server:
         return _RemoteInpainter(args.server, args.model, args.server_key, args.client_key,
-                                args.timeout if args.timeout is not None else 30.0)
+                                args.timeout if args.timeout is not None else 30.0,
+                                refine=bool(args.refine))
     return _LocalInpainter(args)
 
 

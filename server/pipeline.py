@@ -428,6 +428,8 @@ class Inpainter:
         rgb = _to_tensor(image[y0:y1, x0:x1, :3], device)
         m = torch.from_numpy(_shareable(sub_hole)).to(device)[None, None].float()
         pred = refine_fill(self.adapter.module, rgb, m, opts, step)
+        if self.colour_match:
+            pred = match_colour(pred.float(), rgb, m)
         filled = _from_tensor(pred, image.dtype)
         region = out[y0:y1, x0:x1]
         region[..., :3][sub_hole] = filled[sub_hole]

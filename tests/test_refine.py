@@ -170,27 +170,34 @@ def test_refining_the_bundled_model_changes_the_fill_and_stays_close() -> None:
 
 # --- the acceptance comparison ------------------------------------------------------------
 
-def _compare(config: LamaConfig, size: int, opts: RefineOptions) -> tuple[np.ndarray, float]:
-    """(|ours - reference| in grey levels on hole values, how far the refinement moved the
-    fill from a plain forward at most, in grey levels). Ours runs the product path: the
-    pipeline, uint8 in and out."""
-    g = lively_random_lama(config)
-    img8 = _u8_hwc(structured_image(size))
-    mask8 = (large_hole(size)[0, 0].numpy() * 255).astype(np.uint8)
-    inp = Inpainter(LoadedModel("lively", "lama", config.to_dict(), g, Path("<random>")))
-    ours = inp.fill(img8, mask8, "full", refine=opts)
+def _compare(config: LamaConfig, size: int, opts: RefineOptions) -> dict[str, float]:
+    """Our refine (``refine_fill``, what the pipeline runs) against the reference on random
+    weights, a structured image and a large hole; the figures, printed for the record.
 
-    img = torch.from_numpy(img8).permute(2, 0, 1)[None].float() / 255
-    mask = torch.from_numpy(mask8 > 127)[None, None].float()
+    ``u8_within_2``: share of hole values where our 8-bit fill (rounded, as the pipeline
+    writes it) is within 2 grey levels of the reference's (truncated, as the official
+    ``bin/predict.py`` writes it); ``u8_max``: the largest such difference; ``float_max``:
+    the largest difference before quantisation, in grey levels; ``moved``: how far the
+    refinement moved the reference's fill from a plain forward at most, in grey levels (a
+    comparison is only worth something when this is far above ``float_max``).
+    """
+    g = lively_random_lama(config)
+    img = torch.from_numpy(_u8_hwc(structured_image(size))).permute(2, 0, 1)[None].float() / 255
+    mask = large_hole(size)
+    ours = refine_fill(g, img, mask, opts)
     ref = reference_refine(g, img, mask, modulo=opts.modulo, n_iters=opts.n_iters, lr=opts.lr,
                            min_side=opts.min_side, max_scales=opts.max_scales,
                            px_budget=opts.px_budget)
     with torch.no_grad():
         plain = g(torch.cat([img * (1 - mask), mask], dim=1))
-    hole = mask8 > 127
-    diff = np.abs(ours.astype(int) - _official_u8(ref).astype(int))[hole]
-    moved = float(((ref - plain).abs() * mask).max()) * 255
-    return diff, moved
+    hole3 = mask.expand(-1, 3, -1, -1).bool()
+    hole = hole3[0].permute(1, 2, 0).numpy()
+    diff = np.abs(_u8_hwc(ours).astype(int) - _official_u8(ref).astype(int))[hole]
+    stats = {"u8_within_2": float((diff <= 2).mean()), "u8_max": float(diff.max()),
+             "float_max": float((ours - ref).abs()[hole3].max()) * 255,
+             "moved": float((ref - plain).abs()[hole3].max()) * 255}
+    print(f"\nrefine vs reference, {size}x{size}, n_iters {opts.n_iters}: {stats}")
+    return stats
 
 
 @pytest.mark.slow
@@ -200,22 +207,23 @@ def test_refine_matches_the_official_algorithm_on_big_lama_1024() -> None:
     Two scales (512 and 1024) as the official defaults give at this size. n_iters is 2 here,
     not 15: one Adam step per scale runs every part of the loop (pyramid, split, both loss
     terms, backward, step, the last forward), and 15 iterations of big-lama at 1024 px cost
-    about 10 minutes per implementation on 2 CPU cores, beyond what CI can spend.
-    ``bench/refine_equivalence.py`` runs the full 15 (numbers in the README).
+    about 10 minutes per implementation on 2 idle CPU cores, beyond what CI can spend
+    (``bench/refine_equivalence.py --iters 15`` runs them). Every iteration of the default
+    15, on three scales, is compared on a small LaMa by the next test.
     """
-    diff, moved = _compare(CONFIGS["big-lama"], 1024, RefineOptions(n_iters=2))
-    assert (diff <= 2).mean() >= 0.99
-    assert diff.max() <= 2
-    assert moved > 2  # the refinement moved the fill further than the tolerance
+    s = _compare(CONFIGS["big-lama"], 1024, RefineOptions(n_iters=2))
+    assert s["u8_within_2"] >= 0.99 and s["u8_max"] <= 2
+    # One Adam step moves the fill by about a grey level: the float figures show the two
+    # implementations agree far closer than that.
+    assert s["float_max"] < 0.1 and s["moved"] > 10 * s["float_max"]
 
 
 @pytest.mark.slow
 def test_refine_matches_the_official_algorithm_over_15_iterations_and_3_scales() -> None:
     """Every iteration of the official default, three scales, on a small LaMa (fast)."""
-    diff, moved = _compare(TINY, 512, RefineOptions(min_side=128))
-    assert (diff <= 2).mean() >= 0.99
-    assert diff.max() <= 2
-    assert moved > 2
+    s = _compare(TINY, 512, RefineOptions(min_side=128))
+    assert s["u8_within_2"] >= 0.99 and s["u8_max"] <= 2
+    assert s["float_max"] < 0.5 and s["moved"] > 2
 
 
 def test_cli_refine_options_are_checked(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -236,3 +244,34 @@ def test_refine_fill_keeps_size_when_under_budget() -> None:
     assert out.shape == img.shape
     assert torch.equal(out * (1 - mask), img * (1 - mask))
     assert F.l1_loss(out, img).item() > 0
+
+
+@pytest.mark.slow
+def test_cli_fill_refine_writes_the_refined_fill(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from inpaintd.server.cli import main
+    from inpaintd.server.weights.card import save_ours
+
+    cfg = LamaConfig(ngf=8, n_blocks=1)
+    card = {"format_version": 1, "architecture": "lama", "config": cfg.to_dict(),
+            "training": {}, "scores": {}}
+    model = save_ours(lively_random_lama(cfg).state_dict(), card, tmp_path / "m.safetensors")
+    img = _u8_hwc(structured_image(768))
+    mask = (large_hole(768)[0, 0].numpy() * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    base = ["fill", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+            "--model", str(model), "--device", "cpu", "--precision", "fp32"]
+    assert main([*base, "-o", str(tmp_path / "plain.png")]) == 0
+    assert main([*base, "-o", str(tmp_path / "refined.png"), "--refine",
+                 "--refine-memory", "2"]) == 0
+    plain = np.asarray(Image.open(tmp_path / "plain.png"))
+    refined = np.asarray(Image.open(tmp_path / "refined.png"))
+    hole = mask > 127
+    assert np.array_equal(refined[~hole], img[~hole])
+    inp = Inpainter(load_model(str(model)))
+    want = inp.fill(img, mask, refine=RefineOptions(memory=2 * 2 ** 30))
+    assert np.abs(refined.astype(int) - want)[hole].max() <= 1
+    moved = np.abs(refined.astype(int) - plain)[hole]
+    assert moved.max() > 2 and moved.mean() > 0.3, "--refine was not honoured"
