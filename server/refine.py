@@ -183,7 +183,8 @@ def split_generator(generator: nn.Module) -> tuple[nn.Sequential, list[nn.Module
     first = next((i for i, m in enumerate(layers) if isinstance(m, FFCResnetBlock)), None)
     if first is None:
         raise BadInputError("refinement needs a LaMa generator with residual blocks")
-    return layers[:first], list(layers[first:])
+    parts = list(layers.children())
+    return nn.Sequential(*parts[:first]), parts[first:]
 
 
 def _as_feats(x: Union[torch.Tensor, tuple]) -> Feats:
@@ -192,7 +193,11 @@ def _as_feats(x: Union[torch.Tensor, tuple]) -> Feats:
 
 def _pack(feats: Sequence[Union[torch.Tensor, int]], was_tuple: bool
           ) -> Union[torch.Tensor, tuple]:
-    return tuple(feats) if was_tuple else feats[0]
+    if was_tuple:
+        return tuple(feats)
+    first = feats[0]
+    assert torch.is_tensor(first)
+    return first
 
 
 def _block_call(block: nn.Module, n: int) -> Callable[..., tuple]:
@@ -377,7 +382,8 @@ def _frozen(module: nn.Module) -> Iterator[None]:
 def _refine_predict(generator: nn.Module, image: torch.Tensor, mask: torch.Tensor,
                     opts: RefineOptions, progress: Optional[Callable[[float], None]]
                     ) -> torch.Tensor:
-    plan = refine_memory_plan(generator, *image.shape[-2:], opts)
+    height, width = image.shape[-2:]
+    plan = refine_memory_plan(generator, int(height), int(width), opts)
     log.info("refine: %s, about %.1f GiB of activations",
              "recomputing each residual block" if plan.checkpoint else "keeping activations",
              plan.estimate / GIB)
