@@ -312,6 +312,16 @@ def test_gui_settings_dialog_tests_the_connection(gui: dict[str, Any], server: A
     assert "lama" in gui["test_connection"]
 
 
+def test_gui_settings_list_the_servers_lama_models(gui: dict[str, Any]) -> None:
+    """After Test connection the LaMa model list is the server's: the bundled name first,
+    the studio's own, big-lama marked missing with the command that fetches it; picking
+    one is what the settings then hold."""
+    assert gui["model_list"] == [["lama (bundled)", "lama"], ["studio-lama", "studio-lama"],
+                                 ["big-lama: not on the server", "big-lama"]]
+    assert "inpaintd weights fetch big-lama" in gui["model_hint"]
+    assert gui["picked_model"] == "studio-lama"
+
+
 def test_gui_no_server_shows_one_sentence(gui: dict[str, Any]) -> None:
     message = gui["dead_server_message"]
     assert message is not None, "no message box appeared"
