@@ -26,6 +26,7 @@ from .client_keys import curve_keys
 from .codec import available_encodings, header, pack_array, validate_request
 from .endpoint import DEFAULT_ENDPOINT, client_endpoint
 from .errors import BadInputError, MaskSizeError
+from .messages import speaks_at_least
 from .version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,7 +107,7 @@ class Client:
 
     def submit(self, image: "np.ndarray", mask: "np.ndarray", model: str = "lama",
                strategy: str | None = None, on_progress: ProgressCallback | None = None,
-               encoding: str = "raw") -> Job:
+               encoding: str = "raw", refine: bool = False) -> Job:
         """Start a job and return its handle at once (the upload runs in the background).
 
         ``image``: HxW or HxWxC (C 1..4) of uint8, uint16 or float32; ``mask``: HxW uint8
@@ -114,6 +115,8 @@ class Client:
         compresses the image and the reply (for slow links). The mask is sent zstd-compressed
         whenever both ends have zstd: it shrinks ~2000x for almost no time.
         Keep ``image`` unchanged until the job is done: raw uploads are zero-copy.
+        ``refine`` asks for LaMa's high-resolution refinement (SPEC 4.3, protocol 1.2): far
+        slower; a server older than 1.2 is refused here, before any upload.
         """
         import numpy as np
 
@@ -148,6 +151,11 @@ class Client:
                                   "mask": mask_part[0].to_wire()}
         if strategy is not None:
             fields["strategy"] = strategy
+        if refine:
+            if not speaks_at_least(welcome.get("version"), 2):
+                raise BadInputError(f"refine needs a server that speaks protocol 1.2 or later; "
+                                    f"this one speaks {welcome.get('version')} (update it)")
+            fields["refine"] = True
         request = header("inpaint", id=job_id, **fields)
         validate_request(request, nframes=0)  # our own mistakes fail here, not remotely
         job = Job(self._engine, job_id, request, image_part, mask_part, image.shape,
@@ -158,11 +166,11 @@ class Client:
 
     def inpaint(self, image: "np.ndarray", mask: "np.ndarray", model: str = "lama",
                 strategy: str | None = None, on_progress: ProgressCallback | None = None,
-                encoding: str = "raw") -> "np.ndarray":
+                encoding: str = "raw", refine: bool = False) -> "np.ndarray":
         """Inpaint and wait: :meth:`submit` then ``Job.result()``; an interrupted wait
         cancels the job."""
         job = self.submit(image, mask, model=model, strategy=strategy,
-                          on_progress=on_progress, encoding=encoding)
+                          on_progress=on_progress, encoding=encoding, refine=refine)
         try:
             return job.result()
         except BaseException:

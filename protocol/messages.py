@@ -36,7 +36,7 @@ from .errors import (
     VersionMismatchError,
 )
 
-PROTOCOL_VERSION = "1.1"
+PROTOCOL_VERSION = "1.2"
 
 #: dtype name -> bytes per sample. Samples are little-endian on the wire.
 DTYPES: dict[str, int] = {"uint8": 1, "uint16": 2, "float32": 4}
@@ -309,6 +309,7 @@ REQUEST_FIELDS: dict[str, Fields] = {
     "inpaint": {
         "model": (True, _str(1, MAX_NAME_LEN)),
         "strategy": (False, _str(1, 16, STRATEGIES, bad=BadInputError)),
+        "refine": (False, _bool),  # since 1.2
         "image": (True, _buffer),
         "mask": (True, _buffer),
         "options": (False, _map({"reply_encoding": (False, _str(1, 16, ENCODINGS,

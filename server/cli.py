@@ -21,6 +21,8 @@ from .speed.names import add_precision_argument
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from .refine import RefineOptions
+
 log = logging.getLogger("inpaintd")
 
 
@@ -74,16 +76,18 @@ class _RemoteInpainter:
     """``fill --server``: the same fill, run by an ``inpaintd serve`` through the client."""
 
     def __init__(self, endpoint: str, model: str, server_key: Optional[str],
-                 client_key: Optional[str], timeout: float) -> None:
+                 client_key: Optional[str], timeout: float, refine: bool = False) -> None:
         from inpaintd.protocol import Client
 
         self.client = Client(endpoint, timeout=timeout, server_key=server_key,
                              client_keys=client_key, name="inpaintd-fill")
         self.model = model
+        self.refine = refine
 
     def fill(self, image: np.ndarray, mask: np.ndarray,
              strategy: Optional[str] = None) -> np.ndarray:
-        return self.client.inpaint(image, mask, model=self.model, strategy=strategy)
+        return self.client.inpaint(image, mask, model=self.model, strategy=strategy,
+                                   refine=self.refine)
 
 
 class _LocalInpainter:
@@ -97,13 +101,25 @@ class _LocalInpainter:
         self.inpainter = load_inpainter(args.model, args.device or "auto",
                                         precision=args.precision or "auto",
                                         colour_match=COLOUR_MATCH[args.colour_match or "auto"])
+        self.refine = _refine_options(args)
 
     def fill(self, image: np.ndarray, mask: np.ndarray,
              strategy: Optional[str] = None) -> np.ndarray:
         from .worker import fill_any_channels
 
         return fill_any_channels(self.inpainter, image, mask, strategy, progress=None,
-                                 inplace=True)
+                                 inplace=True, refine=self.refine)
+
+
+def _refine_options(args: argparse.Namespace) -> "Optional[RefineOptions]":
+    """``--refine`` (and its memory budget) as the pipeline takes it, or None."""
+    if not args.refine:
+        return None
+    from .refine import GIB, RefineOptions
+
+    if args.refine_memory is None:
+        return RefineOptions()
+    return RefineOptions(memory=int(args.refine_memory * GIB))
 
 
 #: ``fill --colour-match``: the pipeline's ``colour_match`` (None: the model card's choice).
@@ -113,7 +129,8 @@ COLOUR_MATCH: dict[str, Optional[bool]] = {"auto": None, "on": True, "off": Fals
 def _inpainter(args: argparse.Namespace) -> "_RemoteInpainter | _LocalInpainter":
     if args.server:
         return _RemoteInpainter(args.server, args.model, args.server_key, args.client_key,
-                                args.timeout if args.timeout is not None else 30.0)
+                                args.timeout if args.timeout is not None else 30.0,
+                                refine=bool(args.refine))
     return _LocalInpainter(args)
 
 
@@ -124,13 +141,18 @@ def _check_fill_options(args: argparse.Namespace) -> None:
 
         args.server = client_endpoint(args.server)
         for option, value in (("--device", args.device), ("--precision", args.precision),
-                              ("--colour-match", args.colour_match)):
+                              ("--colour-match", args.colour_match),
+                              ("--refine-memory", args.refine_memory)):
             if value is not None:
                 raise BadInputError(f"{option} is the server's choice with --server "
                                     "(see `inpaintd serve --help`)")
         if args.timeout is not None and not args.timeout > 0:
             raise BadInputError(f"--timeout must be positive, got {args.timeout:g}")
         return
+    if args.refine_memory is not None and not args.refine:
+        raise BadInputError("--refine-memory is for fills with --refine")
+    if args.refine_memory is not None and not args.refine_memory > 0:
+        raise BadInputError(f"--refine-memory must be positive, got {args.refine_memory:g}")
     for option, value in (("--server-key", args.server_key), ("--client-key", args.client_key),
                           ("--timeout", args.timeout)):
         if value is not None:
@@ -223,6 +245,14 @@ def _add_fill(sub: argparse._SubParsersAction) -> None:
                    "the surrounding colour; auto (default): as the model's card says (on for "
                    "the bundled lama and pennet, off for official checkpoints, which then fill "
                    "exactly as their own code does)")
+    p.add_argument("--refine", action="store_true",
+                   help="LaMa's high-resolution refinement (the official refine mode): "
+                   "coarse to fine, a few optimisation steps per scale; large holes in "
+                   "1-2K images keep their structure. Slower: about 30 forwards per fill")
+    p.add_argument("--refine-memory", type=float, default=None, metavar="GIB",
+                   help="with --refine: memory the refinement's activations may take "
+                   "(default 12); over it, each residual block is recomputed in the "
+                   "backward pass instead of kept")
     p.add_argument("--server", metavar="ENDPOINT",
                    help="fill through a running `inpaintd serve`: tcp://HOST:PORT or "
                    "HOST:PORT (e.g. 127.0.0.1:5557)")

@@ -108,6 +108,8 @@ class Job:
     #: Put back in the queue after its batch's worker died: it runs next, alone, and its
     #: client, who already saw it run, is not told it is queued again.
     retried: bool = False
+    #: ``refine`` asked for: the worker's refinement settings (never batched); None: off.
+    refine: Optional[dict[str, Any]] = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -522,6 +524,8 @@ class Engine(JobReporter):
             header = {"op": "job", "job": str(first.number), "model": first.model,
                       "strategy": first.strategy, "image": first.image, "mask": first.mask,
                       "reply_encoding": first.reply_encoding, "chunk_bytes": self.chunk_bytes}
+            if first.refine is not None:
+                header["refine"] = first.refine
             frames, first.chunks = first.chunks, []
         else:
             # Each job keeps its upload until it ends: if the worker dies during the batch,

@@ -32,6 +32,7 @@ from inpaintd.protocol.errors import BadInputError, MaskSizeError
 
 from .colour_match import match_colour
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
+from .refine import RefineOptions, refine_fill
 from .strategy import STRATEGIES, StrategyOptions, runs_whole
 
 log = logging.getLogger(__name__)
@@ -365,15 +366,22 @@ class Inpainter:
         return self.model.name
 
     def fill(self, image: np.ndarray, mask: np.ndarray, strategy: Optional[str] = None,
-             progress: Optional[Progress] = None, inplace: bool = False) -> np.ndarray:
+             progress: Optional[Progress] = None, inplace: bool = False,
+             refine: Optional[RefineOptions] = None) -> np.ndarray:
         """Fill the hole (mask > 127) of an HxWx3/HxWx4 uint8/uint16/float32 image.
 
         With ``inplace`` the fill is written into ``image`` itself (the server's worker owns
-        its upload buffer, so a canvas costs no second copy).
+        its upload buffer, so a canvas costs no second copy). With ``refine`` each box (the
+        whole image, or with the crop strategy each hole region's) is filled by LaMa's
+        coarse-to-fine refinement (:mod:`inpaintd.server.refine`) instead of one forward;
+        the refiner scales a box to its own pixel budget, so no resize limit applies.
         """
         strategy = strategy or "auto"
         if strategy not in STRATEGIES:
             raise BadInputError(f"unknown strategy {strategy!r} (use {', '.join(STRATEGIES)})")
+        if refine is not None and self.model.architecture != "lama":
+            raise BadInputError(f"refinement is LaMa's; {self.name} is "
+                                f"{self.model.architecture}")
         image, mask = self._check(image, mask)
         h, w = mask.shape
         o = self.options
@@ -399,10 +407,32 @@ class Inpainter:
 
         n = len(boxes)
         for i, box in enumerate(boxes):
+            if refine is not None:
+                what = self._describe(strategy, box, i, n, 0) + ", refined"
+                step = None if progress is None else _box_step(progress, i, n, what)
+                self._refine_box(image, mask, out, box, refine, step)
+                continue
             step = None if progress is None else \
                 _box_step(progress, i, n, self._describe(strategy, box, i, n, limit))
             self._fill_box(image, mask, out, box, limit, step)
         return out
+
+    def _refine_box(self, image: np.ndarray, mask: np.ndarray, out: np.ndarray, box: Box,
+                    opts: RefineOptions, step: Optional[Callable[[float], None]]) -> None:
+        """Fill one box by refinement: it needs gradients, so no inference mode here."""
+        y0, x0, y1, x1 = box
+        sub_hole = is_hole(mask[y0:y1, x0:x1])
+        if not sub_hole.any():
+            return
+        device = self.adapter.device
+        rgb = _to_tensor(image[y0:y1, x0:x1, :3], device)
+        m = torch.from_numpy(_shareable(sub_hole)).to(device)[None, None].float()
+        pred = refine_fill(self.adapter.module, rgb, m, opts, step)
+        if self.colour_match:
+            pred = match_colour(pred.float(), rgb, m)
+        filled = _from_tensor(pred, image.dtype)
+        region = out[y0:y1, x0:x1]
+        region[..., :3][sub_hole] = filled[sub_hole]
 
     def _describe(self, strategy: str, box: Box, i: int, n: int, limit: int) -> str:
         """What runs on one box, in words, for the progress messages."""

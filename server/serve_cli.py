@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         hang_timeout_s=args.hang_timeout, cancel_grace_s=args.cancel_grace,
         max_batch=args.max_batch, log_level=level,
         ray_address=args.ray, gpus_per_worker=args.gpus_per_worker,
-        no_workers_timeout_s=args.no_workers_timeout)
+        no_workers_timeout_s=args.no_workers_timeout, refine_memory_gib=args.refine_memory)
     if config.insecure and config.curve_dir is None:
         log.warning("--insecure: serving %s without encryption or authentication", config.bind)
     server = Server(config)
@@ -88,6 +88,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    "in DIR (see `inpaintd keys`)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback bind without CURVE (trusted networks only)")
+    p.add_argument("--refine-memory", type=float, default=12.0, metavar="GIB",
+                   help="memory a refined job's activations may take (requests with "
+                   "refine: true; default 12); over it, residual blocks are recomputed in "
+                   "the backward pass")
     p.add_argument("--max-message-mb", type=float, default=8.0, metavar="MB",
                    help="largest frame accepted (ZMQ_MAXMSGSIZE; default 8)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",

@@ -93,6 +93,8 @@ class ServerConfig:
     gpus_per_worker: float = 1.0
     #: ``--no-workers-timeout``: how long a job waits when no Ray actor is alive.
     no_workers_timeout_s: float = 60.0
+    #: ``--refine-memory``: GiB a refined job's activations may take (SPEC 4.2 ``refine``).
+    refine_memory_gib: float = 12.0
 
     @property
     def max_message_bytes(self) -> int:
@@ -122,6 +124,8 @@ class ServerConfig:
             raise BadInputError("--max-queue must be at least 1")
         if self.max_batch < 0:
             raise BadInputError("--max-batch must be 0 (auto) or more")
+        if not self.refine_memory_gib > 0:
+            raise BadInputError("--refine-memory must be positive")
         check_bind(self.bind, self.curve_dir is not None, self.insecure)
 
 
@@ -500,15 +504,28 @@ class Server:
         if mine >= self.config.max_jobs_per_client:
             raise BusyError(f"this client already has {mine} jobs in flight (the limit is "
                             f"{self.config.max_jobs_per_client})")
+        refine = self._refine_of(req)
         job = Job(client=identity, request_id=rid, route=route, model=req["model"],
                   strategy=req["strategy"], image=image.to_wire(), mask=mask.to_wire(),
                   reply_encoding=req["options"]["reply_encoding"],
-                  total=image.nbytes + mask.nbytes, label=label,
-                  batch_key=batch_key(req["model"], self.catalog.architecture(req["model"]),
-                                      req["strategy"], image.height, image.width))
+                  total=image.nbytes + mask.nbytes, label=label, refine=refine,
+                  batch_key=None if refine else batch_key(
+                      req["model"], self.catalog.architecture(req["model"]), req["strategy"],
+                      image.height, image.width))
         job.credit = min(job.total, self.config.window_bytes)
         self.jobs[job.key] = job
         self._send(route, header("accepted", re=rid, boot_id=self.boot_id, credit=job.credit))
+
+    def _refine_of(self, req: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The worker's refinement settings for a request that asks for it (SPEC 4.2)."""
+        if not req.get("refine"):
+            return None
+        if self.config.ray_address:
+            raise BadInputError("refine is not available on a server started with --ray")
+        architecture = self.catalog.architecture(req["model"])
+        if architecture not in ("lama", "unknown"):
+            raise BadInputError(f"refine is LaMa's; {req['model']} is {architecture}")
+        return {"memory_gib": self.config.refine_memory_gib}
 
     def _on_data(self, route: bytes, identity: str, req: dict[str, Any], chunk: memoryview
                  ) -> None:

@@ -264,13 +264,14 @@ class Worker:
         image, mask = decoded if decoded is not None else _decode(header, chunks)
         del chunks
 
-        result = self._fill_alone(job, inpainter, image, mask, header.get("strategy"))
+        result = self._fill_alone(job, inpainter, image, mask, header.get("strategy"),
+                                  _refine_options(header.get("refine")))
         if self._cancel_requested(job):
             raise _Cancelled
         return self._reply(job, header, result)
 
     def _fill_alone(self, job: str, inpainter: Any, image: np.ndarray, mask: np.ndarray,
-                    strategy: Optional[str]) -> np.ndarray:
+                    strategy: Optional[str], refine: Any = None) -> np.ndarray:
         """Fill one job in place (the worker owns its decoded buffer); a whole-image fill
         that runs out of memory is retried once with the crop strategy, whose model inputs
         are only the holes' regions."""
@@ -278,7 +279,7 @@ class Worker:
 
         try:
             return fill_any_channels(inpainter, image, mask, strategy, self._progress(job),
-                                     inplace=True)
+                                     inplace=True, refine=refine)
         except Exception as exc:  # noqa: BLE001 - re-raised unless it is out of memory
             options = getattr(inpainter, "options", StrategyOptions())
             if not is_out_of_memory(exc) or not runs_whole(strategy, *image.shape[:2],
@@ -289,7 +290,7 @@ class Worker:
         # Out of the except block, so the failed attempt's tensors are already unreferenced.
         _release_cached_memory()
         return fill_any_channels(inpainter, image, mask, "crop", self._progress(job),
-                                 inplace=True)
+                                 inplace=True, refine=refine)
 
     def _reply(self, job: str, header: dict[str, Any], result: np.ndarray
                ) -> tuple[list[Any], dict]:
@@ -450,10 +451,19 @@ def model_path(name: str) -> str:
     return str(path)
 
 
+def _refine_options(spec: Optional[dict[str, Any]]) -> Any:
+    """A job header's ``refine`` settings as the pipeline takes them (None: no refine)."""
+    if spec is None:
+        return None
+    from .refine import GIB, RefineOptions
+
+    return RefineOptions(memory=int(float(spec.get("memory_gib", 12.0)) * GIB))
+
+
 def fill_any_channels(inpainter: Any, image: np.ndarray, mask: np.ndarray,
                       strategy: Optional[str],
                       progress: Optional[Callable[[float, str], None]],
-                      inplace: bool = False) -> np.ndarray:
+                      inplace: bool = False, refine: Any = None) -> np.ndarray:
     """Fill gray (1), gray+alpha (2), RGB (3) or RGBA (4) images.
 
     The pipeline works on RGB(A); gray is spread to RGB for the model and the fill is
@@ -462,10 +472,13 @@ def fill_any_channels(inpainter: Any, image: np.ndarray, mask: np.ndarray,
     ``image`` (the worker owns its decoded upload, so a canvas costs no second copy).
     """
     image, mask = _as_hwc(image, mask)
+    # ``refine`` (RefineOptions or None) only travels when set: Ray actors' pipelines
+    # predate it.
+    more = {} if refine is None else {"refine": refine}
     if image.shape[2] in (3, 4):
-        return inpainter.fill(image, mask, strategy, progress=progress, inplace=inplace)
+        return inpainter.fill(image, mask, strategy, progress=progress, inplace=inplace, **more)
     filled = inpainter.fill(_spread_gray(image), mask, strategy, progress=progress,
-                            inplace=True)
+                            inplace=True, **more)
     return _gather_gray(image, mask, filled, inplace)
 
 

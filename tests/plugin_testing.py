@@ -31,3 +31,21 @@ def krita_harness() -> ModuleType:
 def gimp_harness() -> ModuleType:
     """The Debian 13 root with GIMP 3 and batch GIMP runs."""
     return load_testing_module("inpaintd_gimp_harness", "host_plugins/gimp/testing/harness.py")
+
+
+def make_studio_lama(home: Path, name: str) -> None:
+    """A second tiny LaMa whose fills are dark (about 45 of 255, where the ``lama`` of
+    ``make_tiny_models`` gives about 128), so which one ran shows in the pixels."""
+    import torch
+
+    from inpaintd.server.models.lama import FFCResNetGenerator, LamaConfig
+    from inpaintd.server.weights.card import save_ours
+
+    torch.manual_seed(1)
+    cfg = LamaConfig(ngf=8, n_blocks=1)
+    g = FFCResNetGenerator(cfg)
+    with torch.no_grad():
+        g.model[-2].bias.fill_(-1.5)
+    save_ours(g.state_dict(), {"format_version": 1, "architecture": "lama",
+                               "config": cfg.to_dict(), "training": {}, "scores": {}},
+              home / "models" / f"{name}.safetensors")

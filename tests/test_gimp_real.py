@@ -31,7 +31,7 @@ import pytest
 
 from inpaintd.protocol.plugin.geometry import Bounds
 from inpaintd.protocol.plugin.host_pixels import result_layer
-from plugin_testing import gimp_harness, krita_harness
+from plugin_testing import gimp_harness, krita_harness, make_studio_lama
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,6 +52,9 @@ FEATHER = 4
 MARGIN = 16
 DTYPE = {"U8": np.uint8, "U16": np.uint16, "F32": np.float32}
 LOG: dict[str, Any] = {}
+#: The plug-in's defaults (no saved settings here), and the "fill_edited" scenario's values.
+DEFAULT_GROW, DEFAULT_FEATHER = 2, 0
+EDITED = {"grow": 5, "feather": 3, "model": "studio-lama"}
 
 
 def known_pixels() -> dict[str, np.ndarray]:
@@ -78,6 +81,7 @@ def root() -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     home = tmp_path_factory.mktemp("gimp_inpaintd_home")
     servers.make_tiny_models(home)
+    make_studio_lama(home, EDITED["model"])
     with servers.serve(home) as srv:
         yield srv
 
@@ -100,7 +104,7 @@ def run(root: Path, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict
                      home.path / "gimp_scenarios.py")
         config = {"out": f"{home.inside}/out", "width": W, "height": H, "pixels": files,
                   "ellipse": ELLIPSE, "feather": FEATHER, "margin": MARGIN,
-                  "endpoint": server.endpoint,
+                  "endpoint": server.endpoint, "edited": EDITED,
                   "dead_endpoint": f"tcp://127.0.0.1:{servers.free_port()}"}
         (home.path / "config.json").write_text(json.dumps(config))
         t0 = time.monotonic()
@@ -258,9 +262,13 @@ def test_plugin_killed_mid_job_cancels_it_on_the_server(
 
 
 def _check_fill(entry: dict[str, Any], source: np.ndarray, depth: str, model: str,
-                layer_name: str, endpoint: str) -> None:
+                layer_name: str, endpoint: str, grow: int = DEFAULT_GROW,
+                feather: int = DEFAULT_FEATHER) -> None:
+    """The layer is the server's fill of the crop (margin + grow) with the hole grown by
+    ``grow``, alpha = the soft selection grown alike and feathered by ``feather``."""
     from inpaintd.protocol import Client
     from inpaintd.protocol.plugin.geometry import crop_bounds
+    from inpaintd.protocol.plugin.selection_edit import edited_selection
 
     assert entry["status"] == "success", entry["error"]
     # above the source, under the layer that was above it, named after the model
@@ -270,18 +278,18 @@ def _check_fill(entry: dict[str, Any], source: np.ndarray, depth: str, model: st
     ys, xs = np.nonzero(sel)
     bbox = Bounds(int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
                   int(ys.max() - ys.min() + 1))
-    crop = crop_bounds(bbox, Bounds(0, 0, W, H), MARGIN)  # the shared geometry
+    crop = crop_bounds(bbox, Bounds(0, 0, W, H), MARGIN + max(grow, 0))  # shared geometry
     assert entry["offset"] == [crop.x, crop.y]
     assert entry["size"] == [crop.width, crop.height]
     x, y, w, h = crop.x, crop.y, crop.width, crop.height
     assert x > 0 and y > 0 and x + w < W and y + h < H  # only the crop, not the canvas
     layer = np.frombuffer(entry["layer"], DTYPE[depth]).reshape(h, w, 4)
     crop_sel = sel[y:y + h, x:x + w]
-    hole = np.where(crop_sel > 0, 255, 0).astype(np.uint8)
+    hole, alpha = edited_selection(crop_sel, grow, feather)
     with Client(endpoint) as client:
         filled = client.inpaint(source[y:y + h, x:x + w], hole, model=model)
-    # the server's fill, alpha = the soft selection, transparent outside: exactly
-    np.testing.assert_array_equal(layer, result_layer(filled, crop_sel))
+    # the server's fill, alpha = the edited soft selection, transparent outside: exactly
+    np.testing.assert_array_equal(layer, result_layer(filled, alpha))
     assert entry["source_unchanged"]
     np.testing.assert_array_equal(
         np.frombuffer(entry["source_after"], DTYPE[depth]).reshape(H, W, 4), source)
@@ -297,6 +305,15 @@ def test_fill_with_pennet(run: dict[str, Any], pixels: dict[str, np.ndarray],
                           server: Any) -> None:
     _check_fill(run["fill_U8_pennet"], pixels["U8"], "U8", "pennet", "PEN-Net",
                 server.endpoint)
+
+
+def test_grow_feather_and_the_picked_model_shape_the_layer(
+        run: dict[str, Any], pixels: dict[str, np.ndarray], server: Any) -> None:
+    """Grow 5, feather 3 and the LaMa model set in the procedure's arguments (the settings
+    dialog's fields): the layer is shaped as set and the picked model is what ran."""
+    _check_fill(run["fill_edited"], pixels["U8"], "U8", EDITED["model"], EDITED["model"],
+                server.endpoint, grow=EDITED["grow"], feather=EDITED["feather"])
+    assert any(f" model {EDITED['model']} " in line for line in server.job_lines())
 
 
 def test_grayscale_image(run: dict[str, Any]) -> None:

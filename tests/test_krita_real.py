@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from inpaintd.protocol.plugin.host_pixels import host_to_rgba, rgba_to_host
-from plugin_testing import krita_harness
+from plugin_testing import krita_harness, make_studio_lama
 
 
 
@@ -51,7 +51,11 @@ ORDER = {"U8": "BGRA", "U16": "BGRA", "F32": "RGBA"}
 DTYPE = {"U8": np.uint8, "U16": np.uint16, "F32": np.float32}
 SCENARIOS = ["fill_depth:U8", "fill_depth:U16", "fill_depth:F32", "fill_depth:U8:pennet",
              "group", "cmyk", "no_selection", "no_server", "closed_document", "layer_removed",
-             "import_bundle"]
+             "import_bundle", "fill_edited"]
+#: The plug-in's settings in every scenario but one: the defaults.
+DEFAULT_GROW, DEFAULT_FEATHER = 2, 0
+#: "fill_edited": grow, feather and the LaMa model picked in the settings.
+EDITED = {"grow": 5, "feather": 3, "model": "studio-lama"}
 
 
 def known_pixels() -> dict[str, np.ndarray]:
@@ -80,6 +84,7 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(tmp: Path) -> Iterator[Any]:
     home = tmp / "inpaintd_home"
     harness.make_tiny_models(home)
+    make_studio_lama(home, EDITED["model"])
     with harness.serve(home) as srv:
         yield srv
 
@@ -114,7 +119,7 @@ def headless(tmp: Path, server: Any, wheels: Path, pixels: dict[str, np.ndarray]
         "pykrita": str(home.pykrita), "out": str(tmp / "headless_out"),
         "endpoint": server.endpoint, "dead_endpoint": f"tcp://127.0.0.1:{harness.free_port()}",
         "margin": MARGIN, "width": W, "height": H, "pixels": files, "ellipse": ELLIPSE,
-        "feather": FEATHER, "import_zip": str(bundle),
+        "feather": FEATHER, "import_zip": str(bundle), "edited": EDITED,
         "import_dest": str(tmp / "gui" / "data" / "krita"), "scenarios": SCENARIOS,
     }
     results = harness.run_headless(home, config)
@@ -133,8 +138,12 @@ def _selection(entry: dict[str, Any]) -> np.ndarray:
 
 
 def _check_fill(entry: dict[str, Any], source_pixels: np.ndarray, depth: str, model: str,
-                layer_name: str, endpoint: str) -> None:
+                layer_name: str, endpoint: str, grow: int = DEFAULT_GROW,
+                feather: int = DEFAULT_FEATHER) -> None:
+    """The layer is the server's fill of the crop with the hole grown by ``grow``, pasted
+    with the soft selection grown alike and feathered by ``feather`` as alpha."""
     from inpaintd.protocol import Client
+    from inpaintd.protocol.plugin.selection_edit import edited_selection
 
     assert entry["ok"], entry["message"]
     assert entry["message"] == ""
@@ -150,19 +159,21 @@ def _check_fill(entry: dict[str, Any], source_pixels: np.ndarray, depth: str, mo
     assert len(np.unique(sel)) > 10  # really feathered
     layer = _read(entry, "layer", depth)
     crop_sel = sel[y:y + h, x:x + w]
-    hole = np.where(crop_sel > 0, 255, 0).astype(np.uint8)
+    hole, alpha = edited_selection(crop_sel, grow, feather)
     with Client(endpoint) as client:
         expected = client.inpaint(source_pixels[y:y + h, x:x + w], hole, model=model)
     got = layer[y:y + h, x:x + w]
-    inside = crop_sel > 0
+    inside = alpha > 0
     np.testing.assert_array_equal(got[inside][:, :3], expected[inside][:, :3])
     opaque = 1.0 if depth == "F32" else float(np.iinfo(DTYPE[depth]).max)
-    want_alpha = crop_sel.astype(np.float32) / 255.0 * opaque
+    want_alpha = alpha.astype(np.float32) / 255.0 * opaque
     if depth != "F32":
         want_alpha = np.rint(want_alpha)
     np.testing.assert_array_equal(got[..., 3].astype(np.float64),
                                   want_alpha.astype(DTYPE[depth]).astype(np.float64))
-    assert not layer[sel == 0].any()  # transparent (and black) outside the selection
+    shown = np.zeros_like(sel)
+    shown[y:y + h, x:x + w] = alpha
+    assert not layer[shown == 0].any()  # transparent (and black) outside the layer's alpha
 
 
 @pytest.mark.parametrize("depth", ["U8", "U16", "F32"])
@@ -178,6 +189,19 @@ def test_fill_with_pennet(headless: dict[str, Any], pixels: dict[str, np.ndarray
     entry = headless["fill_depth_U8_pennet"]
     _check_fill(entry, pixels["U8"], "U8", "pennet", "PEN-Net", server.endpoint)
     np.testing.assert_array_equal(_read(entry, "source_after", "U8"), pixels["U8"])
+
+
+def test_grow_feather_and_the_picked_model_shape_the_layer(
+        headless: dict[str, Any], pixels: dict[str, np.ndarray], server: Any) -> None:
+    """Grow 5 and feather 3 in the settings change the pasted layer as set; the LaMa model
+    picked there is the one the server ran (its fill is unlike the bundled-name model's)."""
+    entry = headless["fill_edited"]
+    _check_fill(entry, pixels["U8"], "U8", EDITED["model"], EDITED["model"], server.endpoint,
+                grow=EDITED["grow"], feather=EDITED["feather"])
+    plain = headless["fill_depth_U8"]
+    assert _read(entry, "layer", "U8")[..., 3].astype(bool).sum() > \
+        _read(plain, "layer", "U8")[..., 3].astype(bool).sum()
+    assert any(f" model {EDITED['model']} " in line for line in server.job_lines())
 
 
 def test_group_layer_fills_from_its_projection(headless: dict[str, Any],
@@ -286,6 +310,16 @@ def test_gui_settings_dialog_tests_the_connection(gui: dict[str, Any], server: A
     assert gui["settings_endpoint"] == server.endpoint  # read from the settings file
     assert gui["test_connection"].startswith("Connected to inpaintd")
     assert "lama" in gui["test_connection"]
+
+
+def test_gui_settings_list_the_servers_lama_models(gui: dict[str, Any]) -> None:
+    """After Test connection the LaMa model list is the server's: the bundled name first,
+    the studio's own, big-lama marked missing with the command that fetches it; picking
+    one is what the settings then hold."""
+    assert gui["model_list"] == [["lama (bundled)", "lama"], ["studio-lama", "studio-lama"],
+                                 ["big-lama: not on the server", "big-lama"]]
+    assert "inpaintd weights fetch big-lama" in gui["model_hint"]
+    assert gui["picked_model"] == "studio-lama"
 
 
 def test_gui_no_server_shows_one_sentence(gui: dict[str, Any]) -> None:

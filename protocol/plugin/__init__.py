@@ -4,7 +4,8 @@ A plug-in keeps only the host glue (read the layer and the selection, write the 
 show dialogs). The rest lives here, so both hosts behave alike and it is tested without a
 host: the crop around the selection (``geometry``), host pixel layouts and bit depths
 (``host_pixels``), the settings file and the log (``settings``), the connection check
-(``connection``), the sentences an artist sees (``errors``) and the fill itself, on a
-worker thread (``fill``). The installer vendors this package, with the rest of
+(``connection``), the sentences an artist sees (``errors``), grow/shrink and feather of
+the selection (``selection_edit``), the server's models for the settings (``model_picker``)
+and the fill itself, on a worker thread (``fill``). The installer vendors this package, with the rest of
 ``inpaintd.protocol``, into each plug-in.
 """

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from ..errors import CancelledError
 from .geometry import Bounds, crop_bounds
 from .host_pixels import host_to_rgba, result_layer, rgba_to_host, selection_to_mask
+from .selection_edit import edited_selection
 from .errors import NO_SELECTION, PluginError, describe_error, describe_reach
 from .settings import PluginSettings
 
@@ -82,35 +83,50 @@ class FillPlan:
     model: ModelChoice
     depth: str         # "U8" | "U16" | "F32"
     order: str         # the host's channel order: "BGRA" | "RGBA"
+    #: Ask the server for LaMa's high-resolution refinement (protocol 1.2).
+    refine: bool = False
 
 
 def plan_fill(selection: Optional[Bounds], canvas: Bounds, margin: int, model: ModelChoice,
-              depth: str, order: str) -> FillPlan:
+              depth: str, order: str, refine: bool = False) -> FillPlan:
     """The crop for a selection; raises :class:`PluginError` (NO_SELECTION) without one."""
     if selection is None or selection.is_empty:
         raise PluginError(NO_SELECTION)
     inside = selection.clamp(canvas)
     if inside.is_empty:
         raise PluginError(NO_SELECTION)
-    return FillPlan(inside, crop_bounds(inside, canvas, margin), model, depth, order)
+    return FillPlan(inside, crop_bounds(inside, canvas, margin), model, depth, order, refine)
+
+
+def resolve_model(entry: str, settings: PluginSettings) -> tuple[ModelChoice, bool]:
+    """(the model a menu entry runs, whether to refine): "Inpaint (LaMa)" runs the LaMa
+    model picked in the settings, refined when they say so; other entries run their own
+    model, never refined (refinement is LaMa's)."""
+    if entry != "lama":
+        return model_choice(entry), False
+    name = settings.lama_model.strip() or "lama"
+    return model_choice(name), settings.refine
 
 
 def prepare_inputs(plan: FillPlan, pixels: bytes | bytearray | memoryview,
-                   selection: bytes | bytearray | memoryview
+                   selection: bytes | bytearray | memoryview, grow: int = 0, feather: int = 0
                    ) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
-    """Host bytes of the crop -> (RGBA image, soft selection, hole mask for the server).
+    """Host bytes of the crop -> (RGBA image, the layer's alpha, hole mask for the server).
 
-    Raises PluginError(NO_SELECTION) when no pixel of the crop is selected.
+    The hole is the selection grown by ``grow`` px (shrunk when negative); the alpha is the
+    soft selection, grown alike and faded over ``feather`` px inside the hole's edge
+    (:mod:`.selection_edit`). Raises PluginError(NO_SELECTION) when no pixel of the crop is
+    selected, before or after shrinking.
     """
-    import numpy as np
-
     w, h = plan.crop.width, plan.crop.height
     rgba = host_to_rgba(pixels, w, h, plan.depth, plan.order)
     soft = selection_to_mask(selection, w, h)
     if not soft.any():
         raise PluginError(NO_SELECTION)
-    hole = np.where(soft > 0, np.uint8(255), np.uint8(0))
-    return rgba, soft, hole
+    hole, alpha = edited_selection(soft, grow, feather)
+    if not hole.any():
+        raise PluginError(NO_SELECTION)
+    return rgba, alpha, hole
 
 
 def compose_layer(plan: FillPlan, filled: "np.ndarray", soft: "np.ndarray") -> bytes:
@@ -343,7 +359,7 @@ class FillJob:
                 if self._cancel_requested:
                     return
             job = client.submit(self._rgba, self._hole, model=self.plan.model.name,
-                                on_progress=self._on_progress)
+                                on_progress=self._on_progress, refine=self.plan.refine)
             with self._lock:
                 self._job = job
                 cancelled = self._cancel_requested

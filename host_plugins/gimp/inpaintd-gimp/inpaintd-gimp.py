@@ -53,9 +53,9 @@ try:
         MODELS,
         FillJob,
         FillState,
-        model_choice,
         plan_fill,
         prepare_inputs,
+        resolve_model,
     )
     from inpaintd.protocol.plugin.settings import (
         PluginSettings,
@@ -138,7 +138,7 @@ def read_selection(image, crop: "Bounds") -> bytes:
                                                          Gegl.AbyssPolicy.NONE))
 
 
-def read_for_fill(image, drawables, model, margin):
+def read_for_fill(image, drawables, model, margin, refine=False):
     """Plan the fill and read its crop: (plan, pixels, selection bytes, source, format)."""
     source = source_of(drawables)
     base = image.get_base_type()
@@ -146,7 +146,7 @@ def read_for_fill(image, drawables, model, margin):
     if base == Gimp.ImageBaseType.INDEXED:
         raise PluginError(unsupported_colour("Indexed", depth, HOST))
     canvas = Bounds(0, 0, image.get_width(), image.get_height())
-    plan = plan_fill(selection_bounds(image), canvas, margin, model, depth, "RGBA")
+    plan = plan_fill(selection_bounds(image), canvas, margin, model, depth, "RGBA", refine)
     return plan, read_region(source, plan.crop, fmt), read_selection(image, plan.crop), \
         source, fmt
 
@@ -187,15 +187,18 @@ def insert_result(image, source, plan, layer_bytes: bytes, fmt: str, canvas):
 # --- one fill ----------------------------------------------------------------------------
 
 def run_fill(image, drawables, model_name: str, settings, log_file):
-    """Read, run the FillJob with GIMP's progress bar, apply. Returns (layer, message)."""
-    model = model_choice(model_name)
+    """Read, run the FillJob with GIMP's progress bar, apply. Returns (layer, message).
+
+    ``model_name`` is the menu entry's model: "lama" runs the settings' LaMa model."""
+    model, refine = resolve_model(model_name, settings)
     problems = settings.problems()
     if problems:
         return None, problems[0]
     try:
-        plan, pixels, selection, source, fmt = read_for_fill(image, drawables, model,
-                                                             settings.margin)
-        rgba, soft, hole = prepare_inputs(plan, pixels, selection)
+        plan, pixels, selection, source, fmt = read_for_fill(
+            image, drawables, model, settings.context_margin, refine)
+        rgba, soft, hole = prepare_inputs(plan, pixels, selection, settings.grow,
+                                          settings.feather)
     except Exception as exc:  # a sentence for the artist; the traceback to the log
         if not isinstance(exc, PluginError):
             log.error("reading the image for a fill failed", exc_info=True)
@@ -280,6 +283,25 @@ class InpaintPlugIn(Gimp.PlugIn):
         procedure.add_int_argument(
             "margin", "Context mar_gin", "Least context around the selection, in pixels",
             0, 4096, saved.margin if saved else 32, GObject.ParamFlags.READWRITE)
+        defaults = saved or (PluginSettings() if _IMPORT_ERROR is None else None)
+        procedure.add_int_argument(
+            "grow", "_Grow selection", "Widen the hole by this many pixels before the fill "
+            "(negative: shrink), so an object's rim is filled too",
+            -256, 256, defaults.grow if defaults else 2, GObject.ParamFlags.READWRITE)
+        procedure.add_int_argument(
+            "feather", "_Feather edge", "Fade the new layer's edge over this many pixels "
+            "inside the hole", 0, 256, defaults.feather if defaults else 0,
+            GObject.ParamFlags.READWRITE)
+        if model == "lama":
+            procedure.add_string_argument(
+                "lama-model", "LaMa mo_del", "The server's LaMa model: lama (bundled), "
+                "big-lama (on the server: inpaintd weights fetch big-lama) or an imported "
+                "name; `inpaintd status` lists them",
+                defaults.lama_model if defaults else "lama", GObject.ParamFlags.READWRITE)
+            procedure.add_boolean_argument(
+                "refine", "_Refine (slow)", "LaMa's high-resolution refinement: large holes "
+                "in big images keep their structure; about 30 times slower",
+                defaults.refine if defaults else False, GObject.ParamFlags.READWRITE)
         return procedure
 
     def run(self, procedure, run_mode, image, drawables, config, model):
@@ -299,9 +321,14 @@ class InpaintPlugIn(Gimp.PlugIn):
         # The PDB arguments override the saved settings; the key files and timeouts are
         # the saved ones (docs/gimp.md).
         saved = _saved_settings() or PluginSettings()
-        settings = PluginSettings.from_dict({**saved.to_dict(),
-                                             "endpoint": config.get_property("endpoint"),
-                                             "margin": config.get_property("margin")})
+        given = {"endpoint": config.get_property("endpoint"),
+                 "margin": config.get_property("margin"),
+                 "grow": config.get_property("grow"),
+                 "feather": config.get_property("feather")}
+        if model == "lama":
+            given.update({"lama_model": config.get_property("lama-model"),
+                          "refine": config.get_property("refine")})
+        settings = PluginSettings.from_dict({**saved.to_dict(), **given})
         if run_mode == Gimp.RunMode.INTERACTIVE and not settings.problems():
             try:
                 save_settings(settings, settings_path(HOST))

@@ -67,7 +67,7 @@ def select_ellipse(image):
     Gimp.Selection.feather(image, CONFIG["feather"])
 
 
-def call(image, drawable, model, endpoint):
+def call(image, drawable, model, endpoint, extra=None):
     proc = Gimp.get_pdb().lookup_procedure(f"plug-in-inpaintd-{model}")
     config = proc.create_config()
     config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
@@ -76,6 +76,8 @@ def call(image, drawable, model, endpoint):
     config.set_property("model", model)
     config.set_property("endpoint", endpoint)
     config.set_property("margin", CONFIG["margin"])
+    for name, value in (extra or {}).items():
+        config.set_property(name, value)
     result = proc.run(config)
     status = result.index(0)
     error = result.index(1) if result.length() > 1 else None
@@ -86,11 +88,11 @@ def names(image):
     return [layer.get_name() for layer in image.get_layers()]
 
 
-def scenario_fill(key, depth, model):
+def scenario_fill(key, depth, model, extra=None):
     image, background = make_image(depth)
     select_ellipse(image)
     source_before = _get(background, FORMAT[depth])
-    status, error = call(image, background, model, CONFIG["endpoint"])
+    status, error = call(image, background, model, CONFIG["endpoint"], extra)
     entry = {"status": status.value_nick, "error": str(error) if error else None,
              "layers": names(image)}
     layers = image.get_layers()
@@ -234,6 +236,12 @@ def main():
                          lambda d=depth: scenario_fill(f"fill_{d}", d, "lama")))
         jobs.append(("fill_U8_pennet",
                      lambda: scenario_fill("fill_U8_pennet", "U8", "pennet")))
+        edited = CONFIG.get("edited")
+        if edited:
+            jobs.append(("fill_edited", lambda: scenario_fill(
+                "fill_edited", "U8", "lama", {"grow": edited["grow"],
+                                              "feather": edited["feather"],
+                                              "lama-model": edited["model"]})))
         jobs.append(("gray", scenario_gray))
         jobs += [("no_selection", scenario_no_selection), ("no_server", scenario_no_server)]
     else:

@@ -32,6 +32,7 @@ from inpaintd.protocol.plugin.fill import (
     ModelChoice,
     model_choice,
     prepare_inputs,
+    resolve_model,
 )
 from inpaintd.protocol.plugin.settings import (
     PluginSettings,
@@ -105,9 +106,11 @@ class FillController(QObject):
         try:
             if problems:
                 raise PluginError(problems[0])
-            plan, pixels, mask, source = krita_io.read_for_fill(doc, node, self.model,
-                                                                self.settings.margin)
-            rgba, soft, hole = prepare_inputs(plan, pixels, mask)
+            model, refine = resolve_model(self.model.name, self.settings)
+            plan, pixels, mask, source = krita_io.read_for_fill(
+                doc, node, model, self.settings.context_margin, refine)
+            rgba, soft, hole = prepare_inputs(plan, pixels, mask, self.settings.grow,
+                                              self.settings.feather)
         except Exception as exc:  # a sentence for the artist; the traceback to the log
             if not isinstance(exc, PluginError):
                 log.error("reading the image for a fill failed", exc_info=True)

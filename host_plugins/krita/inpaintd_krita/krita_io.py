@@ -97,7 +97,7 @@ def _scratch(doc: Any, colour: tuple[str, str, str]) -> Any:
     return node
 
 
-def read_for_fill(doc: Any, node: Any, model: ModelChoice, margin: int
+def read_for_fill(doc: Any, node: Any, model: ModelChoice, margin: int, refine: bool = False
                   ) -> tuple[FillPlan, bytes, bytes, Source]:
     """Plan the fill and read the crop's pixels (host order) and selection (1 byte/pixel)."""
     if doc is None:
@@ -113,7 +113,7 @@ def read_for_fill(doc: Any, node: Any, model: ModelChoice, margin: int
     send_depth = depth if direct else _CONVERT_DEPTH.get(depth)
     if send_depth is None:
         raise PluginError(unsupported_colour(cmodel, depth))
-    plan = plan_fill(bounds, canvas, margin, model, send_depth, ORDER[send_depth])
+    plan = plan_fill(bounds, canvas, margin, model, send_depth, ORDER[send_depth], refine)
     crop = plan.crop
     pixels = _raw_pixels(node, crop)
     if not direct:

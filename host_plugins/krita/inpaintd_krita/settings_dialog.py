@@ -1,4 +1,5 @@
-"""Filter > Inpaint settings...: the server, its keys, the context margin, a connection test.
+"""Filter > Inpaint settings...: the server, its keys, the context margin, grow and feather,
+the LaMa model and refinement, a connection test.
 
 The settings are :class:`~inpaintd.protocol.plugin.settings.PluginSettings`, stored in
 ``inpaintd``'s config folder (``krita.json``), not in the plug-in's folder, so they survive
@@ -12,10 +13,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from PyQt5.QtCore import QTimer
 from PyQt5.QtWidgets import (
+    QCheckBox,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
@@ -31,6 +34,7 @@ from PyQt5.QtWidgets import (
 )
 
 from inpaintd.protocol.plugin.connection import ConnectionReport, check_connection
+from inpaintd.protocol.plugin.model_picker import entry_label, fetch_hint, lama_entries
 from inpaintd.protocol.plugin.settings import (
     PluginSettings,
     load_settings,
@@ -64,6 +68,30 @@ class SettingsDialog(QDialog):
         self.margin.setValue(current.margin)
         self.margin.setToolTip("The least context sent around the selection; large "
                                "selections get a quarter of their diagonal.")
+        self.grow = QSpinBox()
+        self.grow.setRange(-256, 256)
+        self.grow.setSuffix(" px")
+        self.grow.setValue(current.grow)
+        self.grow.setToolTip("Widen the hole by this many pixels before the fill (negative: "
+                             "shrink it), so an object's rim just outside the selection is "
+                             "filled too.")
+        self.feather = QSpinBox()
+        self.feather.setRange(0, 256)
+        self.feather.setSuffix(" px")
+        self.feather.setValue(current.feather)
+        self.feather.setToolTip("Fade the new layer's edge over this many pixels inside the "
+                                "hole.")
+        self.lama_model = QComboBox()
+        self.lama_model.setObjectName("inpaintd_lama_model")
+        self.lama_model.setEditable(True)
+        self.lama_model.addItem(current.lama_model, current.lama_model)
+        self.lama_model.setToolTip("The server's model that Inpaint (LaMa) runs; Test "
+                                   "connection lists the ones the server has.")
+        self.model_hint = QLabel("")
+        self.model_hint.setObjectName("inpaintd_model_hint")
+        self.model_hint.setWordWrap(True)
+        self.refine = QCheckBox("Refine large holes (LaMa's high-resolution mode; slow)")
+        self.refine.setChecked(current.refine)
         self.timeout = QDoubleSpinBox()
         self.timeout.setRange(1, 3600)
         self.timeout.setSuffix(" s")
@@ -82,6 +110,11 @@ class SettingsDialog(QDialog):
         form.addRow("Client key file", self._with_browse(self.client_key,
                                                          "Client secret key (*.key_secret)"))
         form.addRow("Context margin", self.margin)
+        form.addRow("Grow selection", self.grow)
+        form.addRow("Feather edge", self.feather)
+        form.addRow("LaMa model", self.lama_model)
+        form.addRow("", self.model_hint)
+        form.addRow("", self.refine)
         form.addRow("Timeout", self.timeout)
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         buttons.accepted.connect(self.save_and_close)
@@ -122,7 +155,32 @@ class SettingsDialog(QDialog):
                               client_key_file=self.client_key.text().strip(),
                               margin=int(self.margin.value()),
                               timeout_s=float(self.timeout.value()),
-                              connect_timeout_s=self._connect_timeout)
+                              connect_timeout_s=self._connect_timeout,
+                              grow=int(self.grow.value()), feather=int(self.feather.value()),
+                              lama_model=self._picked_model(),
+                              refine=bool(self.refine.isChecked()))
+
+    def _picked_model(self) -> str:
+        """The combo's model name (its item data; typed text when edited by hand)."""
+        text = self.lama_model.currentText().strip()
+        index = self.lama_model.findText(text)
+        data = self.lama_model.itemData(index) if index >= 0 else None
+        return str(data) if data else text
+
+    def show_models(self, welcome: Mapping[str, Any]) -> None:
+        """List the server's LaMa models, keep the current pick, and say how to fetch the
+        ones the server knows of but lacks."""
+        current = self._picked_model()
+        entries = lama_entries(welcome)
+        self.lama_model.clear()
+        for entry in entries:
+            self.lama_model.addItem(entry_label(entry), entry.name)
+        index = self.lama_model.findData(current)
+        if index < 0:
+            self.lama_model.addItem(current, current)
+            index = self.lama_model.count() - 1
+        self.lama_model.setCurrentIndex(index)
+        self.model_hint.setText(fetch_hint(entries))
 
     def _show(self, text: str, ok: bool) -> None:
         self.status.setStyleSheet("" if ok else "color: #c0392b;")
@@ -154,6 +212,8 @@ class SettingsDialog(QDialog):
         self._poll.stop()
         self.test_button.setEnabled(True)
         self._show(report.sentence, report.ok)
+        if report.welcome is not None:
+            self.show_models(report.welcome)
 
     def save_and_close(self) -> None:
         settings = self.settings()

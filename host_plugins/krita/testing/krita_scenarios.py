@@ -122,6 +122,21 @@ class Scenarios:
         result = self.controller.fill(doc, source, model, self.settings)
         self.record(key, doc, source, result, t)
 
+    def fill_edited(self) -> None:
+        """Grow, feather and the LaMa model as set in the settings (``edited`` config)."""
+        from dataclasses import replace
+
+        e = self.cfg["edited"]
+        settings = replace(self.settings, grow=e["grow"], feather=e["feather"],
+                           lama_model=e["model"])
+        doc = self.document("fill_edited", "RGBA", "U8")
+        source = doc.rootNode().childNodes()[0]
+        source.setPixelData(self.pixels("U8"), 0, 0, self.w, self.h)
+        self.select_ellipse(doc)
+        t = time.perf_counter()
+        result = self.controller.fill(doc, source, "lama", settings)
+        self.record("fill_edited", doc, source, result, t)
+
     def group(self) -> None:
         doc = self.document("group")
         root = doc.rootNode()

@@ -162,6 +162,14 @@ class Driver(Extension):
         text = self.dialog.status.text()
         if self.dialog.test_button.isEnabled() or time.perf_counter() - self.tested_at > 20:
             self.results["test_connection"] = text
+            combo = self.dialog.lama_model
+            self.results["model_list"] = [[combo.itemText(i), combo.itemData(i)]
+                                          for i in range(combo.count())]
+            self.results["model_hint"] = self.dialog.model_hint.text()
+            index = combo.findData("studio-lama")
+            if index >= 0:
+                combo.setCurrentIndex(index)
+            self.results["picked_model"] = self.dialog.settings().lama_model
             self.dialog.reject()
             self.later(100, self.step_dead_server)
         else:
