@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any, Optional
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from inpaintd.protocol.errors import BadInputError
 
@@ -55,8 +57,15 @@ def check_name(name: str) -> str:
 
 
 def _private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    """A directory made 0700 when we create it; one that exists is left as it is (it may be
+    a shared 1777 directory the user pointed us at: its mode is not ours to change)."""
+    try:
+        path.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        if not path.is_dir():
+            raise BadInputError(f"{path} exists and is not a directory") from None
+        return path
+    os.chmod(path, 0o700)  # whatever the umask
     return path
 
 
@@ -105,16 +114,54 @@ def add_client(directory: Path, name: str, force: bool = False) -> tuple[Path, P
     return public, secret
 
 
+def _z85_key(value: bytes, path: Path, what: str) -> bytes:
+    """A 40-character z85 key that decodes to 32 bytes, or a one-line error naming the file."""
+    try:
+        ok = len(value) == 40 and len(z85.decode(value)) == 32
+    except (ValueError, KeyError, TypeError, IndexError, struct.error):
+        ok = False
+    if not ok:
+        raise BadInputError(f"{path}: the {what} key is not a CURVE key (40 z85 characters); "
+                            "make a new keypair with `inpaintd keys init --force`")
+    return value
+
+
 def server_keypair(directory: Path) -> tuple[bytes, bytes]:
-    """(public, secret) z85 keys of the server, from ``DIR/server.key_secret``."""
+    """(public, secret) z85 keys of the server, from ``DIR/server.key_secret``.
+
+    Checked here, so a damaged file is a one-line error before any socket exists: libzmq
+    only says ``Invalid argument`` when the socket is configured.
+    """
     path = Path(directory).expanduser() / f"{SERVER_NAME}.key_secret"
     if not path.is_file():
         raise BadInputError(f"{path}: no server keypair; run `inpaintd keys init --dir "
                             f"{Path(directory)}`")
-    public, secret = zmq.auth.load_certificate(path)
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path}: not a key file ({exc})") from None
     if not secret:
         raise BadInputError(f"{path}: no secret key in this file")
+    _z85_key(public or b"", path, "public")
+    _z85_key(secret, path, "secret")
+    if zmq.curve_public(secret) != public:
+        raise BadInputError(f"{path}: the public key is not the secret key's; make a new "
+                            "keypair with `inpaintd keys init --force`")
+    _warn_if_readable(path)
     return public, secret
+
+
+def _warn_if_readable(path: Path) -> None:
+    """A server secret that group or others can read is as good as published."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("%s can be read by %s (mode %o): anyone who reads it can pose as this "
+                    "server; chmod 600 it", path,
+                    "group and others" if mode & 0o070 and mode & 0o007 else
+                    "its group" if mode & 0o070 else "others", mode & 0o777)
 
 
 def load_public_key(path: Path) -> bytes:

@@ -15,9 +15,12 @@ that stopped reading. A full pipe queues the reply in that peer's outbox; a peer
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import logging
+import os
+import sys
 import threading
 import time
 import uuid
@@ -162,6 +165,26 @@ def check_bind(endpoint: str, curve: bool, insecure: bool) -> None:
             f"refusing to bind {endpoint} without CURVE: anyone who can reach it could use "
             "the server. Use --curve DIR (see `inpaintd keys init`), bind 127.0.0.1, or pass "
             "--insecure on a network you trust")
+
+
+def seed_routing_ids() -> None:
+    """Make the ROUTER's automatic routing ids unpredictable.
+
+    Why: libzmq numbers the peers that set no routing id from a counter that starts at
+    glibc's ``rand()``, which nothing seeds, so every server hands out the same ids (the
+    first is ``0x00 6b8b4567``). A client that claims the next ids with ``ZMQ_ROUTING_ID``
+    makes the ROUTER give an ordinary client an id already in use, and libzmq aborts the
+    process (``socket_base.cpp`` asserts). Seeding ``rand()`` from the OS before the socket
+    is made leaves a client 64 guesses in 2**32. A client that claims an id in use is
+    ignored (``ROUTER_HANDOVER`` stays off), so it never receives another's replies.
+    """
+    if not sys.platform.startswith(("linux", "darwin", "freebsd")):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "little")))
+    except (OSError, AttributeError):
+        log.warning("could not seed rand(): routing ids are predictable on this platform")
 
 
 class ModelCatalog:
@@ -312,8 +335,24 @@ class Server:
         return self.endpoint
 
     def _bind(self) -> zmq.Socket:
+        seed_routing_ids()  # before the socket: its id counter starts at rand()
         sock = self.ctx.socket(zmq.ROUTER)
+        try:
+            self._configure(sock)
+        except BaseException:
+            sock.close(linger=0)  # an open socket would hang ctx.term() for ever
+            raise
+        try:
+            sock.bind(self.config.bind)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise BadInputError(f"cannot bind {self.config.bind}: {exc}") from None
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock
+
+    def _configure(self, sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
@@ -325,13 +364,6 @@ class Server:
             sock.setsockopt(zmq.IPV6, 1)
         if self.security is not None:
             self.security.configure(sock)
-        try:
-            sock.bind(self.config.bind)
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise BadInputError(f"cannot bind {self.config.bind}: {exc}") from None
-        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        return sock
 
     def stop(self) -> None:
         """Ask the loop to finish (thread- and signal-safe)."""

@@ -1,0 +1,124 @@
+"""Issue 13: the server holds under hostile clients and faults.
+
+Every case here attacks a real ``inpaintd serve`` subprocess over loopback (or drives its
+real worker process), the way a hostile or broken client, or a fault, would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import stat
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from inpaintd.server.keys import init_keys
+
+from test_server_support import (REPO, RawClient, ServerProcess, free_port, server_module,
+                                 test_images, tiny_home)
+
+__all__ = ["tiny_home"]
+
+pytestmark = pytest.mark.slow
+
+
+def _glibc_unseeded_ids(count: int) -> list[bytes]:
+    """The automatic routing ids an unseeded libzmq ROUTER hands out first: ``0x00`` then
+    a 32-bit counter starting at glibc's first ``rand()`` pair (libzmq's generate_random)."""
+    libc = ctypes.CDLL(None)
+    libc.srand(1)
+    low, high = libc.rand(), libc.rand()
+    start = ((high << 31) | low) & 0xFFFFFFFF
+    return [b"\x00" + struct.pack(">I", (start + k) & 0xFFFFFFFF) for k in range(count)]
+
+
+# --- 1: routing ids ----------------------------------------------------------------------
+
+def test_clients_claiming_the_next_routing_ids_cannot_abort_the_server(tiny_home: Path
+                                                                       ) -> None:
+    """64 DEALERs take the ids libzmq would give the next clients; an ordinary client then
+    connects. The server must stay up, answer the ordinary client, and send the squatters
+    nothing of it."""
+    with ServerProcess(tiny_home) as srv:
+        ctx = zmq.Context()
+        squatters = []
+        try:
+            for rid in _glibc_unseeded_ids(64):
+                sock = ctx.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.setsockopt(zmq.ROUTING_ID, rid)
+                sock.connect(srv.endpoint)
+                squatters.append(sock)
+            time.sleep(1.0)  # all 64 connected and identified
+            for _ in range(3):
+                with RawClient(srv.endpoint, ctx=ctx) as raw:
+                    rid = raw.request("hello")
+                    got = raw.next_for(rid, 10)
+                    assert got is not None and got[0]["type"] == "welcome", srv.lines[-5:]
+                    _, out = raw.result(raw.submit(*test_images(seed=3)), 60)
+                    assert isinstance(out, np.ndarray)
+            assert srv.proc is not None and srv.proc.poll() is None, srv.lines[-5:]
+            assert not any(s.poll(0) for s in squatters), "a squatter received a reply"
+        finally:
+            for sock in squatters:
+                sock.close(0)
+            ctx.term()
+    assert not any("Assertion failed" in line for line in srv.lines), srv.lines[-5:]
+
+
+# --- 2 and 13: the server's keys ---------------------------------------------------------
+
+def _serve_cli(home: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, INPAINTD_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", server_module(), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+@pytest.mark.parametrize("secret", ["tooshort", "~" * 40,
+                                    "nr^Z7*#p)bi:N^t:j3TPo8.fsg$>14*n0jK1%+Ci"])
+def test_a_damaged_server_key_is_a_one_line_error_not_a_hang(tmp_path: Path, secret: str
+                                                             ) -> None:
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    path = keys / "server.key_secret"
+    path.write_text(re.sub(r'secret-key = ".*"', f'secret-key = "{secret}"', path.read_text()))
+    t0 = time.monotonic()
+    out = _serve_cli(tmp_path, "serve", "--curve", str(keys), "--device", "cpu", "--bind",
+                     f"tcp://127.0.0.1:{free_port()}", timeout=45)
+    assert time.monotonic() - t0 < 45
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr and len(lines) == 1, out.stderr
+    assert lines[0].startswith("inpaintd: error:") and "server.key_secret" in lines[0]
+
+
+def test_keys_init_leaves_an_existing_directory_alone(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    out = _serve_cli(tmp_path, "keys", "init", "--dir", str(shared))
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((shared / "clients").stat().st_mode) == 0o700  # made by us
+    assert stat.S_IMODE((shared / "server.key_secret").stat().st_mode) == 0o600
+    fresh = tmp_path / "a" / "fresh"
+    assert _serve_cli(tmp_path, "keys", "init", "--dir", str(fresh)).returncode == 0
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+
+
+def test_serve_warns_when_its_secret_key_is_readable_by_others(tmp_path: Path,
+                                                              tiny_home: Path) -> None:
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    os.chmod(keys / "server.key_secret", 0o644)
+    with ServerProcess(tiny_home, "--curve", str(keys)) as srv:
+        line = srv.wait_for_line(r"server\.key_secret can be read", timeout=5)
+    assert "WARNING" in line and "chmod 600" in line
