@@ -52,6 +52,13 @@ FRACTION_COMPOSITING = 0.95
 #: Jobs per forward when ``max_batch`` is 0 (auto) and the worker's device is CUDA. On the
 #: CPU a batch saves little (the cores are already busy on one image), so auto is 1 there.
 AUTO_MAX_BATCH_CUDA = 4
+#: An idle worker quiet for this long is pinged; one that has not answered a ping within
+#: :data:`IDLE_HANG_S` is hung (stopped, deadlocked) and is replaced before it gets a job.
+IDLE_PING_S = 1.0
+IDLE_HANG_S = 5.0
+#: A worker acknowledges (``took``) a job at once; one that has not within this long hung
+#: just before it was handed the job, which then goes back to the queue, not to its client.
+TOOK_TIMEOUT_S = 5.0
 
 _UNSAFE_LABEL = re.compile(r"[^A-Za-z0-9._+:-]+")
 
@@ -242,6 +249,10 @@ class WorkerHandle:
     state: str = "starting"  # starting | idle | busy
     pid: Optional[int] = None
     kill_reason: Optional[str] = None
+    #: When an idle worker was pinged and has not answered since (None: not waiting).
+    pinged_at: Optional[float] = None
+    #: The running jobs must be acknowledged (``took``) by then; None once they are.
+    took_by: Optional[float] = None
 
 
 _DIR_PREFIX = "inpaintd-"
@@ -429,6 +440,8 @@ class Engine(JobReporter):
             if worker.state == "starting" and now - worker.started_at > self.startup_timeout:
                 self.kill_worker(f"not ready after {self.startup_timeout:.0f} s")
             running = self.running
+            if not running and worker.state == "idle":
+                self._check_idle(worker, now)
             # A cancelled job of a batch whose other jobs go on waits for the batch's one
             # forward (the hang timeout still bounds it): killing the worker would fail them.
             cancels = [job.cancel_at for job in running if job.cancel_at is not None]
@@ -440,7 +453,23 @@ class Engine(JobReporter):
                 elif len(cancels) == len(running) and now - min(cancels) > self.cancel_grace:
                     self.kill_worker(f"job {names} ignored its cancel for "
                                      f"{self.cancel_grace:g} s")
+                elif worker.took_by is not None and now > worker.took_by:
+                    self.kill_worker(f"it did not take job {names} within "
+                                     f"{TOOK_TIMEOUT_S:g} s")
         self._dispatch()
+
+    def _check_idle(self, worker: WorkerHandle, now: float) -> None:
+        """Ping a quiet idle worker; replace one that stopped answering (no job is lost)."""
+        if worker.pinged_at is not None:
+            if now - worker.pinged_at > IDLE_HANG_S:
+                self.kill_worker(f"the idle worker did not answer for {IDLE_HANG_S:g} s")
+            return
+        if now - worker.last_message > IDLE_PING_S:
+            try:
+                worker.sock.send(pack({"op": "ping"}), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            worker.pinged_at = now
 
     # --- jobs --------------------------------------------------------------------------
 
@@ -511,6 +540,8 @@ class Engine(JobReporter):
         worker = self.worker
         if worker is None or worker.state != "idle" or self.running:
             return
+        if worker.pinged_at is not None or worker.kill_reason is not None:
+            return  # not known to be alive: its answer (or its replacement) dispatches
         batch = self._take_batch()
         if not batch:
             return
@@ -526,7 +557,9 @@ class Engine(JobReporter):
                       "reply_encoding": first.reply_encoding, "chunk_bytes": self.chunk_bytes}
             if first.refine is not None:
                 header["refine"] = first.refine
-            frames, first.chunks = first.chunks, []
+            # Kept until the worker takes it (the same buffers, zero-copy): if it hung just
+            # before, the job goes to the next worker.
+            frames = first.chunks
         else:
             # Each job keeps its upload until it ends: if the worker dies during the batch,
             # the job is sent again, alone.
@@ -544,6 +577,7 @@ class Engine(JobReporter):
         self.running = batch
         worker.state = "busy"
         worker.last_message = now
+        worker.took_by = now + TOOK_TIMEOUT_S
         worker.sock.send_multipart([pack(header), *frames], copy=False)
         self._report_positions()
 
@@ -565,6 +599,13 @@ class Engine(JobReporter):
         if "device_memory" in header:
             self.device_memory = header["device_memory"]
         ev = header.get("ev")
+        if worker.pinged_at is not None:  # alive after the ping: it may have a job
+            worker.pinged_at = None
+            self._dispatch()
+        if ev in ("took", "stage", "done", "error") and worker.took_by is not None:
+            worker.took_by = None
+            if len(self.running) == 1:
+                self.running[0].chunks = []  # the worker has them; a batch keeps its own
         if ev == "ready":
             worker.state = "idle"
             worker.pid = int(header.get("pid") or worker.pid or 0)
@@ -635,7 +676,17 @@ class Engine(JobReporter):
         if worker.kill_reason is None:
             log.error("worker pid %s died (%s)", worker.pid, how)
         requeued = False
+        untaken = worker.took_by is not None
         for job in running:
+            if untaken and job.end_error is None:
+                # The worker hung before it took the job: the job never ran, so it is not
+                # the job's fault; it goes back to the front of the queue for the next one.
+                log.warning("job %s goes back to the queue: the worker never took it",
+                            clean(job.request_id))
+                job.state = JobState.QUEUED
+                self.queue.requeue(job)
+                requeued = True
+                continue
             if len(running) > 1 and job.end_error is None:
                 # Which job of the batch did it is unknown: each runs again, alone, so only
                 # that one ends with worker_crashed (SPEC 8.4).

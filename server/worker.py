@@ -19,11 +19,15 @@ Front end -> worker (``op``):
   frames}]}`` + each job's upload chunks in turn (``frames`` of them per job): jobs whose
   fills are one model forward at the same input size, run as one forward
   (:meth:`Worker.batch`); each still ends with its own ``done`` or ``error``;
+- ``ping``: answered ``pong`` (the front end checks an idle worker is alive before it
+  hands it a job);
 - ``cancel``: ``{job}``, honoured at the next stage boundary of that job (in a batch: before
   its forward, or after it, when the job is answered ``cancelled`` and the others go on);
 - ``exit``.
 
-Worker -> front end (``ev``): ``ready``, ``model`` (a model loaded or failed),
+Worker -> front end (``ev``): ``ready``, ``pong``, ``took`` (``{jobs}``: sent first thing
+for a ``job`` or ``batch``, so a worker that hung just before is caught at once),
+``model`` (a model loaded or failed),
 ``stage`` (``loading``, ``running`` with the fill's ``fraction`` and a ``message`` saying
 what runs, ``compositing``),
 ``done`` (+ result chunks), ``error`` (a protocol error code), ``fatal`` (cannot start).
@@ -209,10 +213,15 @@ class Worker:
             op = header.get("op")
             if op == "exit":
                 return
+            if op == "ping":
+                self.send({"ev": "pong"})
+                continue
             try:
                 if op == "job":
+                    self.send({"ev": "took", "jobs": [str(header["job"])]})
                     self.job(header, msg[1:])
                 elif op == "batch":
+                    self.send({"ev": "took", "jobs": [str(j["job"]) for j in header["jobs"]]})
                     self.batch(header, msg[1:])
             finally:
                 # A cancel that arrives after its op is for a job that already ended.

@@ -284,6 +284,8 @@ def test_engine_cancel_in_a_batch_ends_only_that_job() -> None:
             engine.enqueue(job)
         _finish(engine, first)
         assert engine.running == [a, b, c]
+        # The worker acknowledges the batch, as a live one does first thing.
+        _event(engine, ev="took", jobs=[str(job.number) for job in (a, b, c)])
         assert not engine.cancel(b, CancelledError("the job was cancelled by its client"))
         assert sock.ops()[-1] == {"op": "cancel", "job": str(b.number)}
         # Its batch-mates go on: no kill however long the one forward takes.
@@ -553,3 +555,26 @@ def test_cancel_of_one_job_in_a_running_batch(batch_server: ServerProcess,
             raw.close()
     assert _batches(batch_server, since) == [("batch of 3 jobs, model tiny at 1024x1024", ids)]
     assert not any("killing worker" in line for line in batch_server.lines[since:])
+
+
+def test_engine_requeues_jobs_a_worker_never_took_and_replaces_a_silent_idle_worker() -> None:
+    """Issue 13 item 3: a worker that hung while idle costs its next job nothing."""
+    with fake_engine() as (engine, sock, listener):
+        job = _job("A", "a")
+        engine.enqueue(job)
+        assert engine.running == [job]
+        worker = engine.worker
+        assert worker is not None
+        engine.tick(time.monotonic() + 6)  # no `took` within 5 s: hung before the job
+        assert worker.kill_reason is not None and "did not take" in worker.kill_reason
+        engine._on_death(worker, respawn=False)
+        assert listener.failures == {} and engine.queue.order() == [job]
+        sock2 = FakeSock()
+        engine.worker = WorkerHandle(proc=FakeProc(), sock=sock2,  # type: ignore[arg-type]
+                                     path=Path("/nonexistent"), started_at=time.monotonic(),
+                                     last_message=time.monotonic() - 2, state="idle", pid=2)
+        engine.tick()  # idle and quiet for 2 s: pinged, and nothing is handed to it yet
+        assert [op["op"] for op in sock2.ops()] == ["ping"]
+        engine.tick(time.monotonic() + 6)  # no pong
+        assert engine.worker.kill_reason is not None and "idle" in engine.worker.kill_reason
+        assert engine.queue.order() == [job] and listener.failures == {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import signal
 import stat
 import struct
 import subprocess
@@ -122,3 +123,35 @@ def test_serve_warns_when_its_secret_key_is_readable_by_others(tmp_path: Path,
     with ServerProcess(tiny_home, "--curve", str(keys)) as srv:
         line = srv.wait_for_line(r"server\.key_secret can be read", timeout=5)
     assert "WARNING" in line and "chmod 600" in line
+
+
+# --- 3: a hung idle worker ---------------------------------------------------------------
+
+def _worker_pid(endpoint: str) -> int:
+    from inpaintd.protocol import Client
+
+    with Client(endpoint, timeout=10) as c:
+        return int(c.status()["worker"]["pid"])
+
+
+@pytest.mark.parametrize("wait", [0.0, 8.0])
+def test_a_hung_idle_worker_does_not_fail_the_next_job(tiny_home: Path, wait: float) -> None:
+    """The worker hangs while idle (SIGSTOP); a job arrives at once (the worker looked alive
+    a moment ago) or after the idle check had time to notice. Either way it gets its result,
+    well before the hang timeout would have failed it."""
+    with ServerProcess(tiny_home, "--hang-timeout", "30") as srv:
+        pid = _worker_pid(srv.endpoint)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(wait)
+            t0 = time.monotonic()
+            with RawClient(srv.endpoint) as raw:
+                seen, out = raw.result(raw.submit(*test_images(seed=4)), 60)
+            assert isinstance(out, np.ndarray), "\n".join([str(out), *srv.lines[-12:]])
+            assert time.monotonic() - t0 < 25
+            assert _worker_pid(srv.endpoint) != pid
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
