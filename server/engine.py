@@ -112,6 +112,8 @@ class Job:
     #: Jobs with the same key may run in one forward (None: always alone); set by the front
     #: end from the header (:func:`inpaintd.server.strategy.batch_key`).
     batch_key: Optional[tuple[Any, ...]] = None
+    #: The worker's latest stage for it (``loading``, ``running``, ``compositing``).
+    stage: str = ""
     #: Put back in the queue after its batch's worker died: it runs next, alone, and its
     #: client, who already saw it run, is not told it is queued again.
     retried: bool = False
@@ -444,6 +446,12 @@ class Engine(JobReporter):
                 self._check_idle(worker, now)
             # A cancelled job of a batch whose other jobs go on waits for the batch's one
             # forward (the hang timeout still bounds it): killing the worker would fail them.
+            for job in running:
+                if job.cancel_at is not None and job.stage == "loading":
+                    # A model load can't stop half way; the cancel takes effect as soon as
+                    # it is done (the model stays for the next job). Killing the worker
+                    # would throw the load away and make every client wait for another.
+                    job.cancel_at = now
             cancels = [job.cancel_at for job in running if job.cancel_at is not None]
             if running:
                 names = ", ".join(job.request_id for job in running)
@@ -631,6 +639,7 @@ class Engine(JobReporter):
 
     def _on_stage(self, job: Job, header: dict[str, Any]) -> None:
         stage = header.get("stage")
+        job.stage = str(stage)
         if stage == "loading":
             self._progress(job, "loading", FRACTION_LOADING, f"loading model {job.model}")
         elif stage == "running":

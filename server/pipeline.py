@@ -448,7 +448,8 @@ class Inpainter:
             where += f", run at {iw}x{ih}"
         return f"{self.name} on {where}"
 
-    def fill_batch(self, items: Sequence[FillItem]) -> list[np.ndarray]:
+    def fill_batch(self, items: Sequence[FillItem],
+                   progress: Optional[Progress] = None) -> list[np.ndarray]:
         """Fill several images; those the model sees at one input size share one forward.
 
         Why: on a GPU one forward over a batch costs far less than a forward per image. An
@@ -459,6 +460,7 @@ class Inpainter:
 
         Every forward runs before any image is written, so when one fails (out of memory)
         every input is still as it came and the items can be run again one at a time.
+        ``progress`` hears each shared forward's stages (it may raise to stop the batch).
         """
         checked: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         groups: dict[tuple[int, int], list[int]] = {}
@@ -479,7 +481,8 @@ class Inpainter:
 
         fills: dict[int, np.ndarray] = {}
         for members in groups.values():
-            fills.update(zip(members, self._predict_group([checked[k] for k in members])))
+            fills.update(zip(members, self._predict_group([checked[k] for k in members],
+                                                          progress)))
         results: list[Optional[np.ndarray]] = [None] * len(items)
         for k in alone:
             results[k] = self.fill(items[k].image, items[k].mask, items[k].strategy)
@@ -496,14 +499,17 @@ class Inpainter:
         return results  # type: ignore[return-value]  # every slot is filled above
 
     @torch.inference_mode()
-    def _predict_group(self, members: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-                       ) -> list[np.ndarray]:
+    def _predict_group(self, members: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       progress: Optional[Progress] = None) -> list[np.ndarray]:
         """One forward over images of one model input size: each one's fill, its dtype."""
         device = self.adapter.device
         rgbs = [_to_tensor(image[..., :3], device) for image, _, _ in members]
         masks = [torch.from_numpy(_shareable(hole)).to(device)[None, None].float()
                  for _, _, hole in members]
-        preds = self.adapter.predict_batch(rgbs, masks)
+        step = None if progress is None else \
+            (lambda share: progress(share, f"{self.name} on a batch of {len(members)}"))
+        with reporting_steps(self.adapter.module, step):
+            preds = self.adapter.predict_batch(rgbs, masks)
         if self.colour_match:
             preds = [match_colour(p.float(), r, m) for p, r, m in zip(preds, rgbs, masks)]
         del rgbs, masks

@@ -373,10 +373,22 @@ class Worker:
 
         results: Optional[list[np.ndarray]] = None
         out_of_memory = False
+        names = [str(spec["job"]) for spec, _, _ in decoded]
+
+        def stop_when_all_cancelled(_fraction: float, _what: str) -> None:
+            # Between the forward's stages: a batch whose every job was cancelled stops here,
+            # so the worker is free within one stage (and is not killed for it).
+            if all([self._cancel_requested(job) for job in names]):
+                raise _Cancelled
+
         try:
             results = fill_batch_any_channels(
                 inpainter, [(image, mask, spec.get("strategy")) for spec, image, mask in decoded],
-                inplace=True)
+                inplace=True, progress=stop_when_all_cancelled)
+        except _Cancelled:
+            for job in names:
+                self._send_cancelled(job)
+            return
         except Exception as exc:  # noqa: BLE001 - the jobs are run again one at a time
             out_of_memory = is_out_of_memory(exc)
             if out_of_memory or isinstance(exc, InpaintdError):
@@ -493,7 +505,9 @@ def fill_any_channels(inpainter: Any, image: np.ndarray, mask: np.ndarray,
 
 def fill_batch_any_channels(inpainter: Any,
                             items: list[tuple[np.ndarray, np.ndarray, Optional[str]]],
-                            inplace: bool = False) -> list[np.ndarray]:
+                            inplace: bool = False,
+                            progress: Optional[Callable[[float, str], None]] = None
+                            ) -> list[np.ndarray]:
     """:func:`fill_any_channels` for several images through ``Inpainter.fill_batch``.
 
     Channels are made RGB(A) per image, so gray, RGB and RGBA images, and any dtypes, share
@@ -507,7 +521,7 @@ def fill_batch_any_channels(inpainter: Any,
         gray = image.shape[2] in (1, 2)
         fill_items.append(FillItem(_spread_gray(image) if gray else image, mask, strategy,
                                    inplace=inplace or gray))
-    filled = inpainter.fill_batch(fill_items)
+    filled = inpainter.fill_batch(fill_items, progress)
     return [_gather_gray(image, mask, out, inplace) if image.shape[2] in (1, 2) else out
             for (image, mask), out in zip(shaped, filled)]
 

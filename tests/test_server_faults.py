@@ -155,3 +155,93 @@ def test_a_hung_idle_worker_does_not_fail_the_next_job(tiny_home: Path, wait: fl
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+
+
+# --- 4: cancel inside a job --------------------------------------------------------------
+
+def _big(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    image = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4:size // 2, size // 4:size // 2] = 255
+    return image, mask
+
+
+def _status(endpoint: str) -> dict:
+    from inpaintd.protocol import Client
+
+    with Client(endpoint, timeout=10) as c:
+        return c.status()
+
+
+def _until_stage(raw: RawClient, rid: str, stage: str, min_fraction: float = 0.0,
+                 timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = raw.next_for(rid, max(0.0, deadline - time.monotonic()))
+        assert got is not None, f"{rid} never reached {stage}"
+        hdr = got[0]
+        assert hdr["type"] == "progress", hdr
+        if hdr["stage"] == stage and hdr["fraction"] >= min_fraction:
+            return hdr
+
+
+def test_cancel_between_model_stages_frees_the_worker_without_a_restart(tiny_home: Path
+                                                                        ) -> None:
+    """One whole-image fill is one model call of seconds: the cancel stops it at the next
+    model stage, well inside a 2 s grace, and the same worker takes the next job."""
+    with ServerProcess(tiny_home, "--preload", "lama", "--cancel-grace", "2") as srv:
+        pid = _worker_pid(srv.endpoint)
+        with RawClient(srv.endpoint) as raw:
+            rid = raw.submit(*_big(1536), model="lama", strategy="full")
+            _until_stage(raw, rid, "running", 0.15)
+            raw.request("cancel", target=rid)
+            _, out = raw.result(rid, 30)
+            assert isinstance(out, dict) and out["code"] == "cancelled", out
+            _, after = raw.result(raw.submit(*test_images(seed=5), model="lama"), 60)
+            assert isinstance(after, np.ndarray)
+        status = _status(srv.endpoint)
+        assert status["worker"]["pid"] == pid and status["worker"]["restarts"] == 0
+    assert not any("killing worker" in line for line in srv.lines), srv.lines
+
+
+def test_cancel_while_the_model_loads_keeps_the_worker_and_the_model(tiny_home: Path
+                                                                      ) -> None:
+    """A model load can't stop half way, and takes longer than the grace here: the cancel
+    takes effect when it is done, and the loaded model serves the next job."""
+    with ServerProcess(tiny_home, "--cancel-grace", "1") as srv:
+        pid = _worker_pid(srv.endpoint)
+        with RawClient(srv.endpoint) as raw:
+            rid = raw.submit(*test_images(seed=6), model="lama")
+            _until_stage(raw, rid, "loading")
+            raw.request("cancel", target=rid)
+            _, out = raw.result(rid, 60)
+            assert isinstance(out, dict) and out["code"] == "cancelled", out
+            seen, after = raw.result(raw.submit(*test_images(seed=7), model="lama"), 60)
+            assert isinstance(after, np.ndarray)
+            assert "loading" not in [h.get("stage") for h in seen]
+        assert _status(srv.endpoint)["worker"]["pid"] == pid
+    assert not any("killing worker" in line for line in srv.lines), srv.lines
+
+
+def test_cancelling_a_whole_batch_stops_its_forward_without_a_restart(tiny_home: Path
+                                                                      ) -> None:
+    with ServerProcess(tiny_home, "--preload", "lama", "--max-batch", "4",
+                       "--cancel-grace", "1") as srv:
+        pid = _worker_pid(srv.endpoint)
+        with RawClient(srv.endpoint) as a, RawClient(srv.endpoint) as b, \
+                RawClient(srv.endpoint) as c:
+            blocker = a.submit(*_big(1024, 1), model="lama", strategy="full")
+            _until_stage(a, blocker, "running")
+            jobs = [(b, b.submit(*_big(1024, 2), model="lama", strategy="full")),
+                    (c, c.submit(*_big(1024, 3), model="lama", strategy="full"))]
+            for raw, rid in jobs:
+                hdr = _until_stage(raw, rid, "running")
+                assert "batch of 2" in hdr["message"], hdr
+            for raw, rid in jobs:
+                raw.request("cancel", target=rid)
+            for raw, rid in jobs:
+                _, out = raw.result(rid, 60)
+                assert isinstance(out, dict) and out["code"] == "cancelled", out
+            assert isinstance(a.result(blocker, 60)[1], np.ndarray)
+        assert _status(srv.endpoint)["worker"]["pid"] == pid
+    assert not any("killing worker" in line for line in srv.lines), srv.lines
