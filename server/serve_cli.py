@@ -47,10 +47,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         curve_dir=Path(args.curve).expanduser() if args.curve else None,
         insecure=args.insecure, max_message_mb=args.max_message_mb, max_queue=args.max_queue,
         max_jobs_per_client=args.max_jobs_per_client, upload_timeout_s=args.upload_timeout,
+        upload_min_rate_kib=args.upload_min_rate, upload_budget_mb=args.upload_budget_mb,
         hang_timeout_s=args.hang_timeout, cancel_grace_s=args.cancel_grace,
         max_batch=args.max_batch, log_level=level,
         ray_address=args.ray, gpus_per_worker=args.gpus_per_worker,
-        no_workers_timeout_s=args.no_workers_timeout, refine_memory_gib=args.refine_memory)
+        no_workers_timeout_s=args.no_workers_timeout, refine_memory_gib=args.refine_memory,
+        worker_startup_timeout_s=args.worker_startup_timeout)
     if config.insecure and config.curve_dir is None:
         log.warning("--insecure: serving %s without encryption or authentication", config.bind)
     server = Server(config)
@@ -95,11 +97,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-message-mb", type=float, default=8.0, metavar="MB",
                    help="largest frame accepted (ZMQ_MAXMSGSIZE; default 8)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
-                   help="jobs queued or uploading before new ones get `busy` (default 64)")
+                   help="jobs queued or uploading before new ones get `busy` (default 64); "
+                   "with n clients waiting, each may hold N/(n+1) of them")
     p.add_argument("--max-jobs-per-client", type=int, default=16, metavar="N",
                    help="jobs in flight per client (default 16)")
     p.add_argument("--upload-timeout", type=float, default=60.0, metavar="S",
-                   help=argparse.SUPPRESS)
+                   help="end an upload that sends nothing for S seconds, or that is S "
+                   "seconds behind --upload-min-rate (default 60)")
+    p.add_argument("--upload-min-rate", type=float, default=64.0, metavar="KIB",
+                   help="the slowest upload accepted, in KiB/s averaged since it began "
+                   "(default 64; 0: no floor)")
+    p.add_argument("--upload-budget-mb", type=float, default=4096.0, metavar="MB",
+                   help="uploads buffered at once, all clients together; each client gets "
+                   "a fair share, and one upload at most half (default 4096)")
     p.add_argument("--hang-timeout", type=float, default=300.0, metavar="S",
                    help="restart the worker when a job makes no progress for S seconds "
                    "(default 300)")
@@ -120,6 +130,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     ray.add_argument("--no-workers-timeout", type=float, default=60.0, metavar="S",
                      help="with no live actor, a queued job fails with no_workers after S "
                      "seconds (default 60)")
+    ray.add_argument("--worker-startup-timeout", type=float, default=600.0, metavar="S",
+                     help="an actor may take S seconds to start (load its models, find a "
+                     "GPU); jobs wait for starting actors that long first (default 600)")
     p.set_defaults(func=cmd_serve)
 
 

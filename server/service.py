@@ -36,7 +36,8 @@ from inpaintd.protocol.codec import (BufferDesc, NotOurs, available_encodings, d
 from inpaintd.protocol.messages import speaks_at_least
 from inpaintd.protocol.errors import (BadInputError, BadMessageError, BusyError, CancelledError,
                                       InpaintdError, InternalError, ModelMissingError,
-                                      NotFoundError, RequestTimeoutError, UnknownModelError)
+                                      NotFoundError, RequestTimeoutError, TooLargeError,
+                                      UnknownModelError)
 from inpaintd.protocol.version import __version__
 
 from .engine import Engine, Job, JobState
@@ -85,6 +86,13 @@ class ServerConfig:
     max_pixels: int = 64 * MiB
     max_side: int = 16384
     upload_timeout_s: float = 60.0
+    #: ``--upload-min-rate``: an upload that falls more than ``upload_timeout_s`` behind this
+    #: rate (KiB/s, averaged since ``accepted``) ends with ``timeout``: trickling a byte now
+    #: and then no longer holds a queue slot for ever (slowloris).
+    upload_min_rate_kib: float = 64.0
+    #: ``--upload-budget-mb``: bytes of uploads the front end buffers at once, all clients
+    #: together (uploading and queued jobs, as declared); over it, new jobs get ``busy``.
+    upload_budget_mb: float = 4096.0
     hang_timeout_s: float = 300.0
     cancel_grace_s: float = 10.0
     #: Most jobs run in one forward; 0 is auto: 4 when the worker's device is CUDA, else 1.
@@ -98,10 +106,17 @@ class ServerConfig:
     no_workers_timeout_s: float = 60.0
     #: ``--refine-memory``: GiB a refined job's activations may take (SPEC 4.2 ``refine``).
     refine_memory_gib: float = 12.0
+    #: ``--worker-startup-timeout``: how long a Ray actor may take to start before jobs
+    #: waiting for it count as having no worker.
+    worker_startup_timeout_s: float = 600.0
 
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_message_mb * MiB)
+
+    @property
+    def upload_budget_bytes(self) -> int:
+        return int(self.upload_budget_mb * MiB)
 
     @property
     def chunk_bytes(self) -> int:
@@ -125,6 +140,10 @@ class ServerConfig:
                                 "alone may be 64 KiB")
         if self.max_queue < 1 or self.max_jobs_per_client < 1:
             raise BadInputError("--max-queue must be at least 1")
+        if self.upload_min_rate_kib < 0:
+            raise BadInputError("--upload-min-rate must be 0 (no floor) or more")
+        if self.upload_budget_bytes < 2 * self.max_message_bytes:
+            raise BadInputError("--upload-budget-mb must be at least twice --max-message-mb")
         if self.max_batch < 0:
             raise BadInputError("--max-batch must be 0 (auto) or more")
         if not self.refine_memory_gib > 0:
@@ -294,7 +313,8 @@ class Server:
                                     precision=config.precision,
                                     gpus_per_worker=config.gpus_per_worker,
                                     no_workers_timeout=config.no_workers_timeout_s,
-                                    hang_timeout=config.hang_timeout_s)
+                                    hang_timeout=config.hang_timeout_s,
+                                    startup_timeout=config.worker_startup_timeout_s)
         else:
             self.engine = Engine(self, self.ctx, device=config.device,
                                  precision=config.precision, preload=config.preload,
@@ -528,14 +548,7 @@ class Server:
         image = BufferDesc.from_wire(req["image"], path="image", re=rid)
         mask = BufferDesc.from_wire(req["mask"], path="mask", re=rid)
         image.check_limits(self.config.max_pixels, self.config.max_side, re=rid)
-        waiting = sum(1 for j in self.jobs.values()
-                      if j.state in (JobState.UPLOADING, JobState.QUEUED))
-        if waiting >= self.config.max_queue:
-            raise BusyError(f"the server is busy: {waiting} jobs queued")
-        mine = sum(1 for j in self.jobs.values() if j.client == identity)
-        if mine >= self.config.max_jobs_per_client:
-            raise BusyError(f"this client already has {mine} jobs in flight (the limit is "
-                            f"{self.config.max_jobs_per_client})")
+        self._admit(identity, image.nbytes + mask.nbytes)
         refine = self._refine_of(req)
         job = Job(client=identity, request_id=rid, route=route, model=req["model"],
                   strategy=req["strategy"], image=image.to_wire(), mask=mask.to_wire(),
@@ -558,6 +571,51 @@ class Server:
         if architecture not in ("lama", "unknown"):
             raise BadInputError(f"refine is LaMa's; {req['model']} is {architecture}")
         return {"memory_gib": self.config.refine_memory_gib}
+
+    def _admit(self, identity: str, nbytes: int) -> None:
+        """Raise ``busy`` unless a new job of ``nbytes`` fits the queue and the upload budget,
+        and this client's fair share of both.
+
+        A client's share is what is left for one more client: with ``n`` clients waiting
+        (this one included), ``max_queue // (n + 1)`` slots and ``budget // (n + 1)`` bytes.
+        So however many jobs the clients already waiting hold, a client that has none finds
+        a free slot and room for an upload of its share: a few connections can't take every
+        slot (and every byte) with slow uploads.
+        """
+        cfg = self.config
+        budget = cfg.upload_budget_bytes
+        if nbytes > budget // 2:
+            raise TooLargeError(f"an upload of {nbytes / MiB:.0f} MiB is more than this "
+                                f"server buffers for one client ({budget // 2 / MiB:.0f} MiB,"
+                                " half of --upload-budget-mb)")
+        waiting = [j for j in self.jobs.values()
+                   if j.state in (JobState.UPLOADING, JobState.QUEUED)]
+        if len(waiting) >= cfg.max_queue:
+            raise BusyError(f"the server is busy: {len(waiting)} jobs queued")
+        mine = sum(1 for j in self.jobs.values() if j.client == identity)
+        if mine >= cfg.max_jobs_per_client:
+            raise BusyError(f"this client already has {mine} jobs in flight (the limit is "
+                            f"{cfg.max_jobs_per_client})")
+        clients = {j.client for j in waiting} | {identity}
+        share = max(1, cfg.max_queue // (len(clients) + 1))
+        mine_waiting = sum(1 for j in waiting if j.client == identity)
+        if mine_waiting >= share:
+            raise BusyError(f"this client already has {mine_waiting} jobs waiting, its share "
+                            f"of the queue while {len(clients)} clients wait")
+        held = [j for j in self.jobs.values() if j.state in (JobState.UPLOADING,
+                                                              JobState.QUEUED) or j.chunks]
+        buffered = sum(j.total for j in held)
+        if buffered + nbytes > budget:
+            raise BusyError(f"the server is busy: {buffered / MiB:.0f} MiB of uploads are "
+                            "buffered, the most it holds at once")
+        byte_clients = {j.client for j in held} | {identity}
+        byte_share = budget // (len(byte_clients) + 1)
+        my_bytes = sum(j.total for j in held if j.client == identity)
+        if my_bytes + nbytes > byte_share:
+            raise BusyError(f"this client already has {my_bytes / MiB:.0f} MiB of uploads "
+                            f"buffered; {nbytes / MiB:.0f} MiB more is over its share "
+                            f"({byte_share / MiB:.0f} MiB) while {len(byte_clients)} "
+                            "clients upload")
 
     def _on_data(self, route: bytes, identity: str, req: dict[str, Any], chunk: memoryview
                  ) -> None:
@@ -612,10 +670,18 @@ class Server:
         self.job_failed(job, error)
 
     def _expire_uploads(self, now: float) -> None:
+        """End uploads that stalled, or that fell ``upload_timeout_s`` behind the rate floor
+        (a chunk now and then resets the stall clock, not this one)."""
         limit = self.config.upload_timeout_s
-        for job in [j for j in self.jobs.values() if j.state is JobState.UPLOADING
-                    and now - j.last_activity > limit]:
-            self._fail_now(job, RequestTimeoutError(f"the upload stalled for {limit:g} s"))
+        rate = self.config.upload_min_rate_kib * 1024
+        for job in [j for j in self.jobs.values() if j.state is JobState.UPLOADING]:
+            if now - job.last_activity > limit:
+                self._fail_now(job, RequestTimeoutError(f"the upload stalled for {limit:g} s"))
+            elif rate and job.received < rate * (now - job.accepted_at - limit):
+                self._fail_now(job, RequestTimeoutError(
+                    f"the upload is too slow: {job.received} bytes in "
+                    f"{now - job.accepted_at:.0f} s, below the floor of "
+                    f"{self.config.upload_min_rate_kib:g} KiB/s"))
 
     def _keepalive(self, now: float) -> None:
         """Repeat the latest progress of jobs that have been quiet for :data:`KEEPALIVE_S`."""

@@ -155,6 +155,24 @@ def reference(home: Path) -> Any:
 # --- the tests --------------------------------------------------------------------------
 
 @scaleout
+def test_jobs_wait_for_actors_that_are_still_starting(cluster: Any, home: Path) -> None:
+    """Issue 13 item 5: ``serve --ray`` serves at once, while its actors still load their
+    models (here a real LaMa, seconds each on this CPU). A job sent then waits for them,
+    even past ``--no-workers-timeout``: starting actors have an allowance of their own.
+    Runs first, before the module's server takes the cluster's GPUs."""
+    with ServerProcess(home, "--ray", cluster.address, "--no-workers-timeout", "1",
+                       "--preload", "lama", start_timeout=180) as srv:
+        assert not [w for w in status(srv.endpoint)["workers"]
+                    if w["state"] != "unavailable"], "the actors started too fast to test"
+        t0 = time.monotonic()
+        with Client(srv.endpoint, timeout=300) as c:
+            out = c.inpaint(*test_images(seed=39), model="lama")
+        assert out.shape == (96, 128, 3)
+        assert time.monotonic() - t0 > 1  # it did wait past --no-workers-timeout
+        assert any("starting" in line for line in srv.lines), srv.lines[-10:]
+
+
+@scaleout
 def test_status_lists_the_workers(server: ServerProcess) -> None:
     with Client(server.endpoint, timeout=30) as c:
         welcome, st = c.hello(), c.status()

@@ -457,10 +457,11 @@ def test_killed_client_has_its_job_cancelled_while_it_runs(supervised: ServerPro
 def test_max_queue_answers_busy(supervised: ServerProcess) -> None:
     image, mask = many_holes(size=2048, grid=4, hole=200)
     small = test_images(seed=14)
-    with RawClient(supervised.endpoint) as raw:
+    with RawClient(supervised.endpoint) as raw, RawClient(supervised.endpoint) as other:
         running = raw.submit(image, mask, strategy="crop")
         _wait_running(raw, running)
-        queued = [raw.submit(*small) for _ in range(2)]
+        # One queued job each: alone, a client may hold only its share (here 1 of 2).
+        queued = [raw.submit(*small), other.submit(*small)]
         rid = raw.request("inpaint", model=TINY, image={"width": 128, "height": 96,
                           "channels": 3, "dtype": "uint8", "encoding": "raw", "nbytes": 36864},
                           mask={"width": 128, "height": 96, "channels": 1, "dtype": "uint8",
@@ -469,8 +470,8 @@ def test_max_queue_answers_busy(supervised: ServerProcess) -> None:
         assert seen[-1]["code"] == "busy" and seen[-1]["retryable"] is True
         raw.request("cancel", target=running)  # done with it: don't wait for 16 crops
         assert raw.result(running, 60)[1]["code"] == "cancelled"
-        for job in queued:
-            assert isinstance(raw.result(job, 60)[1], np.ndarray)
+        for client, job in zip((raw, other), queued):
+            assert isinstance(client.result(job, 60)[1], np.ndarray)
 
 
 # --- the server itself dies ------------------------------------------------------------

@@ -23,7 +23,7 @@ import zmq
 
 from inpaintd.server.keys import init_keys
 
-from test_server_support import (REPO, RawClient, ServerProcess, free_port, server_module,
+from test_server_support import (REPO, TINY, RawClient, ServerProcess, free_port, server_module,
                                  test_images, tiny_home)
 
 __all__ = ["tiny_home"]
@@ -245,3 +245,93 @@ def test_cancelling_a_whole_batch_stops_its_forward_without_a_restart(tiny_home:
             assert isinstance(a.result(blocker, 60)[1], np.ndarray)
         assert _status(srv.endpoint)["worker"]["pid"] == pid
     assert not any("killing worker" in line for line in srv.lines), srv.lines
+
+
+# --- 6 and 7: slow uploads, and the buffer budget ----------------------------------------
+
+def _start_upload(raw: RawClient, image: dict, mask: dict, rid: str) -> dict:
+    from inpaintd.protocol.codec import header
+
+    raw.send(header("inpaint", id=rid, model=TINY, image=image, mask=mask))
+    got = raw.next_for(rid, 10)
+    assert got is not None
+    return got[0]
+
+
+def _desc(w: int, h: int, channels: int = 3, dtype: str = "uint8") -> dict:
+    size = {"uint8": 1, "uint16": 2, "float32": 4}[dtype]
+    return {"width": w, "height": h, "channels": channels, "dtype": dtype, "encoding": "raw",
+            "nbytes": w * h * channels * size}
+
+
+def test_slowloris_uploads_cannot_hold_the_queue(tiny_home: Path) -> None:
+    """4 connections start 16 uploads each and send one byte per upload every 0.5 s, which
+    resets the stall clock every time. An honest client still gets in at once, and the
+    trickling uploads end with ``timeout`` once they are the stall time behind the rate
+    floor."""
+    from inpaintd.protocol.codec import header
+
+    with ServerProcess(tiny_home, "--upload-timeout", "3") as srv:
+        ctx = zmq.Context()
+        attackers = [RawClient(srv.endpoint, ctx=ctx) for _ in range(4)]
+        try:
+            accepted: list[tuple[RawClient, str]] = []
+            for a, raw in enumerate(attackers):
+                for k in range(16):
+                    rid = f"slow{a}-{k}"
+                    reply = _start_upload(raw, _desc(128, 96), _desc(128, 96, 1), rid)
+                    if reply["type"] == "accepted":
+                        accepted.append((raw, rid))
+                    else:
+                        assert reply["code"] == "busy", reply
+            sent = 0
+            t0 = time.monotonic()
+            honest_ok = 0
+            while time.monotonic() - t0 < 8:
+                for raw, rid in accepted:
+                    raw.send(header("data", id=rid, offset=sent), [b"x"])
+                sent += 1
+                if honest_ok < 2 and time.monotonic() - t0 > 1 + 3 * honest_ok:
+                    with RawClient(srv.endpoint, ctx=ctx) as honest:
+                        _, out = honest.result(honest.submit(*test_images(seed=8)), 30)
+                    assert isinstance(out, np.ndarray), out  # not busy
+                    honest_ok += 1
+                time.sleep(0.5)
+            assert honest_ok == 2
+            ended = {}
+            for raw, rid in accepted:
+                got = raw.until(rid, ("error",), timeout=5)[0][-1]
+                ended[rid] = got["code"]
+            assert set(ended.values()) == {"timeout"}, ended
+        finally:
+            for raw in attackers:
+                raw.close()
+            ctx.term()
+
+
+def test_the_upload_budget_answers_busy_and_keeps_room_for_others(tiny_home: Path) -> None:
+    """Three clients each start a 16 MiB upload against a 64 MiB budget: the first two fit
+    their shares, the third is told ``busy`` (retryable), a small job from a fourth still
+    runs, and one upload over half the budget is ``too_large``."""
+    big = _desc(1024, 1024, 4, "float32")
+    with ServerProcess(tiny_home, "--upload-budget-mb", "64") as srv:
+        ctx = zmq.Context()
+        clients = [RawClient(srv.endpoint, ctx=ctx) for _ in range(3)]
+        try:
+            replies = [_start_upload(c, big, _desc(1024, 1024, 1), f"big{i}")
+                       for i, c in enumerate(clients)]
+            assert [r["type"] for r in replies[:2]] == ["accepted", "accepted"], replies
+            assert replies[2]["type"] == "error" and replies[2]["code"] == "busy", replies[2]
+            assert replies[2]["retryable"] is True
+            again = _start_upload(clients[0], big, _desc(1024, 1024, 1), "big0-second")
+            assert again["type"] == "error" and again["code"] == "busy", again
+            with RawClient(srv.endpoint, ctx=ctx) as honest:
+                _, out = honest.result(honest.submit(*test_images(seed=9)), 30)
+                assert isinstance(out, np.ndarray), out
+                huge = _start_upload(honest, _desc(3000, 3000, 4, "float32"),
+                                     _desc(3000, 3000, 1), "huge")
+                assert huge["type"] == "error" and huge["code"] == "too_large", huge
+        finally:
+            for c in clients:
+                c.close()
+            ctx.term()

@@ -397,7 +397,7 @@ class BatchingFake(FakeInpainter):
             progress(1.0, "fake on the whole image")
         return out
 
-    def fill_batch(self, items: list[Any]) -> list[np.ndarray]:
+    def fill_batch(self, items: list[Any], progress: Any = None) -> list[np.ndarray]:
         self.batches.append(len(items))
         self.started.set()
         time.sleep(self.batch_delay)

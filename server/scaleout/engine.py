@@ -9,7 +9,9 @@ in the front end, unchanged, and the protocol with them. What differs:
 - a job whose actor or node dies is resubmitted to another actor, and its client gets a
   ``progress`` that says so, not an error;
 - with no live actor, jobs wait in the queue and fail with ``no_workers`` after
-  ``no_workers_timeout`` seconds; ``hello`` keeps being answered meanwhile.
+  ``no_workers_timeout`` seconds; ``hello`` keeps being answered meanwhile. Actors that are
+  still starting (loading their models, or waiting for a GPU) have a start-up allowance of
+  their own (``startup_timeout``): while one is within it, jobs wait without that clock.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class RayEngine(JobReporter):
     def __init__(self, listener: EngineListener, address: str, models: list[str],
                  precision: str = "auto", gpus_per_worker: float = 1.0,
                  max_in_flight: int = 2, no_workers_timeout: float = 60.0,
-                 hang_timeout: float = 300.0,
+                 hang_timeout: float = 300.0, startup_timeout: float = 600.0,
                  init_kwargs: Optional[dict[str, Any]] = None) -> None:
         self.listener = listener
         self.address = address
@@ -46,6 +48,8 @@ class RayEngine(JobReporter):
         #: A job running this long on one actor means the actor hung: it is killed (Ray
         #: restarts it) and the job resubmitted, as when it dies.
         self.hang_timeout = hang_timeout
+        #: How long a new actor may take to start (models loaded, a GPU found).
+        self.startup_timeout = startup_timeout
         self.init_kwargs = init_kwargs
         self.device = "ray"
         self.device_memory: Optional[dict[str, int]] = None
@@ -72,8 +76,9 @@ class RayEngine(JobReporter):
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise BadInputError(f"can't join the Ray cluster at {self.address}: {exc}") \
                 from None
-        log.info("joined the Ray cluster at %s: %d worker actor(s) for %g GPU(s) each",
-                 self.address, len(self.pool.slots), self.gpus_per_worker)
+        log.info("joined the Ray cluster at %s: %d worker actor(s) for %g GPU(s) each, "
+                 "starting (jobs wait for them up to %g s)", self.address,
+                 len(self.pool.slots), self.gpus_per_worker, self.startup_timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         gone = InternalError("the server is shutting down")
@@ -200,18 +205,26 @@ class RayEngine(JobReporter):
         if any_live:
             self._no_workers_since = None
             return
+        starting = self.pool.starting_slots(now, self.startup_timeout)
+        if starting:
+            # Not gone: still starting, within their own allowance. Jobs wait.
+            self._no_workers_since = None
+            return
         if self._no_workers_since is None:
             self._no_workers_since = now
             if len(self.queue) or self.running:
                 log.warning("no live worker actor: jobs wait up to %g s",
                             self.no_workers_timeout)
+        never_started = self.pool.slots and all(s.starting for s in self.pool.slots)
+        why = (f"no worker actor started within {self.startup_timeout:g} s (they are "
+               "loading their models or waiting for a GPU); try again later" if never_started
+               else "the server's GPU machines are all gone; try again later")
         for job in list(self.queue.order()):
             waited = now - max(self._queued_at.get(job.key, now), self._no_workers_since)
             if waited > self.no_workers_timeout and self.queue.remove(job):
                 self._end(job)
                 self.listener.job_failed(job, NoWorkersError(
-                    f"no worker was available for {self.no_workers_timeout:g} s: the "
-                    "server's GPU machines are all gone; try again later"))
+                    f"no worker was available for {self.no_workers_timeout:g} s: {why}"))
         self._report_positions()
 
     def _finish(self, job: Job) -> None:

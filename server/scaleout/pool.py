@@ -49,6 +49,12 @@ class ActorSlot:
     jobs_done: int = 0
     #: When it stopped being live (None while live).
     lost_at: Optional[float] = None
+    #: When this actor was asked for: it is *starting* until its first ping answers.
+    created: float = field(default_factory=time.monotonic)
+
+    @property
+    def starting(self) -> bool:
+        return not self.live and self.last_ok == 0.0
 
 
 @dataclass
@@ -152,6 +158,11 @@ class RayPool:
 
     def live_slots(self) -> list[ActorSlot]:
         return [s for s in self.slots if s.live]
+
+    def starting_slots(self, now: float, allowance: float) -> list[ActorSlot]:
+        """Actors still starting (their constructor loads the models, or they wait for a
+        GPU) and within their start-up allowance: jobs wait for them."""
+        return [s for s in self.slots if s.starting and now - s.created <= allowance]
 
     def free_capacity(self) -> int:
         return sum(max(0, self.max_in_flight - s.in_flight) for s in self.live_slots())
