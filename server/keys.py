@@ -190,6 +190,9 @@ class AllowList:
         self._lock = threading.Lock()
         self._keys: dict[str, str] = {}
         self._signature: Any = None
+        #: Bumped whenever the set of keys changes, so the server can look for jobs of keys
+        #: that were removed (their jobs are cancelled, SPEC 7).
+        self.generation = 0
         self.reload()
 
     def _scan(self) -> Any:
@@ -217,6 +220,8 @@ class AllowList:
             changed = keys != self._keys
             self._keys = keys
             self._signature = signature
+            if changed:
+                self.generation += 1
         if changed:
             log.info("allow-list: %d client key(s) in %s", len(keys), self.directory)
         return True

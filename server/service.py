@@ -329,6 +329,7 @@ class Server:
         self._dropping: set[bytes] = set()
         self._stop = threading.Event()
         self._closed = False
+        self._allow_generation = 0
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -427,6 +428,7 @@ class Server:
         self.engine.handle(events)
         now = time.monotonic()
         self.engine.tick(now)
+        self._cancel_revoked()
         self._expire_uploads(now)
         self._keepalive(now)
         if self._outbox:
@@ -682,6 +684,25 @@ class Server:
                     f"the upload is too slow: {job.received} bytes in "
                     f"{now - job.accepted_at:.0f} s, below the floor of "
                     f"{self.config.upload_min_rate_kib:g} KiB/s"))
+
+    def _cancel_revoked(self) -> None:
+        """A key removed from the allow-list loses its jobs too: queued ones end now, a
+        running one at its next stage (ZAP only checks at the handshake, and the per-message
+        check only stops new requests)."""
+        if self.security is None:
+            return
+        allow = self.security.allow
+        if allow.generation == self._allow_generation:
+            return
+        self._allow_generation = allow.generation
+        revoked = [j for j in self.jobs.values() if j.end_error is None
+                   and allow.name_of(j.client.removeprefix("key:")) is None]
+        if revoked:
+            log.info("cancelling %d job(s) of client key(s) removed from the allow-list",
+                     len(revoked))
+        for job in revoked:
+            self._end_job(job, CancelledError("this client's key was removed from the "
+                                              "server's allow-list"))
 
     def _keepalive(self, now: float) -> None:
         """Repeat the latest progress of jobs that have been quiet for :data:`KEEPALIVE_S`."""

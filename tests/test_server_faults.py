@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+import zmq.auth
 
 from inpaintd.server.keys import init_keys
 
@@ -335,3 +336,31 @@ def test_the_upload_budget_answers_busy_and_keeps_room_for_others(tiny_home: Pat
             for c in clients:
                 c.close()
             ctx.term()
+
+
+# --- 9: revoking a key ------------------------------------------------------------------
+
+def test_revoking_a_key_cancels_its_queued_and_running_jobs(tmp_path: Path,
+                                                            tiny_home: Path) -> None:
+    from inpaintd.server.keys import add_client
+
+    from test_server_support import many_holes
+
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    add_client(keys, "mallory")
+    server_public = zmq.auth.load_certificate(keys / "server.key")[0]
+    public, secret = zmq.auth.load_certificate(keys / "issued" / "mallory.key_secret")
+    with ServerProcess(tiny_home, "--curve", str(keys)) as srv:
+        with RawClient(srv.endpoint, curve=(server_public, public, secret)) as raw:
+            running = raw.submit(*many_holes(size=2048, grid=4, hole=200), strategy="crop")
+            _until_stage(raw, running, "running")
+            queued = raw.submit(*test_images(seed=10))
+            raw.await_queued(queued)
+            (keys / "clients" / "mallory.key").unlink()
+            t0 = time.monotonic()
+            for rid in (queued, running):
+                _, out = raw.result(rid, 30)
+                assert isinstance(out, dict) and out["code"] == "cancelled", out
+                assert "allow-list" in out["message"]
+            assert time.monotonic() - t0 < 10
