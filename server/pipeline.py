@@ -220,12 +220,21 @@ def _shareable(a: np.ndarray) -> np.ndarray:
 
 
 def _to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    """HxWx3 array of any supported dtype -> (1,3,H,W) float32 in [0,1]."""
+    """HxWx3 array of any supported dtype -> (1,3,H,W) float32 in [0,1], a new tensor.
+
+    Why never in place: a float32 array on the CPU shares its memory with the tensor, and it
+    is the caller's image (or the server's buffer that becomes the reply): clamping it would
+    change pixels outside the hole. What the model sees of float32 values outside [0,1]:
+    NaN as 0, +Inf as 1, -Inf as 0, the rest clamped to [0,1] (the fill is in [0,1]); a
+    single NaN would otherwise spread through LaMa's Fourier layers to the whole hole.
+    """
     scale = _scale_of(rgb.dtype)
     t = torch.from_numpy(_shareable(rgb)).to(device)
     t = t.permute(2, 0, 1).unsqueeze(0).float()
     if scale != 1.0:
         t = t / scale
+    else:
+        t = torch.nan_to_num(t, nan=0.0, posinf=1.0, neginf=0.0)
     return t.clamp_(0, 1)
 
 

@@ -364,3 +364,57 @@ def test_revoking_a_key_cancels_its_queued_and_running_jobs(tmp_path: Path,
                 assert isinstance(out, dict) and out["code"] == "cancelled", out
                 assert "allow-list" in out["message"]
             assert time.monotonic() - t0 < 10
+
+
+# --- 10: float32 outside [0, 1] -----------------------------------------------------------
+
+def _hdr_image(h: int = 96, w: int = 128, channels: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(11)
+    image = (rng.random((h, w, channels), dtype=np.float32) * 6 - 2).astype(np.float32)
+    image[0, 0, 0], image[1, 1, 1], image[2, 2, 2] = np.inf, -np.inf, np.nan
+    image[3, 3, 0] = np.float32(-0.0)
+    image[4, 4, 1] = np.float32(3e38)
+    _, mask = test_images(h=h, w=w)
+    assert not (mask[:5, :5] > 127).any()
+    return image, mask
+
+
+def _assert_exact_outside_and_sane_inside(out: np.ndarray, image: np.ndarray,
+                                          mask: np.ndarray) -> None:
+    hole = mask > 127
+    assert out.dtype == np.float32 and out.shape == image.shape
+    # Bit for bit outside the hole: HDR, infinities, NaN and -0.0 included.
+    assert np.array_equal(out[~hole].view(np.uint32), image[~hole].view(np.uint32))
+    assert np.array_equal(out[..., 3].view(np.uint32), image[..., 3].view(np.uint32))
+    inside = out[..., :3][hole]
+    assert np.isfinite(inside).all() and inside.min() >= 0 and inside.max() <= 1
+
+
+def test_float32_outside_0_1_comes_back_exactly_locally_and_the_input_is_untouched() -> None:
+    from inpaintd.server.pipeline import load_inpainter
+
+    image, mask = _hdr_image()
+    before = image.copy()
+    inpainter = load_inpainter("lama", "cpu")
+    out = inpainter.fill(image, mask)
+    assert np.array_equal(image.view(np.uint32), before.view(np.uint32)), "fill() changed it"
+    _assert_exact_outside_and_sane_inside(out, before, mask)
+    rgb = image[..., :3].copy()
+    out3 = inpainter.fill(rgb, mask)  # contiguous RGB: the array torch would share
+    assert np.array_equal(rgb.view(np.uint32), before[..., :3].copy().view(np.uint32))
+    assert np.array_equal(out3[mask <= 127].view(np.uint32),
+                          before[..., :3][mask <= 127].view(np.uint32))
+
+
+def test_float32_outside_0_1_comes_back_exactly_through_the_server(tiny_home: Path) -> None:
+    image, mask = _hdr_image()
+    with ServerProcess(tiny_home) as srv, RawClient(srv.endpoint) as raw:
+        for img in (image, np.ascontiguousarray(image[..., :3])):
+            _, out = raw.result(raw.submit(img, mask), 60)
+            assert isinstance(out, np.ndarray), out
+            hole = mask > 127
+            assert np.array_equal(out[~hole].view(np.uint32), img[~hole].view(np.uint32))
+            assert np.isfinite(out[..., :3][hole]).all()
+    _assert_exact_outside_and_sane_inside(out if out.shape[2] == 4 else
+                                          np.concatenate([out, image[..., 3:]], axis=2),
+                                          image, mask)
