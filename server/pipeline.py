@@ -33,7 +33,7 @@ from inpaintd.protocol.errors import BadInputError, MaskSizeError
 from .colour_match import match_colour
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
 from .refine import RefineOptions, refine_fill
-from .strategy import STRATEGIES, StrategyOptions, runs_whole
+from .strategy import LAMA_MIN_SIDE, STRATEGIES, StrategyOptions, runs_whole
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,15 @@ class LamaAdapter(ModelAdapter):
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         mod = self.pad_mod
-        return -(-height // mod) * mod, -(-width // mod) * mod
+        return (max(LAMA_MIN_SIDE, -(-height // mod) * mod),
+                max(LAMA_MIN_SIDE, -(-width // mod) * mod))
 
     def prepare(self, image: torch.Tensor, mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_symmetric(image, self.pad_mod), pad_symmetric(mask, self.pad_mod)
+        """``bin/predict.py``'s padding; inputs of 8 px or less (which the official code
+        can't run) are padded further, symmetrically, to :data:`LAMA_MIN_SIDE`."""
+        size = self.input_size(*image.shape[-2:])
+        return pad_symmetric_to(image, *size), pad_symmetric_to(mask, *size)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.module(self.to_model(torch.cat([image * (1 - mask), mask], dim=1)))
@@ -185,7 +189,13 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {"lama": LamaAdapter, "pennet": Pennet
 def pad_symmetric(x: torch.Tensor, mod: int) -> torch.Tensor:
     """Pad bottom/right to a multiple of ``mod`` like ``np.pad(mode='symmetric')``."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % mod, (-w) % mod
+    return pad_symmetric_to(x, h + (-h) % mod, w + (-w) % mod)
+
+
+def pad_symmetric_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad bottom/right to ``height`` x ``width`` like ``np.pad(mode='symmetric')``."""
+    h, w = x.shape[-2:]
+    ph, pw = max(0, height - h), max(0, width - w)
     if ph == 0 and pw == 0:
         return x
     # Symmetric = the edge row repeated, then mirrored inwards; tile for tiny inputs.

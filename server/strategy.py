@@ -16,6 +16,9 @@ STRATEGIES = ("auto", "full", "crop", "resize")
 #: Architectures whose whole-image fill is one forward at a size known from the header.
 #: LaMa pads each side up to a multiple of 8; PEN-Net always runs at 256x256.
 LAMA_PAD = 8
+#: LaMa's smallest input side: its three stride-2 downsamplings and reflection padding fail
+#: on 8 px or less, so smaller inputs are padded (symmetrically) up to this.
+LAMA_MIN_SIDE = 16
 PENNET_SIZE = 256
 
 #: A batch key: (model name, model input height, model input width).
@@ -63,7 +66,8 @@ def batch_key(model: str, architecture: str, strategy: Optional[str], height: in
                                                                     options):
         return None
     if architecture == "lama":
-        return (model, -(-height // LAMA_PAD) * LAMA_PAD, -(-width // LAMA_PAD) * LAMA_PAD)
+        return (model, max(LAMA_MIN_SIDE, -(-height // LAMA_PAD) * LAMA_PAD),
+                max(LAMA_MIN_SIDE, -(-width // LAMA_PAD) * LAMA_PAD))
     if architecture == "pennet":
         return (model, PENNET_SIZE, PENNET_SIZE)
     return None

@@ -418,3 +418,19 @@ def test_float32_outside_0_1_comes_back_exactly_through_the_server(tiny_home: Pa
     _assert_exact_outside_and_sane_inside(out if out.shape[2] == 4 else
                                           np.concatenate([out, image[..., 3:]], axis=2),
                                           image, mask)
+
+
+# --- 11: tiny images --------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", [TINY, "lama"])
+def test_images_of_8_px_or_less_are_filled_through_the_server(tiny_home: Path,
+                                                              model: str) -> None:
+    with ServerProcess(tiny_home) as srv, RawClient(srv.endpoint) as raw:
+        for h, w in [(1, 1), (8, 8), (3, 200), (200, 5), (9, 2)]:
+            image, _ = test_images(seed=h * w, h=h, w=w)
+            mask = np.zeros((h, w), np.uint8)
+            mask[h // 2, w // 2] = 255
+            _, out = raw.result(raw.submit(image, mask, model=model), 60)
+            assert isinstance(out, np.ndarray), (h, w, out)
+            assert out.shape == image.shape
+            assert np.array_equal(out[mask <= 127], image[mask <= 127])
