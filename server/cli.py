@@ -181,21 +181,37 @@ def _fill_folder(args: argparse.Namespace, src: Path, out: Path) -> int:
         log.warning("%s: %s; skipped", path, reason)
     if not plan.cases:
         raise BadInputError(f"{src}: no name.png + name_mask*.png pairs found")
+    limit = _max_pixels(args)
     for image_path, mask_path, _ in plan.cases:  # headers only: sizes before any fill
         try:
             with Image.open(image_path) as im, Image.open(mask_path) as m:
+                for path, size in ((image_path, im.size), (mask_path, m.size)):
+                    if size[0] * size[1] > limit:
+                        raise BadImageError(f"{path}: {size[0]}x{size[1]} is more than the "
+                                            f"limit of {limit / 1e6:.0f} Mpx (--max-pixels)")
                 _check_pair(im.size, m.size, mask_path)
-        except OSError as exc:
+        except (OSError, Image.DecompressionBombError) as exc:
             raise BadImageError(f"{image_path} or {mask_path}: {exc}") from None
     inpainter = _inpainter(args)
     for image_path, mask_path, name in tqdm(plan.cases, desc="fill", unit="image",
                                             disable=args.quiet):
-        result = inpainter.fill(read_image(image_path), read_mask(mask_path), args.strategy)
+        result = inpainter.fill(read_image(image_path, _max_pixels(args)),
+                                read_mask(mask_path, _max_pixels(args)), args.strategy)
         write_image(out / name, result)
     skipped = f"; skipped {len(plan.skipped)} (see the warnings)" if plan.skipped else ""
     if not args.quiet:
         print(f"filled {len(plan.cases)} image(s) into {out}{skipped}")
     return 0
+
+
+def _max_pixels(args: argparse.Namespace) -> int:
+    from .imageio import DEFAULT_MAX_PIXELS
+
+    if args.max_pixels is None:
+        return DEFAULT_MAX_PIXELS
+    if not args.max_pixels > 0:
+        raise BadInputError(f"--max-pixels must be positive, got {args.max_pixels:g}")
+    return int(args.max_pixels * 1e6)
 
 
 def cmd_fill(args: argparse.Namespace) -> int:
@@ -209,7 +225,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
     if not args.mask:
         raise BadInputError("--mask MASK is required for a single image")
     check_writable(out)  # the format, before reading anything
-    image, mask = read_image(src), read_mask(args.mask)
+    image, mask = read_image(src, _max_pixels(args)), read_mask(args.mask, _max_pixels(args))
     _check_pair((image.shape[1], image.shape[0]), (mask.shape[1], mask.shape[0]),
                 Path(args.mask))
     check_writable(out, image.shape[2], image.dtype)  # this depth and these channels
@@ -253,6 +269,9 @@ def _add_fill(sub: argparse._SubParsersAction) -> None:
                    help="with --refine: memory the refinement's activations may take "
                    "(default 12); over it, each residual block is recomputed in the "
                    "backward pass instead of kept")
+    p.add_argument("--max-pixels", type=float, default=None, metavar="MPX",
+                   help="refuse image files that decode to more than MPX million pixels "
+                   "(default 179, Pillow's decompression-bomb limit)")
     p.add_argument("--server", metavar="ENDPOINT",
                    help="fill through a running `inpaintd serve`: tcp://HOST:PORT or "
                    "HOST:PORT (e.g. 127.0.0.1:5557)")

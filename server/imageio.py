@@ -38,16 +38,56 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}
 
 
-def _open(path: Path) -> Image.Image:
+#: The most pixels an image file may decode to (``inpaintd fill --max-pixels``): Pillow's
+#: own decompression-bomb limit (2 x ``Image.MAX_IMAGE_PIXELS``), checked by us from the
+#: header so that going over it is a one-line error, and so that it can be changed.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+def _too_many_pixels(path: Path, width: int, height: int, max_pixels: int) -> BadImageError:
+    return BadImageError(f"{path}: {width}x{height} is {width * height / 1e6:.0f} Mpx, more "
+                         f"than the limit of {max_pixels / 1e6:.0f} Mpx (--max-pixels; a "
+                         "small file that decodes to this much may be a decompression bomb)")
+
+
+def _open(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and decode an image once its header says it is within ``max_pixels``.
+
+    Pillow's own bomb check is off here (``MAX_IMAGE_PIXELS`` None while opening): ours
+    replaces it, from the same header, with a limit the user sets and a one-line error.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
         im = Image.open(path)
+        if im.width * im.height > max_pixels:
+            im.close()
+            raise _too_many_pixels(path, im.width, im.height, max_pixels)
         im.load()
     except FileNotFoundError:
         raise BadImageError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = "not an image" if isinstance(exc, UnidentifiedImageError) else str(exc)
         raise BadImageError(f"{path}: {reason}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
     return im
+
+
+def _check_deep_pixels(path: Path, kind: str, max_pixels: int) -> None:
+    """The header's size of a 16-bit file that Pillow does not decode, against the limit."""
+    width = height = 0
+    if kind == "PNG":
+        with open(path, "rb") as f:
+            width, height = struct.unpack(">II", f.read(24)[16:24])
+    else:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.pages.first.shape
+            height, width = int(shape[0]), int(shape[1])
+    if width * height > max_pixels:
+        raise _too_many_pixels(path, width, height, max_pixels)
 
 
 def _deep_colour_channels(path: Path) -> tuple[str, int]:
@@ -111,14 +151,17 @@ def _read_deep(path: Path, kind: str, channels: int) -> np.ndarray:
     return decoded
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS
+               ) -> np.ndarray:
     """HxWxC with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA); uint8, or uint16
-    for a 16-bit file. Palette images become RGB, or RGBA when they have transparency."""
+    for a 16-bit file. Palette images become RGB, or RGBA when they have transparency.
+    A file whose header says more than ``max_pixels`` is refused before it is decoded."""
     path = Path(path)
     kind, deep = _deep_colour_channels(path)
     if deep:
+        _check_deep_pixels(path, kind, max_pixels)
         return _read_deep(path, kind, deep)
-    im = _open(path)
+    im = _open(path, max_pixels)
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         gray = np.asarray(im)
         if gray.dtype != np.uint16 and (gray.min() < 0 or gray.max() > 65535):
@@ -135,9 +178,10 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return np.asarray(im.convert("RGBA" if has_alpha else "RGB")).copy()
 
 
-def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
+def read_mask(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS
+              ) -> np.ndarray:
     """HxW uint8; > 127 is hole. A mask with alpha and no content in RGB uses its alpha."""
-    im = _open(Path(path))
+    im = _open(Path(path), max_pixels)
     if im.mode in ("RGBA", "LA"):
         rgba = np.asarray(im.convert("RGBA"))
         if not rgba[..., :3].any():

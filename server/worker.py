@@ -527,11 +527,17 @@ def fill_batch_any_channels(inpainter: Any,
 
 
 def _as_hwc(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """HxWxC image and HxW mask; 1 to 4 channels."""
+    """HxWxC image and HxW mask; 1 to 4 channels. Other shapes are ``bad_input``."""
+    if not isinstance(image, np.ndarray) or not isinstance(mask, np.ndarray):
+        raise BadInputError("the image and the mask must be numpy arrays")
     if image.ndim == 2:
         image = image[..., None]
-    if mask.ndim == 3:
+    if image.ndim != 3:
+        raise BadInputError(f"the image must be HxW or HxWxC, not shape {image.shape}")
+    if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise BadInputError(f"the mask must be HxW, not shape {mask.shape}")
     if image.shape[2] not in (1, 2, 3, 4):
         raise BadInputError(f"images have 1 to 4 channels, not {image.shape[2]}")
     return image, mask

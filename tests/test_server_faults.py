@@ -434,3 +434,81 @@ def test_images_of_8_px_or_less_are_filled_through_the_server(tiny_home: Path,
             assert isinstance(out, np.ndarray), (h, w, out)
             assert out.shape == image.shape
             assert np.array_equal(out[mask <= 127], image[mask <= 127])
+
+
+# --- 12: one-line errors ----------------------------------------------------------------
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` (8-bit gray): a few bytes on disk,
+    what a decompression bomb looks like before it is decoded."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b""))
+    return path
+
+
+def _fill_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, INPAINTD_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", "inpaintd.server.cli", "fill", *args],
+                          capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+
+
+def _one_line_error(out: subprocess.CompletedProcess[str], *needles: str) -> None:
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("inpaintd: error:"), out.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_a_decompression_bomb_is_a_one_line_error_locally_and_via_server(
+        tmp_path: Path, tiny_home: Path) -> None:
+    bomb = _png_header_only(tmp_path / "bomb.png", 30000, 30000)
+    mask = _png_header_only(tmp_path / "mask.png", 30000, 30000)
+    out = _fill_cli(tiny_home, str(bomb), "--mask", str(mask), "-o", str(tmp_path / "o.png"))
+    _one_line_error(out, "bomb.png", "900 Mpx", "--max-pixels")
+    with ServerProcess(tiny_home) as srv:
+        out = _fill_cli(tiny_home, str(bomb), "--mask", str(mask), "-o",
+                        str(tmp_path / "o.png"), "--server", srv.endpoint, "--model", TINY)
+    _one_line_error(out, "bomb.png", "--max-pixels")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _png_header_only(folder / "a.png", 30000, 30000)
+    _png_header_only(folder / "a_mask.png", 30000, 30000)
+    out = _fill_cli(tiny_home, str(folder), "-o", str(tmp_path / "out"))
+    _one_line_error(out, "a.png")
+
+
+def test_the_decoded_pixel_limit_is_a_setting(tmp_path: Path, tiny_home: Path) -> None:
+    from PIL import Image
+
+    image, mask = test_images(h=300, w=400)
+    Image.fromarray(image).save(tmp_path / "i.png")
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    base = [str(tmp_path / "i.png"), "--mask", str(tmp_path / "m.png"), "--model", TINY]
+    out = _fill_cli(tiny_home, *base, "-o", str(tmp_path / "o.png"), "--max-pixels", "0.1")
+    _one_line_error(out, "i.png", "400x300", "--max-pixels")
+    out = _fill_cli(tiny_home, *base, "-o", str(tmp_path / "o.png"), "--max-pixels", "0.2")
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("image_shape, mask_shape", [
+    ((10,), (10,)), ((), ()), ((1, 8, 8, 3), (8, 8)), ((8, 8, 3), (64,)),
+    ((8, 8, 3), (8, 8, 2)), ((8, 8, 3), (1, 8, 8, 1))])
+def test_wrong_rank_arrays_are_bad_input(image_shape: tuple, mask_shape: tuple) -> None:
+    from inpaintd.protocol.errors import BadInputError
+    from inpaintd.server.pipeline import load_inpainter
+    from inpaintd.server.worker import fill_any_channels
+
+    inpainter = load_inpainter("lama", "cpu")
+    image, mask = np.zeros(image_shape, np.uint8), np.zeros(mask_shape, np.uint8)
+    for fill in (lambda: inpainter.fill(image, mask),
+                 lambda: fill_any_channels(inpainter, image, mask, None, None)):
+        with pytest.raises(BadInputError):
+            fill()
