@@ -28,6 +28,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -178,6 +179,33 @@ def load_keypair(path: Path) -> tuple[bytes, bytes]:
     return public, secret
 
 
+class RefusalLog:
+    """Refused handshakes as WARNING lines, at most one per ``every_s`` seconds.
+
+    Why: each refused handshake used to log a line, so anyone who can reach the port could
+    write thousands of lines a second into the server's log. Now the first refusal is
+    logged, and the next line (at least ``every_s`` later) says how many came in between.
+    """
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._lock = threading.Lock()
+        self._last = -float("inf")
+        self._since = 0
+        self.total = 0
+
+    def note(self, key: bytes) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.total += 1
+            if now - self._last < self.every_s:
+                self._since += 1
+                return
+            since, self._since, self._last = self._since, 0, now
+        more = f" (and {since} more refused in the last {self.every_s:g} s)" if since else ""
+        log.warning("refused a CURVE client with an unknown key %s%s", key, more)
+
+
 class AllowList:
     """The allowed client keys (z85) and their names, re-read when the directory changes.
 
@@ -193,6 +221,7 @@ class AllowList:
         #: Bumped whenever the set of keys changes, so the server can look for jobs of keys
         #: that were removed (their jobs are cancelled, SPEC 7).
         self.generation = 0
+        self._refusals = RefusalLog()
         self.reload()
 
     def _scan(self) -> Any:
@@ -241,7 +270,7 @@ class AllowList:
         """ZAP: allow the handshake only for an allow-listed key."""
         allowed = self.name_of(key.decode("ascii", "replace")) is not None
         if not allowed:
-            log.warning("refused a CURVE client with an unknown key %s", key[:8])
+            self._refusals.note(key[:8])
         return allowed
 
 

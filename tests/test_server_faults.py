@@ -512,3 +512,35 @@ def test_wrong_rank_arrays_are_bad_input(image_shape: tuple, mask_shape: tuple) 
                  lambda: fill_any_channels(inpainter, image, mask, None, None)):
         with pytest.raises(BadInputError):
             fill()
+
+
+# --- 14: refused handshakes in the log ------------------------------------------------
+
+def test_refused_handshakes_are_logged_a_few_lines_with_a_count(tmp_path: Path,
+                                                                tiny_home: Path) -> None:
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    server_public = zmq.auth.load_certificate(keys / "server.key")[0]
+    with ServerProcess(tiny_home, "--curve", str(keys)) as srv:
+        since = len(srv.lines)
+        ctx = zmq.Context()
+        try:
+            for _ in range(10):
+                socks = []
+                for _ in range(50):
+                    public, secret = zmq.curve_keypair()
+                    sock = ctx.socket(zmq.DEALER)
+                    sock.linger = 0
+                    sock.curve_serverkey, sock.curve_publickey = server_public, public
+                    sock.curve_secretkey = secret
+                    sock.connect(srv.endpoint)
+                    socks.append(sock)
+                time.sleep(0.3)
+                for sock in socks:
+                    sock.close(0)
+        finally:
+            ctx.term()
+        time.sleep(1)
+        refused = [line for line in srv.lines[since:] if "refused a CURVE client" in line]
+    assert 1 <= len(refused) <= 3, refused  # 500 handshakes in a few seconds
+    assert len(srv.lines) - since < 20, srv.lines[since:][:30]
