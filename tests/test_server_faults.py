@@ -544,3 +544,23 @@ def test_refused_handshakes_are_logged_a_few_lines_with_a_count(tmp_path: Path,
         refused = [line for line in srv.lines[since:] if "refused a CURVE client" in line]
     assert 1 <= len(refused) <= 3, refused  # 500 handshakes in a few seconds
     assert len(srv.lines) - since < 20, srv.lines[since:][:30]
+
+
+# --- 15: imported weights' file mode ---------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_imported_weights_get_the_umask_mode_not_0600(tmp_path: Path, umask: int) -> None:
+    from shared_data import golden_dir
+
+    home = tmp_path / "home"
+    env = dict(os.environ, INPAINTD_HOME=str(home))
+    code = ("import os, sys; os.umask(int(sys.argv[1])); from inpaintd.server.cli import main; "
+            "sys.exit(main(sys.argv[2:]))")
+    out = subprocess.run([sys.executable, "-c", code, str(umask), "weights", "import",
+                          str(golden_dir() / "lama-tiny"), "--name", "imported"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert out.returncode == 0, out.stderr
+    written = sorted((home / "models").glob("imported.*"))
+    assert [p.suffix for p in written] == [".json", ".safetensors"]
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

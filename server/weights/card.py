@@ -82,6 +82,12 @@ def validate_card(card: Any, source: str = "card") -> dict[str, Any]:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def _atomic_target(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` that replaces it only if the block succeeds.
@@ -97,6 +103,8 @@ def _atomic_target(path: Path) -> Iterator[Path]:
         yield tmp
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
+        # mkstemp made it 0600; a model file gets the usual umask'd mode, like a new file.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
