@@ -210,8 +210,8 @@ def _max_pixels(args: argparse.Namespace) -> int:
     if args.max_pixels is None:
         return DEFAULT_MAX_PIXELS
     if not args.max_pixels > 0:
-        raise BadInputError(f"--max-pixels must be positive, got {args.max_pixels:g}")
-    return int(args.max_pixels * 1e6)
+        raise BadInputError(f"--max-pixels must be positive, got {args.max_pixels}")
+    return int(args.max_pixels)
 
 
 def cmd_fill(args: argparse.Namespace) -> int:
@@ -269,9 +269,9 @@ def _add_fill(sub: argparse._SubParsersAction) -> None:
                    help="with --refine: memory the refinement's activations may take "
                    "(default 12); over it, each residual block is recomputed in the "
                    "backward pass instead of kept")
-    p.add_argument("--max-pixels", type=float, default=None, metavar="MPX",
-                   help="refuse image files that decode to more than MPX million pixels "
-                   "(default 179, Pillow's decompression-bomb limit)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse image files that decode to more than N pixels (default "
+                   "178956970, Pillow's decompression-bomb limit)")
     p.add_argument("--server", metavar="ENDPOINT",
                    help="fill through a running `inpaintd serve`: tcp://HOST:PORT or "
                    "HOST:PORT (e.g. 127.0.0.1:5557)")

@@ -46,7 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bind=args.bind, device=args.device, precision=args.precision, preload=preload,
         curve_dir=Path(args.curve).expanduser() if args.curve else None,
         insecure=args.insecure, max_message_mb=args.max_message_mb, max_queue=args.max_queue,
-        max_jobs_per_client=args.max_jobs_per_client, upload_timeout_s=args.upload_timeout,
+        max_jobs_per_client=args.max_jobs_per_client, max_pixels=args.max_pixels,
+        upload_timeout_s=args.upload_timeout,
         upload_min_rate_kib=args.upload_min_rate, upload_budget_mb=args.upload_budget_mb,
         hang_timeout_s=args.hang_timeout, cancel_grace_s=args.cancel_grace,
         max_batch=args.max_batch, log_level=level,
@@ -99,6 +100,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="jobs queued or uploading before new ones get `busy` (default 64); "
                    "with n clients waiting, each may hold N/(n+1) of them")
+    p.add_argument("--max-pixels", type=int, default=64 << 20, metavar="N",
+                   help="the largest image a client may send, in pixels (default 67108864, "
+                   "64 Mpx); with --max-side, what bounds one upload")
     p.add_argument("--max-jobs-per-client", type=int, default=16, metavar="N",
                    help="jobs in flight per client (default 16)")
     p.add_argument("--upload-timeout", type=float, default=60.0, metavar="S",

@@ -144,6 +144,8 @@ class ServerConfig:
             raise BadInputError("--upload-min-rate must be 0 (no floor) or more")
         if self.upload_budget_bytes < 2 * self.max_message_bytes:
             raise BadInputError("--upload-budget-mb must be at least twice --max-message-mb")
+        if self.max_pixels < 1:
+            raise BadInputError("--max-pixels must be at least 1")
         if self.max_batch < 0:
             raise BadInputError("--max-batch must be 0 (auto) or more")
         if not self.refine_memory_gib > 0:

@@ -492,9 +492,9 @@ def test_the_decoded_pixel_limit_is_a_setting(tmp_path: Path, tiny_home: Path) -
     Image.fromarray(image).save(tmp_path / "i.png")
     Image.fromarray(mask).save(tmp_path / "m.png")
     base = [str(tmp_path / "i.png"), "--mask", str(tmp_path / "m.png"), "--model", TINY]
-    out = _fill_cli(tiny_home, *base, "-o", str(tmp_path / "o.png"), "--max-pixels", "0.1")
+    out = _fill_cli(tiny_home, *base, "-o", str(tmp_path / "o.png"), "--max-pixels", "100000")
     _one_line_error(out, "i.png", "400x300", "--max-pixels")
-    out = _fill_cli(tiny_home, *base, "-o", str(tmp_path / "o.png"), "--max-pixels", "0.2")
+    out = _fill_cli(tiny_home, *base, "-o", str(tmp_path / "o.png"), "--max-pixels", "200000")
     assert out.returncode == 0, out.stderr
 
 
