@@ -101,9 +101,40 @@ def config_of(raw: RawCheckpoint) -> dict[str, Any]:
     raise CheckpointError(f"{raw.source}: unknown architecture {raw.architecture!r}")
 
 
+def check_shapes(raw: RawCheckpoint, config: dict[str, Any]) -> None:
+    """The weights' names and shapes against the architecture the config describes, built
+    on the ``meta`` device (no memory): before any real allocation, so a card that claims
+    a huge model for a few bytes of weights is refused, not allocated (gigabytes)."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_generator(raw.architecture, config)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{raw.source}: its config can't be built ({exc})") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    del skeleton
+    got = {k: tuple(v.shape) for k, v in raw.state_dict.items()}
+    if expected == got:
+        return
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if wrong:
+        k = wrong[0]
+        reason = f"{k} is {list(got[k])}, the config makes it {list(expected[k])}"
+    elif missing:
+        reason = f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1
+                                             else "")
+    else:
+        reason = f"unexpected {extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1
+                                              else "")
+    raise CheckpointError(f"{raw.source}: weights do not fit the {raw.architecture} "
+                          f"architecture they describe ({reason})")
+
+
 def build_from_checkpoint(raw: RawCheckpoint, name: str) -> LoadedModel:
     """Build the generator a checkpoint describes and load its weights strictly."""
     config = config_of(raw)
+    check_shapes(raw, config)
     module = build_generator(raw.architecture, config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in raw.state_dict.items()}
     try:

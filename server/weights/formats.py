@@ -68,6 +68,50 @@ class RawCheckpoint:
 
 _INTERP = re.compile(r"\$\{([^${}]*)\}")
 
+#: Checkpoint limits (docs/server.md): a config is small. One whose walk visits more nodes
+#: (a graph of shared references counts each path), whose ``${...}`` resolution takes more
+#: steps, or whose resolved strings grow longer, is refused instead of read: a few hundred
+#: bytes of pickle or YAML can otherwise stand for 2**40 nodes or characters.
+MAX_CONFIG_NODES = 100_000
+MAX_INTERPOLATION_STEPS = 10_000
+MAX_CONFIG_STRING = 64 * 1024
+
+
+class _Budget:
+    """Counts work on one config and raises ValueError once ``limit`` is spent."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.left = limit
+        self.limit = limit
+        self.what = what
+
+    def spend(self, n: int = 1) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ValueError(f"the config is too large or self-referencing (more than "
+                             f"{self.limit} {self.what})")
+
+
+def check_config_size(obj: Any, limit: int = MAX_CONFIG_NODES) -> None:
+    """Walk ``obj`` as :func:`placeholder_to_plain` would, counting every node it would
+    visit (shared references once per path), and raise ValueError past ``limit``: a
+    pickled DAG 40 deep is 2**40 nodes to a tree walk."""
+    budget = _Budget(limit, "nodes")
+    stack = [obj]
+    while stack:
+        node = stack.pop()
+        budget.spend()
+        if isinstance(node, Placeholder):
+            stack.extend((node.dict_items or {}).values())
+            stack.extend(node.list_items or ())
+            stack.append(node.state)
+        elif isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, str) and len(node) > MAX_CONFIG_STRING:
+            raise ValueError(f"the config holds a string of {len(node)} characters")
+
 
 def _lookup(root: Any, ref: str, container: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
     """Find ``ref`` (``a.b.c``, or relative ``.b`` / ``..b`` from ``container``): (value, path)."""
@@ -93,12 +137,14 @@ def _lookup(root: Any, ref: str, container: tuple[str, ...]) -> tuple[Any, tuple
     return node, full
 
 
-def _resolve(value: Any, root: Any, at: tuple[str, ...], active: tuple[tuple[str, ...], ...]) -> Any:
+def _resolve(value: Any, root: Any, at: tuple[str, ...], active: tuple[tuple[str, ...], ...],
+             budget: _Budget) -> Any:
     """Resolve ``value``, found at path ``at``; ``active`` is the chain being resolved (loops)."""
+    budget.spend()
     if isinstance(value, Mapping):
-        return {k: _resolve(v, root, (*at, str(k)), active) for k, v in value.items()}
+        return {k: _resolve(v, root, (*at, str(k)), active, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve(v, root, (*at, str(i)), active) for i, v in enumerate(value)]
+        return [_resolve(v, root, (*at, str(i)), active, budget) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
     parent = at[:-1]  # relative references start from the node that holds the value
@@ -107,12 +153,16 @@ def _resolve(value: Any, root: Any, at: tuple[str, ...], active: tuple[tuple[str
         node, full = _lookup(root, ref.strip(), parent)
         if full in active or full == at:
             raise ValueError(f"${{{ref.strip()}}} is part of a reference loop")
-        return _resolve(node, root, full, (*active, at))
+        return _resolve(node, root, full, (*active, at), budget)
 
     whole = _INTERP.fullmatch(value)
     if whole:  # a whole-value reference keeps the target's type (int, float, dict...)
         return target(whole.group(1))
-    return _INTERP.sub(lambda m: str(target(m.group(1))), value)
+    out = _INTERP.sub(lambda m: str(target(m.group(1))), value)
+    if len(out) > MAX_CONFIG_STRING:  # a doubling chain: 40 steps make a terabyte
+        raise ValueError(f"{'.'.join(at) or 'a value'} resolves to more than "
+                         f"{MAX_CONFIG_STRING} characters")
+    return out
 
 
 def resolve_interpolations(node: Any, root: Mapping[str, Any], at: tuple[str, ...] = ()) -> Any:
@@ -121,9 +171,10 @@ def resolve_interpolations(node: Any, root: Mapping[str, Any], at: tuple[str, ..
     Why: official LaMa configs chain values (``ratio_gin: ${generator.init_conv_kwargs.
     ratio_gout}``) and we do not depend on omegaconf. ``root`` is the whole config (absolute
     references start there); ``at`` is where ``node`` sits in it (for relative ones).
-    Resolvers (``${env:X}``) are not supported: ValueError, as for a missing target or a loop.
+    Resolvers (``${env:X}``) are not supported: ValueError, as for a missing target or a loop,
+    or a config past the limits (:data:`MAX_INTERPOLATION_STEPS`, :data:`MAX_CONFIG_STRING`).
     """
-    return _resolve(node, root, at, ())
+    return _resolve(node, root, at, (), _Budget(MAX_INTERPOLATION_STEPS, "resolution steps"))
 
 
 # --------------------------------------------------------------------------------------
@@ -195,6 +246,7 @@ def _config_from_hparams(hparams: Any, display: str) -> dict[str, Any] | None:
     if hparams is None:
         return None
     try:
+        check_config_size(hparams)
         plain = placeholder_to_plain(hparams)
         gen = plain.get("generator") if isinstance(plain, dict) else None
         if not isinstance(gen, dict):
@@ -231,6 +283,9 @@ def _lama_folder(folder: Path) -> RawCheckpoint:
     config_file, ckpt = folder / "config.yaml", folder / "models" / "best.ckpt"
     try:
         config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        check_config_size(config)
+    except ValueError as err:
+        raise CheckpointError(f"{config_file}: {err}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         reason = " ".join(str(err).split())[:300]
         raise CheckpointError(f"{config_file}: not a readable YAML config ({reason})") from err
