@@ -36,6 +36,7 @@ def start_server(cmd: list[str], env: dict[str, str],
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
+    proc.lines = lines  # type: ignore[attr-defined]  # the server's log, for the caller
     if not ready.wait(timeout):
         proc.kill()
         raise SystemExit("the server did not start:\n" + "".join(lines))

@@ -55,8 +55,8 @@ import numpy as np
 import zmq
 
 from inpaintd.protocol.errors import (BadInputError, BadMessageError, CancelledError,
-                                      InpaintdError, InternalError, OutOfMemoryError,
-                                      UnknownModelError)
+                                      CheckpointError, InpaintdError, InternalError,
+                                      OutOfMemoryError, UnknownModelError)
 
 log = logging.getLogger("inpaintd.worker")
 
@@ -146,6 +146,8 @@ class Worker:
             # its first search per size once and then runs the fastest kernels it found.
             torch.backends.cudnn.benchmark = True
         self.inpainters: dict[str, Any] = {}
+        #: Models that failed to load, with their files' stamp then (see :meth:`inpainter`).
+        self._failed: dict[str, tuple[tuple[Any, ...], InpaintdError]] = {}
         self._pending: list[list[Any]] = []
         #: Jobs the front end asked to stop during the current ``job`` or ``batch`` op.
         self._cancelled: set[str] = set()
@@ -180,13 +182,28 @@ class Worker:
     # --- models ------------------------------------------------------------------------
 
     def inpainter(self, name: str) -> Any:
-        """The model, loaded on first use and kept."""
+        """The model, loaded on first use and kept.
+
+        A model whose files failed to load fails again at once, until they change: a client
+        asking for a broken (or hostile) checkpoint again and again costs the worker one
+        bounded load, not one per request.
+        """
         if name not in self.inpainters:
             from .pipeline import load_inpainter
 
+            path = model_path(name)
+            stamp = _files_stamp(path)
+            failed = self._failed.get(name)
+            if failed is not None and failed[0] == stamp:
+                raise failed[1]
             t0 = time.perf_counter()
-            self.inpainters[name] = load_inpainter(model_path(name), str(self.device),
-                                                   precision=self.precision_spec)
+            try:
+                self.inpainters[name] = load_inpainter(path, str(self.device),
+                                                       precision=self.precision_spec)
+            except CheckpointError as exc:
+                self._failed[name] = (stamp, exc)
+                raise
+            self._failed.pop(name, None)
             log.info("loaded model %s on %s in %.0f ms", name, self.device,
                      (time.perf_counter() - t0) * 1000)
             self.send({"ev": "model", "name": name, "state": "loaded"})
@@ -453,6 +470,23 @@ class Worker:
                        "fraction": min(1.0, max(0.0, float(fraction))), "message": what})
 
         return report
+
+
+def _files_stamp(path: str) -> tuple[Any, ...]:
+    """Size and mtime of a model's files (a LaMa folder's config and checkpoint, a
+    safetensors file's card): when any changes, a failed load is tried again."""
+    from pathlib import Path
+
+    root = Path(path)
+    files = [root, root / "config.yaml", root / "models" / "best.ckpt", root.with_suffix(".json")]
+    stamp = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        stamp.append((str(f), st.st_mtime_ns, st.st_size))
+    return tuple(stamp)
 
 
 def model_path(name: str) -> str:
