@@ -11,6 +11,7 @@ import resource
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -62,20 +63,48 @@ def big_card(path: Path) -> Path:
     return path
 
 
+def zip_bomb(path: Path, mib: int = 64) -> Path:
+    """A torch zip checkpoint whose one storage (zeros, a byte set every 32 KiB) is deflated
+    about 950:1: under the old 1024:1 limit."""
+    plain = path.with_suffix(".plain")
+    data = np.zeros(mib << 20, np.uint8)
+    data[::32768] = np.random.default_rng(0).integers(1, 255, len(data[::32768]), np.uint8)
+    torch.save({"state_dict": {"w": torch.from_numpy(data.view(np.float32))}}, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED,
+                                                        compresslevel=9) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    plain.unlink()
+    with zipfile.ZipFile(path) as z:
+        biggest = max(z.infolist(), key=lambda i: i.file_size)
+        assert 500 < biggest.file_size / biggest.compress_size < 1024  # passed the old check
+    return path
+
+
+_IMPORT = """
+import resource, sys
+from inpaintd.server.cli import main
+try:
+    code = main(["weights", "import", sys.argv[2], "--name", "bomb"])
+finally:
+    with open(sys.argv[1], "w") as f:
+        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+sys.exit(code)
+"""
+
+
 def _import(path: Path, home: Path) -> tuple[subprocess.CompletedProcess[str], float, float]:
-    """``inpaintd weights import PATH`` in a fresh process: (result, seconds, peak MiB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """``inpaintd weights import PATH`` in a fresh process: (result, seconds, its peak MiB)."""
+    peak_file = home.parent / "peak.txt"
     t0 = time.monotonic()
     try:
-        out = subprocess.run([sys.executable, "-m", "inpaintd.server.cli", "weights", "import",
-                              str(path), "--name", "bomb"], capture_output=True, text=True,
-                             timeout=MAX_SECONDS * 2, cwd=REPO,
+        out = subprocess.run([sys.executable, "-c", _IMPORT, str(peak_file), str(path)],
+                             capture_output=True, text=True, timeout=MAX_SECONDS * 2, cwd=REPO,
                              env=dict(os.environ, INPAINTD_HOME=str(home)))
     except subprocess.TimeoutExpired:
         pytest.fail(f"importing {path.name} did not end within {MAX_SECONDS * 2:.0f} s")
     seconds = time.monotonic() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return out, seconds, max(peak, before) / 1024
+    return out, seconds, int(peak_file.read_text()) / 1024
 
 
 @pytest.mark.parametrize("depth", [22, 40])
@@ -99,6 +128,12 @@ def test_a_card_claiming_a_huge_model_is_refused_before_allocating(tmp_path: Pat
     assert out.returncode != 0 and "do not fit" in out.stderr, out.stderr[-2000:]
 
 
+def test_a_zip_entry_inflating_more_than_64_to_1_is_refused(tmp_path: Path) -> None:
+    out, seconds, peak = _import(zip_bomb(tmp_path / "zip.ckpt"), tmp_path / "home")
+    assert out.returncode != 0 and "compression ratio" in out.stderr, out.stderr[-2000:]
+    assert peak < MAX_RSS_MB, peak
+
+
 def test_a_bomb_through_the_server_fails_fast_and_the_worker_serves_on(tmp_path: Path,
                                                                        tiny_home: Path
                                                                        ) -> None:
@@ -116,6 +151,8 @@ def test_a_bomb_through_the_server_fails_fast_and_the_worker_serves_on(tmp_path:
             assert isinstance(ok, np.ndarray)
             pid = srv.pid
         assert not any("killing worker" in line for line in srv.lines), srv.lines[-10:]
+        # Asked for twice, loaded once: a failed model fails again at once until it changes.
+        assert sum("dagbomb.ckpt: could not read" in line for line in srv.lines) == 1
         assert pid
     finally:
         (models / "dagbomb.ckpt").unlink()
