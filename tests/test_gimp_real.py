@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -218,14 +219,26 @@ def test_plugin_killed_mid_job_cancels_it_on_the_server(
         root: Path, pixels: dict[str, np.ndarray], tmp_path: Path) -> None:
     """Cancelling a plug-in's progress in GIMP 3.0 kills the plug-in (SIGKILL) before it can
     say anything. The server must notice on its own and drop the job, not run it for no
-    one. The worker is held stopped, so the job is still in it when the plug-in dies."""
+    one. The worker is held stopped inside another client's job (stopped only once that
+    job runs: a worker stopped while idle is replaced), so the plug-in's job is still
+    waiting when the plug-in dies."""
     from inpaintd.protocol import Client
 
     servers.make_tiny_models(tmp_path)
-    with servers.serve(tmp_path, "--hang-timeout", "60") as srv:
-        with Client(srv.endpoint, timeout=30) as c:
-            worker = c.status()["worker"]["pid"]
+    with servers.serve(tmp_path, "--hang-timeout", "60") as srv, \
+            Client(srv.endpoint, timeout=60) as blocker:
+        worker = blocker.status()["worker"]["pid"]
         home = _home_with(root, pixels, mode="killed", endpoint=srv.endpoint)
+        size, mask = 2048, np.zeros((2048, 2048), np.uint8)
+        for y in range(4):
+            for x in range(4):
+                mask[y * 512 + 150:y * 512 + 350, x * 512 + 150:x * 512 + 350] = 255
+        started = threading.Event()
+        holding = blocker.submit(np.full((size, size, 3), 90, np.uint8), mask,
+                                 model="lama", strategy="crop",
+                                 on_progress=lambda s, f, m: started.set() if s == "running"
+                                 else None)
+        assert started.wait(60)
         os.kill(worker, signal.SIGSTOP)
         try:
             code, env = _script(home)
@@ -234,7 +247,7 @@ def test_plugin_killed_mid_job_cancels_it_on_the_server(
                                     text=True, start_new_session=True)
             with Client(srv.endpoint, timeout=30) as c:
                 deadline = time.monotonic() + 90
-                while c.status()["running"] == 0:
+                while c.status()["queue"] == 0:
                     assert time.monotonic() < deadline and proc.poll() is None
                     time.sleep(0.1)
             plugin = subprocess.run(["pgrep", "-f", "plug-ins/inpaintd-gimp/inpaintd-gimp.py"],
@@ -248,6 +261,7 @@ def test_plugin_killed_mid_job_cancels_it_on_the_server(
                 time.sleep(0.05)
         finally:
             os.kill(worker, signal.SIGCONT)
+        holding.result()
         output, _ = proc.communicate(timeout=120)
         entry = _results(home, "killed", proc.returncode, output)
         home.cleanup()

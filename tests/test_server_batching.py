@@ -26,7 +26,8 @@ from inpaintd.server.pipeline import FillItem, load_inpainter
 from inpaintd.server.strategy import StrategyOptions, batch_key, runs_whole
 from inpaintd.server.worker import fill_any_channels, pack, unpack
 
-from test_server_support import (TINY, RawClient, ServerProcess, make_tiny_model, test_images)
+from test_server_support import (TINY, RawClient, ServerProcess, make_tiny_model, many_holes,
+                                 test_images)
 
 PEN = "tinypen"
 OTHER = "tiny-b"
@@ -456,13 +457,21 @@ def _worker_pid(raw: RawClient) -> int:
 
 @contextmanager
 def held_worker(raw: RawClient) -> Iterator[str]:
-    """Stop the worker, then give it one job: the engine sees it busy and queues the rest.
-    The worker continues when the block ends; yields the holding job's id."""
+    """Give the worker a long job and stop it once the job runs: the engine sees it busy and
+    queues the rest. The worker continues when the block ends; yields the holding job's id.
+
+    Stopped only once it runs: a worker stopped before it takes a job is a hung worker,
+    which the engine replaces (issue 13 item 3), and the holding job would move on.
+    """
     pid = _worker_pid(raw)
+    rid = raw.submit(*many_holes(size=2048, grid=4, hole=200), strategy="crop")
+    while True:
+        hdr, _ = raw.next_for(rid, 60) or ({}, [])
+        assert hdr.get("type") == "progress", hdr
+        if hdr["stage"] == "running":
+            break
     os.kill(pid, signal.SIGSTOP)
     try:
-        rid = raw.submit(*test_images(seed=99, h=64, w=64))
-        raw.until(rid, ("progress",))  # enqueued, so dispatched to the stopped worker
         yield rid
     finally:
         os.kill(pid, signal.SIGCONT)
