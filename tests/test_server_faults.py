@@ -103,14 +103,14 @@ def test_a_damaged_server_key_is_a_one_line_error_not_a_hang(tmp_path: Path, sec
 
 
 def test_keys_init_leaves_an_existing_directory_alone(tmp_path: Path) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)
-    out = _serve_cli(tmp_path, "keys", "init", "--dir", str(shared))
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    out = _serve_cli(tmp_path, "keys", "init", "--dir", str(sticky))
     assert out.returncode == 0, out.stderr
-    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
-    assert stat.S_IMODE((shared / "clients").stat().st_mode) == 0o700  # made by us
-    assert stat.S_IMODE((shared / "server.key_secret").stat().st_mode) == 0o600
+    assert stat.S_IMODE(sticky.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((sticky / "clients").stat().st_mode) == 0o700  # made by us
+    assert stat.S_IMODE((sticky / "server.key_secret").stat().st_mode) == 0o600
     fresh = tmp_path / "a" / "fresh"
     assert _serve_cli(tmp_path, "keys", "init", "--dir", str(fresh)).returncode == 0
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
