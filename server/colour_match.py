@@ -27,6 +27,8 @@ BAND = 3
 SIGMA = 8.0
 #: Membrane relaxation sweeps per pyramid level.
 SWEEPS = 24
+#: The membrane is solved at 1/SOLVE_SCALE of the image's resolution.
+SOLVE_SCALE = 4
 _EPS = 1e-3
 
 
@@ -40,13 +42,6 @@ def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
     c = x.shape[1]
     x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
-
-
-def _local_mean(x: torch.Tensor, weight: torch.Tensor, sigma: float) -> tuple[torch.Tensor,
-                                                                            torch.Tensor]:
-    """Normalised convolution: the weighted local mean of ``x`` and the local weight."""
-    w = _gaussian(weight, sigma)
-    return _gaussian(x * weight, sigma) / w.clamp_min(1e-8), w
 
 
 def _dilate(m: torch.Tensor, r: int) -> torch.Tensor:
@@ -90,12 +85,28 @@ def match_colour(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor,
     near_known = _dilate(known, band)
     outer = known * near_hole  # known pixels within `band` of the hole
     inner = hole * near_known  # hole pixels within `band` of the known pixels
-    out_mean, out_w = _local_mean(image.to(pred.dtype), outer, sigma)
-    in_mean, in_w = _local_mean(pred, inner, sigma)
-    # The border: hole pixels next to known ones, where both local means are well defined.
-    border = inner * (out_w > _EPS).to(pred.dtype) * (in_w > _EPS).to(pred.dtype)
+    # Everything below is low-frequency, so it runs at 1/SOLVE_SCALE of the resolution: the
+    # bands are pooled with their pixel values (premultiplied), which keeps each band's
+    # mass, and the correction is scaled back up at the end.
+    f = SOLVE_SCALE
+    h, w = pred.shape[-2:]
+    sigma_lr = sigma / f
+    outer_lr = F.avg_pool2d(outer, f, ceil_mode=True)
+    inner_lr = F.avg_pool2d(inner, f, ceil_mode=True)
+    out_w = _gaussian(outer_lr, sigma_lr)
+    in_w = _gaussian(inner_lr, sigma_lr)
+    out_mean = _gaussian(F.avg_pool2d(image.to(pred.dtype) * outer, f, ceil_mode=True),
+                         sigma_lr) / out_w.clamp_min(1e-8)
+    in_mean = _gaussian(F.avg_pool2d(pred * inner, f, ceil_mode=True),
+                        sigma_lr) / in_w.clamp_min(1e-8)
+    # The border: cells holding hole pixels next to known ones, where both local means are
+    # well defined.
+    border = (inner_lr > 0).to(pred.dtype) * (out_w > _EPS).to(pred.dtype) \
+        * (in_w > _EPS).to(pred.dtype)
     if not bool(border.any()):
         return pred
     delta = (out_mean - in_mean) * border
-    correction = _membrane(delta, border, hole * (1 - border))
+    free = (F.max_pool2d(hole, f, ceil_mode=True) > 0).to(pred.dtype) * (1 - border)
+    correction = _membrane(delta, border, free)
+    correction = F.interpolate(correction, size=(h, w), mode="bilinear", align_corners=False)
     return pred + correction * hole
