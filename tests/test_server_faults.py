@@ -353,17 +353,29 @@ def test_revoking_a_key_cancels_its_queued_and_running_jobs(tmp_path: Path,
     public, secret = zmq.auth.load_certificate(keys / "issued" / "mallory.key_secret")
     with ServerProcess(tiny_home, "--curve", str(keys)) as srv:
         with RawClient(srv.endpoint, curve=(server_public, public, secret)) as raw:
+            seen, _ = raw.until(raw.request("status"), ("status",))
+            pid = int(seen[-1]["worker"]["pid"])
             running = raw.submit(*many_holes(size=2048, grid=4, hole=200), strategy="crop")
             _until_stage(raw, running, "running")
-            queued = raw.submit(*test_images(seed=10))
-            raw.await_queued(queued)
-            (keys / "clients" / "mallory.key").unlink()
-            t0 = time.monotonic()
-            for rid in (queued, running):
-                _, out = raw.result(rid, 30)
-                assert isinstance(out, dict) and out["code"] == "cancelled", out
-                assert "allow-list" in out["message"]
+            # Held inside the job, so that neither job can end on its own before the key
+            # goes, however fast the machine is.
+            # The running one ends at its next crop, once the worker goes on.
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                queued = raw.submit(*test_images(seed=10))
+                raw.await_queued(queued)
+                (keys / "clients" / "mallory.key").unlink()
+                t0 = time.monotonic()
+                _, out = raw.result(queued, 30)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert isinstance(out, dict) and out["code"] == "cancelled", out
+            assert "allow-list" in out["message"]
+            _, out = raw.result(running, 30)
+            assert isinstance(out, dict) and out["code"] == "cancelled", out
+            assert "allow-list" in out["message"]
             assert time.monotonic() - t0 < 10
+            assert not any("killing worker" in line for line in srv.lines), srv.lines[-8:]
 
 
 # --- 10: float32 outside [0, 1] -----------------------------------------------------------
