@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inpaintd.server.train.cases import (crop_square, find_cases, make_cases,
+from inpaintd.protocol.errors import BadInputError
+from inpaintd.server.train.cases import (crop_square, find_cases, make_cases, upscale_case,
                                          spread_over_sources)
 from inpaintd.server.train.eval_cli import main as eval_main
 from inpaintd.server.train.evaluate import (Method, evaluate, format_table, opencv_method)
@@ -217,3 +218,71 @@ def test_eval_picture_rows_by_name(tmp_path: Path, capsys: pytest.CaptureFixture
     rc = eval_main([str(cases), "--no-model", "--baselines", "telea", "--picture",
                     str(tmp_path / "x.png"), "--picture-cases", "nope", "--no-progress"])
     assert rc == 2 and "nope" in capsys.readouterr().err
+
+
+# --- refine vs no refine, on the cases scaled up ------------------------------------------
+
+def test_upscale_case_keeps_the_hole_hard_and_factor_squared() -> None:
+    image = _texture(32)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 5:17] = 255
+    big, big_mask = upscale_case(image, mask, 3)
+    assert big.shape == (96, 96, 3) and big.dtype == np.uint8
+    assert set(np.unique(big_mask)) == {0, 255}
+    assert (big_mask > 127).sum() == 9 * (mask > 127).sum()
+    assert upscale_case(image, mask, 1)[0] is image
+    with pytest.raises(BadInputError):
+        upscale_case(image, mask, 0)
+
+
+@pytest.mark.slow
+def test_eval_refine_scores_a_refined_column_on_upscaled_cases(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--refine`` adds NAME+refine beside NAME for a LaMa and runs the refiner (its fill
+    differs from the plain one); ``--upscale 3`` scores the cases at three times their size."""
+    import torch
+
+    from inpaintd.server.models.lama import FFCResNetGenerator, LamaConfig
+    from inpaintd.server.weights.card import save_ours
+
+    torch.manual_seed(0)
+    config = LamaConfig(ngf=8, n_blocks=1)
+    checkpoint = tmp_path / "tiny-lama.safetensors"
+    save_ours(FFCResNetGenerator(config).eval().state_dict(),
+              {"format_version": 1, "architecture": "lama", "config": config.to_dict()},
+              checkpoint)
+    # Refinement adds scales only where the region around the hole is at least 724 px
+    # across (1 + round(log2(side / 512)) scales): a large hole at 256 px, scaled up 3x.
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    mask = np.zeros((256, 256), np.uint8)
+    mask[40:216, 60:200] = 255
+    Image.fromarray(_texture(256)).save(cases / "big_box.png")
+    Image.fromarray(mask).save(cases / "big_box_mask.png")
+    out_json = tmp_path / "s.json"
+    rc = eval_main([str(cases), "--model", str(checkpoint), "--baselines", "telea",
+                    "--refine", "--upscale", "3", "--device", "cpu", "--json", str(out_json),
+                    "--no-progress", "--picture", str(tmp_path / "p.png"), "--picture-rows",
+                    "1"])
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads(out_json.read_text())
+    assert set(doc["summary"]) == {"tiny-lama", "tiny-lama+refine", "telea"}
+    for method in ("tiny-lama", "tiny-lama+refine"):
+        assert doc["summary"][method]["overall"]["changed_outside"] == 0.0
+    assert doc["upscale"] == 3
+    plain = {r["case"]: r["hole_psnr"] for r in doc["per_case"] if r["method"] == "tiny-lama"}
+    refined = {r["case"]: r["hole_psnr"] for r in doc["per_case"]
+               if r["method"] == "tiny-lama+refine"}
+    assert plain.keys() == refined.keys() and plain != refined
+    with Image.open(tmp_path / "p.png") as picture:
+        assert picture.width > 0
+    assert eval_main([str(cases), "--upscale", "0", "--no-model", "--no-progress"]) == 2
+
+
+def test_eval_refine_on_a_model_without_refinement_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from inpaintd.server.train.evaluate import build_methods
+
+    methods = build_methods(["pennet"], [], "cpu", refine=True)
+    assert [m.name for m in methods] == ["pennet"]
+    assert "refinement is LaMa's" in caplog.text

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from inpaintd.protocol.errors import BadInputError, InternalError
 
 from . import metrics
-from .cases import ALL_KIND, Case, read_case
+from .cases import ALL_KIND, Case, read_case, upscale_case
 from .texture import SWDAccumulator, colour_shift, hf_ratio, pooled_swd
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,29 @@ def xphoto_method(name: str) -> Method:
 def model_method(spec: str, device: str = "auto", name: Optional[str] = None,
                  precision: str = "auto") -> Method:
     """A model by registry name or checkpoint path, run through the inpainting pipeline."""
+    return model_methods(spec, device, name, precision)[0]
+
+
+def model_methods(spec: str, device: str = "auto", name: Optional[str] = None,
+                  precision: str = "auto", refine: bool = False) -> list[Method]:
+    """The model as ``inpaintd fill`` runs it, and with ``refine`` a second column
+    ``NAME+refine`` as ``inpaintd fill --refine`` runs it (LaMa only; the official defaults),
+    both on one loaded copy of the weights."""
     from inpaintd.server.pipeline import load_inpainter  # lazily: torch is slow to import
+    from inpaintd.server.refine import RefineOptions
 
     inpainter = load_inpainter(spec, device=device, precision=precision)
-    return Method(name or method_name(spec), lambda image, mask: inpainter.fill(image, mask))
+    label = name or method_name(spec)
+    methods = [Method(label, lambda image, mask: inpainter.fill(image, mask))]
+    if refine:
+        if inpainter.model.architecture != "lama":
+            log.warning("%s is %s: refinement is LaMa's, so it has no +refine column", label,
+                        inpainter.model.architecture)
+        else:
+            opts = RefineOptions()
+            methods.append(Method(f"{label}+refine",
+                                  lambda image, mask: inpainter.fill(image, mask, refine=opts)))
+    return methods
 
 
 def method_name(spec: str) -> str:
@@ -127,11 +146,12 @@ def method_name(spec: str) -> str:
 
 
 def build_methods(models: Sequence[str], baselines: Sequence[str],
-                  device: str = "auto", precision: str = "auto") -> list[Method]:
+                  device: str = "auto", precision: str = "auto",
+                  refine: bool = False) -> list[Method]:
     """Load every model and baseline up front, so a bad name fails before any case runs."""
     methods: list[Method] = []
     for spec in models:
-        methods.append(model_method(spec, device, precision=precision))
+        methods.extend(model_methods(spec, device, precision=precision, refine=refine))
     for name in baselines:
         methods.append(opencv_method(name))
     seen: dict[str, int] = {}
@@ -174,6 +194,8 @@ class EvalReport:
         default_factory=dict)
     #: (method, kind) -> hole patches of every case of that kind, for the pooled SWD.
     patches: dict[tuple[str, str], SWDAccumulator] = field(default_factory=dict)
+    #: The factor the cases were scaled up by before the fills (1: as they are).
+    upscale: int = 1
 
     def kinds(self) -> list[str]:
         """The mask kinds present, in a stable order (known kinds first)."""
@@ -210,6 +232,7 @@ class EvalReport:
         """Everything, as plain JSON types, for the training README and the weight cards."""
         return {
             "case_dir": self.case_dir,
+            "upscale": self.upscale,
             "cases": len({s.case for s in self.scores}),
             "methods": self.methods,
             "definitions": {
@@ -249,8 +272,11 @@ def _aggregate(rows: Sequence[CaseScore]) -> dict[str, Any]:
 
 def evaluate(cases: Sequence[Case], methods: Sequence[Method], *,
              keep: Iterable[str] = (), case_dir: str = "",
-             progress: Optional[bool] = None) -> EvalReport:
+             progress: Optional[bool] = None, upscale: int = 1) -> EvalReport:
     """Fill and score every case with every method.
+
+    ``upscale`` scales each case up by that factor first (:func:`.cases.upscale_case`): the
+    held-out cases at the 1-2K sizes where LaMa's refinement is meant to help.
 
     ``keep`` names cases whose fills are kept in the report (for a comparison picture), so
     the picture costs no second run. ``progress=None`` shows the bar only on a terminal.
@@ -261,7 +287,7 @@ def evaluate(cases: Sequence[Case], methods: Sequence[Method], *,
     patches: dict[tuple[str, str], SWDAccumulator] = {}
     bar = tqdm(cases, desc="eval", unit="case", disable=None if progress is None else not progress)
     for case in bar:
-        image, mask = read_case(case)
+        image, mask = upscale_case(*read_case(case), upscale)
         fills: dict[str, np.ndarray] = {}
         for m in methods:
             t0 = time.perf_counter()
@@ -287,7 +313,7 @@ def evaluate(cases: Sequence[Case], methods: Sequence[Method], *,
         if case.name in keep:
             kept[case.name] = (image, mask, fills)
     return EvalReport(case_dir=case_dir, methods=[m.name for m in methods], scores=scores,
-                      kept=kept, patches=patches)
+                      kept=kept, patches=patches, upscale=upscale)
 
 
 def format_table(report: EvalReport) -> str:
