@@ -195,8 +195,8 @@ def _fill_folder(args: argparse.Namespace, src: Path, out: Path) -> int:
     inpainter = _inpainter(args)
     for image_path, mask_path, name in tqdm(plan.cases, desc="fill", unit="image",
                                             disable=args.quiet):
-        result = inpainter.fill(read_image(image_path, _max_pixels(args)),
-                                read_mask(mask_path, _max_pixels(args)), args.strategy)
+        result = inpainter.fill(read_image(image_path, limit), read_mask(mask_path, limit),
+                                args.strategy)
         write_image(out / name, result)
     skipped = f"; skipped {len(plan.skipped)} (see the warnings)" if plan.skipped else ""
     if not args.quiet:
@@ -225,7 +225,8 @@ def cmd_fill(args: argparse.Namespace) -> int:
     if not args.mask:
         raise BadInputError("--mask MASK is required for a single image")
     check_writable(out)  # the format, before reading anything
-    image, mask = read_image(src, _max_pixels(args)), read_mask(args.mask, _max_pixels(args))
+    limit = _max_pixels(args)
+    image, mask = read_image(src, limit), read_mask(args.mask, limit)
     _check_pair((image.shape[1], image.shape[0]), (mask.shape[1], mask.shape[0]),
                 Path(args.mask))
     check_writable(out, image.shape[2], image.dtype)  # this depth and these channels

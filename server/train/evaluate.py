@@ -111,12 +111,6 @@ def xphoto_method(name: str) -> Method:
     return Method(name, fill)
 
 
-def model_method(spec: str, device: str = "auto", name: Optional[str] = None,
-                 precision: str = "auto") -> Method:
-    """A model by registry name or checkpoint path, run through the inpainting pipeline."""
-    return model_methods(spec, device, name, precision)[0]
-
-
 def model_methods(spec: str, device: str = "auto", name: Optional[str] = None,
                   precision: str = "auto", refine: bool = False) -> list[Method]:
     """The model as ``inpaintd fill`` runs it, and with ``refine`` a second column
