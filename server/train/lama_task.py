@@ -7,7 +7,10 @@ image. Losses (weights from ``TrainConfig.losses``; 0 or absent = off):
 - ``adv``: non-saturating adversarial loss against :class:`NLayerDiscriminator`, with the
   R1 penalty ``r1`` on real images (discriminator side);
 - ``fm``: discriminator feature matching;
-- ``hrf``: the high-receptive-field perceptual loss (needs ``hrf_checkpoint``).
+- ``hrf``: the high-receptive-field perceptual loss (needs ``hrf_checkpoint``);
+- ``l1_low`` / ``swd``: L1 on block averages of the hole and the sliced Wasserstein
+  distance of its band-pass patches (:mod:`.texture_losses`): colour and layout from the
+  first, texture statistics from the second.
 
 bf16 autocast speeds the convolutions on CPUs with AMX/avx512_bf16; the FFT inside
 FourierUnit always runs in float32, and losses are computed in float32.
@@ -31,6 +34,7 @@ from .discriminators import NLayerDiscriminator
 from .losses import (feature_matching_loss, masked_l1, nonsaturating_discriminator_loss,
                      nonsaturating_generator_loss)
 from .presets import TrainConfig
+from .texture_losses import lowpass_l1, patch_swd_loss
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class LamaTask(TaskState):
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.w = {k: float(v) for k, v in cfg.losses.items()}
-        unknown = set(self.w) - {"l1_hole", "l1_known", "adv", "fm", "r1", "hrf"}
+        unknown = set(self.w) - {"l1_hole", "l1_known", "adv", "fm", "r1", "hrf", "l1_low", "swd"}
         if unknown:
             raise BadInputError(f"LaMa training has no loss {sorted(unknown)}")
         self.model_config = LamaConfig.from_dict(cfg.model)
@@ -110,6 +114,14 @@ class LamaTask(TaskState):
         loss = masked_l1(pred, img, mask, self.w.get("l1_hole", 0.0),
                          self.w.get("l1_known", 0.0))
         logs["l1"] = float(loss.detach())
+        if self.w.get("l1_low", 0) > 0:
+            low = lowpass_l1(pred, img, mask) * self.w["l1_low"]
+            loss = loss + low
+            logs["l1_low"] = float(low.detach())
+        if self.w.get("swd", 0) > 0:
+            swd = patch_swd_loss(pred, img, mask) * self.w["swd"]
+            loss = loss + swd
+            logs["swd"] = float(swd.detach())
 
         if self.disc is not None:
             for p in self.disc.parameters():

@@ -119,6 +119,17 @@ PRESETS: dict[str, TrainConfig] = {
         losses={"l1_hole": 0.0, "l1_known": 10.0, "adv": 10.0, "fm": 100.0, "r1": 0.001},
         disc={"ndf": 32, "n_layers": 3}, init="bundled:lama", select="texture",
         val_every=300, ckpt_every=50, val_cases=36),
+    # The texture fine-tune with the hole's job split by frequency (issue 12): L1 on 4x4
+    # block averages holds colour and layout, the patch SWD of the band-pass levels asks
+    # for the original's texture statistics, the adversarial terms for plausible structure.
+    "lama-compact-swd": TrainConfig(
+        name="lama-compact-swd", arch="lama", model=dict(COMPACT_LAMA),
+        stages=[Stage(10**9, 192, 6)], steps=40000, lr=3e-4, warmup=100, min_lr_ratio=0.2,
+        d_lr=1e-4, ema_decay=0.999, ema_start=0,
+        losses={"l1_hole": 0.0, "l1_known": 10.0, "l1_low": 50.0, "adv": 10.0, "fm": 100.0,
+                "r1": 0.001, "swd": 10.0},
+        disc={"ndf": 32, "n_layers": 3}, init="bundled:lama", select="texture",
+        val_every=500, ckpt_every=50, val_cases=36),
     # LaMa's own recipe (big-lama's loss weights), for a GPU.
     "lama-fourier-gpu": TrainConfig(
         name="lama-fourier-gpu", arch="lama", model={"ngf": 64, "n_blocks": 9},

@@ -1,0 +1,123 @@
+"""Training losses that let a generator put texture in the hole instead of its average.
+
+L1 on the hole is minimised by the mean of all plausible fills: a blur (the shipped L1
+LaMa holds 2-3% of the original's fine detail). LaMa's answer is an adversarial loss plus a
+perceptual loss on an ADE20k segmentation net; that net can't be had here, and on a 2-core
+CPU the adversarial term alone moves texture very slowly (docs/training.md). These two
+terms split the job by frequency instead:
+
+- :func:`lowpass_l1`: L1 on the hole after both images are averaged over ``factor`` x
+  ``factor`` blocks. It holds the fill's colour and layout to the original's and says
+  nothing about detail finer than a block, so it does not pull the detail towards a blur.
+- :func:`patch_swd_loss`: the sliced Wasserstein distance between the fill's and the
+  original's patches at hole positions, per image, on the finest levels of a Laplacian
+  pyramid: a *distribution* loss (Heitz et al., "A Sliced Wasserstein Loss for Neural
+  Texture Synthesis", CVPR 2021, there on VGG features, here on band-pass pixels since no
+  pretrained net can be had). Positions don't have to line up, so a fill whose grass has
+  the original grass's statistics scores 0 wherever the blades fall; a blur scores high.
+
+The SWD figure of ``inpaintd eval`` (:mod:`.texture`) is a near relative of the second term,
+so a model trained with it must be judged on the opposed figures (hole PSNR, hf) and on the
+pictures, not on its SWD alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)
+#: Added to a band's standard deviation (2 of 255 levels): a flat original (sky) must not
+#: turn one level of noise in the fill into a huge normalised error.
+_STD_FLOOR = 2.0 / 255
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """ProGAN's separable 5x5 binomial blur, reflected borders."""
+    k = torch.tensor(_BINOMIAL, dtype=x.dtype, device=x.device) / 16.0
+    c = x.shape[1]
+    x = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
+    return F.conv2d(x, k.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
+
+
+def laplacian_bands(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """The ``levels`` finest band-pass levels of ``x`` (Bx3xHxW), finest first, built as
+    :func:`inpaintd.server.train.texture.laplacian_pyramid` builds them."""
+    out = []
+    cur = x
+    for _ in range(levels):
+        if min(cur.shape[-2:]) < 8:
+            break
+        nxt = _blur(cur)[..., ::2, ::2]
+        up = torch.zeros_like(cur)
+        up[..., ::2, ::2] = nxt
+        out.append(cur - _blur(up) * 4.0)
+        cur = nxt
+    return out
+
+
+def lowpass_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+               factor: int = 4) -> torch.Tensor:
+    """Mean L1 over the hole between ``factor``-block averages of the two images.
+
+    Blocks are weighted by the share of hole pixels they hold; the mean is over all
+    blocks (as LaMa's ``masked_l1`` is over all pixels), so the term scales with the hole.
+    """
+    p = F.avg_pool2d(pred, factor, ceil_mode=True)
+    t = F.avg_pool2d(target, factor, ceil_mode=True)
+    m = F.avg_pool2d(mask, factor, ceil_mode=True)
+    return ((p - t).abs() * m).mean()
+
+
+def _random_directions(dim: int, count: int, device: torch.device,
+                       generator: torch.Generator | None) -> torch.Tensor:
+    d = torch.randn(dim, count, generator=generator, device=device)
+    return d / d.norm(dim=0, keepdim=True)
+
+
+def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                   levels: int = 3, patch: int = 7, directions: int = 64,
+                   max_patches: int = 1024,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per image and level, the SWD between ``pred``'s and ``target``'s ``patch`` x
+    ``patch`` band-pass patches centred in the hole; mean over images and levels.
+
+    Each image's patches are normalised with its original patches' per-channel mean and
+    standard deviation (as the eval's SWD is), so every level counts alike and a fill
+    with too little contrast is not forgiven. ``directions`` random unit projections are
+    drawn anew each call. Images whose hole is empty at a level are skipped.
+    """
+    bp = laplacian_bands(pred.float(), levels)
+    bt = laplacian_bands(target.float(), levels)
+    r = patch // 2
+    offsets = torch.arange(patch, device=pred.device)
+    total = pred.new_zeros((), dtype=torch.float32)
+    count = 0
+    for a, b in zip(bp, bt):
+        hole = F.adaptive_max_pool2d(mask, a.shape[-2:]) > 0.5  # Bx1xhxw
+        pad_a = F.pad(a, (r, r, r, r), mode="reflect")
+        pad_b = F.pad(b, (r, r, r, r), mode="reflect")
+        dirs = _random_directions(a.shape[1] * patch * patch, directions, a.device, generator)
+        for i in range(a.shape[0]):
+            ys, xs = hole[i, 0].nonzero(as_tuple=True)
+            if ys.numel() < 2:
+                continue
+            if ys.numel() > max_patches:
+                pick = torch.randperm(ys.numel(), generator=generator,
+                                      device=ys.device)[:max_patches]
+                ys, xs = ys[pick], xs[pick]
+            # N x p x p pixel coordinates of the patches centred on (ys, xs), padded frame.
+            yy = (ys[:, None] + offsets[None])[:, :, None]
+            xx = (xs[:, None] + offsets[None])[:, None, :]
+            fa = pad_a[i][:, yy, xx].permute(1, 0, 2, 3).reshape(len(ys), a.shape[1], -1)
+            fb = pad_b[i][:, yy, xx].permute(1, 0, 2, 3).reshape(len(ys), b.shape[1], -1)
+            mean = fb.mean(dim=(0, 2), keepdim=True).detach()
+            std = fb.std(dim=(0, 2), keepdim=True).detach() + _STD_FLOOR
+            fa = ((fa - mean) / std).reshape(len(ys), -1)
+            fb = ((fb - mean) / std).reshape(len(ys), -1)
+            sa = torch.sort(fa @ dirs, dim=0).values
+            sb = torch.sort(fb @ dirs, dim=0).values
+            total = total + (sa - sb).abs().mean()
+            count += 1
+    return total / max(count, 1)

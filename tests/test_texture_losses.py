@@ -1,0 +1,85 @@
+"""The texture training losses: the patch SWD rewards the original's texture wherever its
+detail falls and punishes a blur; the low-pass L1 holds the colour and ignores detail finer
+than its blocks; both reach the generator through their gradients."""
+
+import numpy as np
+import pytest
+import torch
+
+from inpaintd.server.train.texture import laplacian_pyramid
+from inpaintd.server.train.texture_losses import (laplacian_bands, lowpass_l1,
+                                                   patch_swd_loss)
+
+
+def _texture(seed: int, size: int = 96) -> torch.Tensor:
+    """Stripes with grain: a band-pass texture whose fresh draws differ pixel by pixel."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.arange(size, dtype=torch.float32)
+    stripes = 0.5 + 0.15 * torch.sin(x / 3.0)[None, :].expand(size, size)
+    grain = torch.randn(3, size, size, generator=g) * 0.08
+    return (stripes[None] * torch.tensor([1.0, 0.8, 0.6])[:, None, None] + grain)[None]
+
+
+def _mask(size: int = 96) -> torch.Tensor:
+    m = torch.zeros(1, 1, size, size)
+    m[..., 24:72, 20:76] = 1
+    return m
+
+
+def _blur(x: torch.Tensor, r: int = 3) -> torch.Tensor:
+    return torch.nn.functional.avg_pool2d(x, 2 * r + 1, 1, r, count_include_pad=False)
+
+
+def test_bands_equal_the_eval_pyramid():
+    img = _texture(0)
+    bands = laplacian_bands(img, 3)
+    ref = laplacian_pyramid(img[0].permute(1, 2, 0).numpy().astype(np.float64), 3)
+    assert len(bands) == 3
+    for b, r in zip(bands, ref):
+        np.testing.assert_allclose(b[0].permute(1, 2, 0).numpy() * 255, r, atol=1e-3)
+
+
+def test_swd_is_zero_for_the_original_and_small_for_a_fresh_draw_but_large_for_a_blur():
+    orig, mask = _texture(0), _mask()
+    g = torch.Generator().manual_seed(1)
+    same = float(patch_swd_loss(orig, orig, mask, generator=g))
+    fresh = _texture(5)
+    other = orig * (1 - mask) + fresh * mask
+    blurred = orig * (1 - mask) + _blur(orig) * mask
+    d_fresh = float(patch_swd_loss(other, orig, mask, generator=g))
+    d_blur = float(patch_swd_loss(blurred, orig, mask, generator=g))
+    assert same == pytest.approx(0.0, abs=1e-6)
+    # A fresh draw differs at every pixel (its L1 is larger than the blur's) ...
+    l1 = {name: float(((x - orig).abs() * mask).mean()) for name, x in
+          (("fresh", other), ("blur", blurred))}
+    assert l1["fresh"] > l1["blur"]
+    # ... but it is the same texture, and the SWD says so.
+    assert d_blur > 4 * d_fresh
+
+
+def test_lowpass_l1_ignores_detail_within_a_block_and_sees_a_tint():
+    orig, mask = _texture(0), _mask()
+    # Detail that averages to zero over every 4x4 block (a checkerboard of +-0.1).
+    y, x = torch.meshgrid(torch.arange(96), torch.arange(96), indexing="ij")
+    checker = ((y + x) % 2 * 2 - 1).float() * 0.1
+    detailed = orig + checker * mask
+    tinted = orig + torch.tensor([0.04, 0.0, -0.04])[None, :, None, None] * mask
+    assert float(lowpass_l1(detailed, orig, mask)) < 1e-6
+    # The tint's mean size (0.08 / 3) over the hole's share of the image.
+    assert float(lowpass_l1(tinted, orig, mask)) == pytest.approx(0.08 / 3 * float(mask.mean()),
+                                                                 rel=1e-4)
+
+
+def test_gradients_reach_the_prediction_only_near_the_hole():
+    orig, mask = _texture(0, 160), _mask(160)
+    pred = _blur(orig).requires_grad_(True)
+    (patch_swd_loss(pred, orig, mask) + lowpass_l1(pred, orig, mask)).backward()
+    grad = pred.grad.abs().sum(dim=1)[0]
+    assert float(grad[30:66, 30:66].sum()) > 0
+    # Beyond the reach of the coarsest level's 7x7 patches and the pyramid's blurs, none.
+    assert float(grad[:, 120:].sum()) == 0.0 and float(grad[130:].sum()) == 0.0
+
+
+def test_an_empty_hole_gives_zero():
+    orig = _texture(0)
+    assert float(patch_swd_loss(orig + 0.1, orig, torch.zeros(1, 1, 96, 96))) == 0.0
