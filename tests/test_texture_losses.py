@@ -83,3 +83,26 @@ def test_gradients_reach_the_prediction_only_near_the_hole():
 def test_an_empty_hole_gives_zero():
     orig = _texture(0)
     assert float(patch_swd_loss(orig + 0.1, orig, torch.zeros(1, 1, 96, 96))) == 0.0
+
+
+def test_ring_reference_asks_for_the_surroundings_texture_not_the_unknown_content():
+    """A flat object under the hole in a textured field: against the hole's own patches a
+    flat fill is right; against the band around the hole, continuing the texture is."""
+    field, mask = _texture(0), _mask()
+    orig = field * (1 - mask) + 0.5 * mask
+    flat = orig
+    continued = field
+    g = torch.Generator().manual_seed(2)
+    by_hole = {n: float(patch_swd_loss(x, orig, mask, generator=g))
+               for n, x in (("flat", flat), ("continued", continued))}
+    by_ring = {n: float(patch_swd_loss(x, orig, mask, reference="ring", generator=g))
+               for n, x in (("flat", flat), ("continued", continued))}
+    assert by_hole["flat"] == pytest.approx(0.0, abs=1e-6)
+    assert by_hole["continued"] > 0.1
+    assert by_ring["continued"] < 0.5 * by_ring["flat"]
+
+
+def test_an_unknown_reference_is_refused():
+    orig = _texture(0)
+    with pytest.raises(ValueError):
+        patch_swd_loss(orig, orig, _mask(), reference="everything")

@@ -8,9 +8,10 @@ image. Losses (weights from ``TrainConfig.losses``; 0 or absent = off):
   R1 penalty ``r1`` on real images (discriminator side);
 - ``fm``: discriminator feature matching;
 - ``hrf``: the high-receptive-field perceptual loss (needs ``hrf_checkpoint``);
-- ``l1_low`` / ``swd``: L1 on block averages of the hole and the sliced Wasserstein
-  distance of its band-pass patches (:mod:`.texture_losses`): colour and layout from the
-  first, texture statistics from the second.
+- ``l1_low`` / ``swd`` / ``swd_ring``: L1 on block averages of the hole, and the sliced
+  Wasserstein distance of its band-pass patches to the original hole's (``swd``) or to
+  those of the band around it (``swd_ring``) (:mod:`.texture_losses`): colour and layout
+  from the first, texture statistics from the others.
 
 bf16 autocast speeds the convolutions on CPUs with AMX/avx512_bf16; the FFT inside
 FourierUnit always runs in float32, and losses are computed in float32.
@@ -62,7 +63,8 @@ class LamaTask(TaskState):
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.w = {k: float(v) for k, v in cfg.losses.items()}
-        unknown = set(self.w) - {"l1_hole", "l1_known", "adv", "fm", "r1", "hrf", "l1_low", "swd"}
+        unknown = set(self.w) - {"l1_hole", "l1_known", "adv", "fm", "r1", "hrf", "l1_low", "swd",
+                                 "swd_ring"}
         if unknown:
             raise BadInputError(f"LaMa training has no loss {sorted(unknown)}")
         self.model_config = LamaConfig.from_dict(cfg.model)
@@ -122,6 +124,11 @@ class LamaTask(TaskState):
             swd = patch_swd_loss(pred, img, mask) * self.w["swd"]
             loss = loss + swd
             logs["swd"] = float(swd.detach())
+        if self.w.get("swd_ring", 0) > 0:
+            ring = patch_swd_loss(pred, img, mask, reference="ring",
+                                  max_patches=512) * self.w["swd_ring"]
+            loss = loss + ring
+            logs["swd_ring"] = float(ring.detach())
 
         if self.disc is not None:
             for p in self.disc.parameters():

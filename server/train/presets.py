@@ -130,6 +130,17 @@ PRESETS: dict[str, TrainConfig] = {
                 "r1": 0.001, "swd": 10.0},
         disc={"ndf": 32, "n_layers": 3}, init="bundled:lama", select="texture",
         val_every=500, ckpt_every=50, val_cases=36),
+    # The same, with the texture asked of the fill taken from the band around the hole
+    # (which the generator sees) instead of the hole's own content (which it can't know,
+    # and met with noise under large holes).
+    "lama-compact-swd-ring": TrainConfig(
+        name="lama-compact-swd-ring", arch="lama", model=dict(COMPACT_LAMA),
+        stages=[Stage(10**9, 192, 6)], steps=40000, lr=3e-4, warmup=100, min_lr_ratio=0.2,
+        d_lr=1e-4, ema_decay=0.999, ema_start=0,
+        losses={"l1_hole": 0.0, "l1_known": 10.0, "l1_low": 50.0, "adv": 10.0, "fm": 100.0,
+                "r1": 0.001, "swd_ring": 10.0},
+        disc={"ndf": 32, "n_layers": 3}, init="bundled:lama", select="texture",
+        val_every=500, ckpt_every=50, val_cases=36),
     # LaMa's own recipe (big-lama's loss weights), for a GPU.
     "lama-fourier-gpu": TrainConfig(
         name="lama-fourier-gpu", arch="lama", model={"ngf": 64, "n_blocks": 9},

@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 
 _BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)
+#: Width, in pixels of each pyramid level, of the band around the hole whose patches are
+#: the ``ring`` reference of :func:`patch_swd_loss`.
+RING = 16
 #: Added to a band's standard deviation (2 of 255 levels): a flat original (sky) must not
 #: turn one level of noise in the fill into a huge normalised error.
 _STD_FLOOR = 2.0 / 255
@@ -76,18 +79,35 @@ def _random_directions(dim: int, count: int, device: torch.device,
     return d / d.norm(dim=0, keepdim=True)
 
 
-def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                   levels: int = 3, patch: int = 7, directions: int = 64,
-                   max_patches: int = 1024,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per image and level, the SWD between ``pred``'s and ``target``'s ``patch`` x
-    ``patch`` band-pass patches centred in the hole; mean over images and levels.
+def _patches(padded: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
+             offsets: torch.Tensor) -> torch.Tensor:
+    """N x C x p*p: the patches of a (C x H+2r x W+2r) padded level centred on (ys, xs)."""
+    yy = (ys[:, None] + offsets[None])[:, :, None]
+    xx = (xs[:, None] + offsets[None])[:, None, :]
+    return padded[:, yy, xx].permute(1, 0, 2, 3).reshape(len(ys), padded.shape[0], -1)
 
-    Each image's patches are normalised with its original patches' per-channel mean and
+
+def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                   levels: int = 3, patch: int = 7, directions: int = 128,
+                   max_patches: int = 1024, reference: str = "hole", ring: int = RING,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per image and level, the SWD between ``pred``'s ``patch`` x ``patch`` band-pass
+    patches centred in the hole and ``target``'s reference patches; mean over images and
+    levels.
+
+    ``reference="hole"``: the original's patches at the same hole positions (the hole's
+    true texture). ``reference="ring"``: the original's patches centred in a band ``ring``
+    pixels wide (at each level) around the hole, which the generator sees: it is asked to
+    continue its surroundings' texture, not to guess the contrast of content it can't
+    know (an object under a box), which it can only meet with noise.
+
+    Each image's patches are normalised with the reference patches' per-channel mean and
     standard deviation (as the eval's SWD is), so every level counts alike and a fill
     with too little contrast is not forgiven. ``directions`` random unit projections are
-    drawn anew each call. Images whose hole is empty at a level are skipped.
+    drawn anew each call. Images whose hole (or ring) is empty at a level are skipped.
     """
+    if reference not in ("hole", "ring"):
+        raise ValueError(f"reference must be 'hole' or 'ring', not {reference!r}")
     bp = laplacian_bands(pred.float(), levels)
     bt = laplacian_bands(target.float(), levels)
     r = patch // 2
@@ -96,6 +116,12 @@ def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     count = 0
     for a, b in zip(bp, bt):
         hole = F.adaptive_max_pool2d(mask, a.shape[-2:]) > 0.5  # Bx1xhxw
+        around = None
+        if reference == "ring":
+            k = 2 * ring + 1  # a square dilation, as two 1-D passes
+            grown = F.max_pool2d(F.max_pool2d(hole.float(), (1, k), 1, (0, ring)),
+                                 (k, 1), 1, (ring, 0)) > 0.5
+            around = grown & ~hole
         pad_a = F.pad(a, (r, r, r, r), mode="reflect")
         pad_b = F.pad(b, (r, r, r, r), mode="reflect")
         dirs = _random_directions(a.shape[1] * patch * patch, directions, a.device, generator)
@@ -107,17 +133,28 @@ def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                 pick = torch.randperm(ys.numel(), generator=generator,
                                       device=ys.device)[:max_patches]
                 ys, xs = ys[pick], xs[pick]
-            # N x p x p pixel coordinates of the patches centred on (ys, xs), padded frame.
-            yy = (ys[:, None] + offsets[None])[:, :, None]
-            xx = (xs[:, None] + offsets[None])[:, None, :]
-            fa = pad_a[i][:, yy, xx].permute(1, 0, 2, 3).reshape(len(ys), a.shape[1], -1)
-            fb = pad_b[i][:, yy, xx].permute(1, 0, 2, 3).reshape(len(ys), b.shape[1], -1)
+            ry, rx = ys, xs
+            if around is not None:
+                ry, rx = around[i, 0].nonzero(as_tuple=True)
+                if ry.numel() < 2:
+                    continue
+                # As many reference patches as fill patches (drawn again if the band is
+                # smaller), so the sorted projections pair up one to one.
+                pick = torch.randint(ry.numel(), (ys.numel(),), generator=generator,
+                                     device=ry.device) if ry.numel() < ys.numel() else \
+                    torch.randperm(ry.numel(), generator=generator,
+                                   device=ry.device)[:ys.numel()]
+                ry, rx = ry[pick], rx[pick]
+            fa = _patches(pad_a[i], ys, xs, offsets)
+            fb = _patches(pad_b[i], ry, rx, offsets)
             mean = fb.mean(dim=(0, 2), keepdim=True).detach()
             std = fb.std(dim=(0, 2), keepdim=True).detach() + _STD_FLOOR
             fa = ((fa - mean) / std).reshape(len(ys), -1)
-            fb = ((fb - mean) / std).reshape(len(ys), -1)
-            sa = torch.sort(fa @ dirs, dim=0).values
-            sb = torch.sort(fb @ dirs, dim=0).values
+            fb = ((fb - mean) / std).reshape(len(ry), -1)
+            # Each direction's projections as a contiguous row: sorting rows is far faster
+            # than sorting the columns of an N x directions matrix.
+            sa = torch.sort((dirs.T @ fa.T).contiguous(), dim=1).values
+            sb = torch.sort((dirs.T @ fb.T).contiguous(), dim=1).values
             total = total + (sa - sb).abs().mean()
             count += 1
     return total / max(count, 1)
