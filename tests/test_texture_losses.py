@@ -8,7 +8,7 @@ import torch
 
 from inpaintd.server.train.texture import laplacian_pyramid
 from inpaintd.server.train.texture_losses import (laplacian_bands, lowpass_l1,
-                                                   patch_swd_loss)
+                                                   opponent_colour, patch_swd_loss)
 
 
 def _texture(seed: int, size: int = 96) -> torch.Tensor:
@@ -106,3 +106,20 @@ def test_an_unknown_reference_is_refused():
     orig = _texture(0)
     with pytest.raises(ValueError):
         patch_swd_loss(orig, orig, _mask(), reference="everything")
+
+
+def test_opponent_colour_makes_colour_noise_on_a_grey_texture_costly():
+    """Grey grain filled with grain of the same lightness but coloured: in RGB the SWD
+    barely tells them apart; in opponent space it does, by far."""
+    grey = _texture(0).mean(dim=1, keepdim=True).expand(1, 3, 96, 96)
+    mask = _mask()
+    g = torch.Generator().manual_seed(3)
+    same_grey = grey * (1 - mask) + _texture(7).mean(dim=1, keepdim=True) * mask
+    noise = torch.randn(1, 3, 96, 96, generator=g) * 0.05
+    coloured = same_grey + (noise - noise.mean(dim=1, keepdim=True)) * mask
+    assert torch.allclose(opponent_colour(coloured)[:, 0], opponent_colour(same_grey)[:, 0])
+    rgb = {n: float(patch_swd_loss(x, grey, mask, generator=g)) for n, x in
+           (("grey", same_grey), ("coloured", coloured))}
+    opp = {n: float(patch_swd_loss(x, grey, mask, opponent=True, generator=g)) for n, x in
+           (("grey", same_grey), ("coloured", coloured))}
+    assert opp["coloured"] / opp["grey"] > 3 * rgb["coloured"] / rgb["grey"]

@@ -83,6 +83,9 @@ class LamaTask(TaskState):
             self.disc.to(memory_format=self.memory_format).train()
             self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.d_lr,
                                           betas=tuple(cfg.d_betas))
+        if cfg.swd_colour not in ("rgb", "opponent"):
+            raise BadInputError(f"swd_colour must be rgb or opponent, not {cfg.swd_colour!r}")
+        self.swd_opponent = cfg.swd_colour == "opponent"
         self.hrf: Optional[nn.Module] = None
         if self.w.get("hrf", 0) > 0:
             if not cfg.hrf_checkpoint:
@@ -104,6 +107,9 @@ class LamaTask(TaskState):
         self.lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
         for g in self.opt.param_groups:
             g["lr"] = self.lr
+        if self.d_opt is not None:  # a resumed optimiser would keep its old rate
+            for g in self.d_opt.param_groups:
+                g["lr"] = cfg.d_lr
         img = batch["image"].contiguous(memory_format=self.memory_format)
         mask = batch["mask"].contiguous(memory_format=self.memory_format)
         x = torch.cat([img * (1 - mask), mask], dim=1).contiguous(
@@ -121,12 +127,12 @@ class LamaTask(TaskState):
             loss = loss + low
             logs["l1_low"] = float(low.detach())
         if self.w.get("swd", 0) > 0:
-            swd = patch_swd_loss(pred, img, mask) * self.w["swd"]
+            swd = patch_swd_loss(pred, img, mask, opponent=self.swd_opponent) * self.w["swd"]
             loss = loss + swd
             logs["swd"] = float(swd.detach())
         if self.w.get("swd_ring", 0) > 0:
-            ring = patch_swd_loss(pred, img, mask, reference="ring",
-                                  max_patches=512) * self.w["swd_ring"]
+            ring = patch_swd_loss(pred, img, mask, reference="ring", max_patches=512,
+                                  opponent=self.swd_opponent) * self.w["swd_ring"]
             loss = loss + ring
             logs["swd_ring"] = float(ring.detach())
 

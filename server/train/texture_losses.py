@@ -73,6 +73,18 @@ def lowpass_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     return ((p - t).abs() * m).mean()
 
 
+def opponent_colour(x: torch.Tensor) -> torch.Tensor:
+    """RGB -> lightness and two colour-opponent channels (R-G, yellow-blue), linear.
+
+    Why: each channel's patches are normalised by the reference's spread. In RGB a grey
+    rock has three channels of large spread, and colour noise hides among them; here its
+    two opponent channels are nearly constant, so any colour the fill invents stands many
+    spreads out and costs what it should.
+    """
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return torch.cat([(r + g + b) / 3, (r - g) / 2, (r + g - 2 * b) / 4], dim=1)
+
+
 def _random_directions(dim: int, count: int, device: torch.device,
                        generator: torch.Generator | None) -> torch.Tensor:
     d = torch.randn(dim, count, generator=generator, device=device)
@@ -90,6 +102,7 @@ def _patches(padded: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
 def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                    levels: int = 3, patch: int = 7, directions: int = 128,
                    max_patches: int = 1024, reference: str = "hole", ring: int = RING,
+                   opponent: bool = False,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Per image and level, the SWD between ``pred``'s ``patch`` x ``patch`` band-pass
     patches centred in the hole and ``target``'s reference patches; mean over images and
@@ -105,9 +118,12 @@ def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     standard deviation (as the eval's SWD is), so every level counts alike and a fill
     with too little contrast is not forgiven. ``directions`` random unit projections are
     drawn anew each call. Images whose hole (or ring) is empty at a level are skipped.
+    ``opponent``: compare the patches in :func:`opponent_colour` space instead of RGB.
     """
     if reference not in ("hole", "ring"):
         raise ValueError(f"reference must be 'hole' or 'ring', not {reference!r}")
+    if opponent:
+        pred, target = opponent_colour(pred.float()), opponent_colour(target.float())
     bp = laplacian_bands(pred.float(), levels)
     bt = laplacian_bands(target.float(), levels)
     r = patch // 2
