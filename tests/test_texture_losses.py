@@ -123,3 +123,20 @@ def test_opponent_colour_makes_colour_noise_on_a_grey_texture_costly():
     opp = {n: float(patch_swd_loss(x, grey, mask, opponent=True, generator=g)) for n, x in
            (("grey", same_grey), ("coloured", coloured))}
     assert opp["coloured"] / opp["grey"] > 3 * rgb["coloured"] / rgb["grey"]
+
+
+def test_depth_scores_only_the_fill_near_the_border():
+    """A blur deep inside the hole costs nothing with a depth limit; near the border it
+    costs as before."""
+    orig, mask = _texture(0, 160), torch.zeros(1, 1, 160, 160)
+    mask[..., 20:140, 20:140] = 1
+    inner = torch.zeros_like(mask)
+    inner[..., 60:100, 60:100] = 1
+    blurred_inside = orig * (1 - inner) + _blur(orig) * inner
+    g = torch.Generator().manual_seed(4)
+    limited = float(patch_swd_loss(blurred_inside, orig, mask, depth=16, generator=g))
+    whole = float(patch_swd_loss(blurred_inside, orig, mask, generator=g))
+    assert whole > 0.02
+    assert limited < 0.01 * whole  # the coarsest level's patches just reach its edge
+    edge = orig * (1 - mask) + _blur(orig) * mask
+    assert float(patch_swd_loss(edge, orig, mask, depth=16, generator=g)) > 0.1

@@ -127,12 +127,14 @@ class LamaTask(TaskState):
             loss = loss + low
             logs["l1_low"] = float(low.detach())
         if self.w.get("swd", 0) > 0:
-            swd = patch_swd_loss(pred, img, mask, opponent=self.swd_opponent) * self.w["swd"]
+            swd = patch_swd_loss(pred, img, mask, opponent=self.swd_opponent,
+                                 depth=cfg.swd_depth) * self.w["swd"]
             loss = loss + swd
             logs["swd"] = float(swd.detach())
         if self.w.get("swd_ring", 0) > 0:
             ring = patch_swd_loss(pred, img, mask, reference="ring", max_patches=512,
-                                  opponent=self.swd_opponent) * self.w["swd_ring"]
+                                  opponent=self.swd_opponent,
+                                  depth=cfg.swd_depth) * self.w["swd_ring"]
             loss = loss + ring
             logs["swd_ring"] = float(ring.detach())
 

@@ -85,6 +85,14 @@ def opponent_colour(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([(r + g + b) / 3, (r - g) / 2, (r + g - 2 * b) / 4], dim=1)
 
 
+def _dilate(region: torch.Tensor, radius: int) -> torch.Tensor:
+    """A boolean Bx1xHxW region grown by a square of ``radius``, as two 1-D passes."""
+    k = 2 * radius + 1
+    grown = F.max_pool2d(F.max_pool2d(region.float(), (1, k), 1, (0, radius)),
+                         (k, 1), 1, (radius, 0))
+    return grown > 0.5
+
+
 def _random_directions(dim: int, count: int, device: torch.device,
                        generator: torch.Generator | None) -> torch.Tensor:
     d = torch.randn(dim, count, generator=generator, device=device)
@@ -102,7 +110,7 @@ def _patches(padded: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
 def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                    levels: int = 3, patch: int = 7, directions: int = 128,
                    max_patches: int = 1024, reference: str = "hole", ring: int = RING,
-                   opponent: bool = False,
+                   opponent: bool = False, depth: int = 0,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Per image and level, the SWD between ``pred``'s ``patch`` x ``patch`` band-pass
     patches centred in the hole and ``target``'s reference patches; mean over images and
@@ -119,6 +127,10 @@ def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     with too little contrast is not forgiven. ``directions`` random unit projections are
     drawn anew each call. Images whose hole (or ring) is empty at a level are skipped.
     ``opponent``: compare the patches in :func:`opponent_colour` space instead of RGB.
+    ``depth`` > 0: only the fill's patches within ``depth`` full-resolution pixels of the
+    hole's border count: texture is asked to continue from the border, while the middle
+    of a hole far wider than anything seen in training is left to the other losses (asked
+    for texture there, the generator met it with its decoder's upsampling grid).
     """
     if reference not in ("hole", "ring"):
         raise ValueError(f"reference must be 'hole' or 'ring', not {reference!r}")
@@ -132,17 +144,18 @@ def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     count = 0
     for a, b in zip(bp, bt):
         hole = F.adaptive_max_pool2d(mask, a.shape[-2:]) > 0.5  # Bx1xhxw
+        scored = hole
+        if depth > 0:
+            reach = max(1, depth * a.shape[-1] // pred.shape[-1])
+            scored = hole & _dilate(~hole, reach)
         around = None
         if reference == "ring":
-            k = 2 * ring + 1  # a square dilation, as two 1-D passes
-            grown = F.max_pool2d(F.max_pool2d(hole.float(), (1, k), 1, (0, ring)),
-                                 (k, 1), 1, (ring, 0)) > 0.5
-            around = grown & ~hole
+            around = _dilate(hole, ring) & ~hole
         pad_a = F.pad(a, (r, r, r, r), mode="reflect")
         pad_b = F.pad(b, (r, r, r, r), mode="reflect")
         dirs = _random_directions(a.shape[1] * patch * patch, directions, a.device, generator)
         for i in range(a.shape[0]):
-            ys, xs = hole[i, 0].nonzero(as_tuple=True)
+            ys, xs = scored[i, 0].nonzero(as_tuple=True)
             if ys.numel() < 2:
                 continue
             if ys.numel() > max_patches:
