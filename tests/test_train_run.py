@@ -225,3 +225,29 @@ def test_warm_start_with_texture_selection(data_dir: Path, tmp_path: Path) -> No
             best_swd, abs=0.05)
     else:  # the starting weights stay the best: nothing is exported as best
         assert card is None
+
+
+def test_lama_texture_losses_train_and_a_resume_takes_the_new_discriminator_rate(
+        data_dir: Path, tmp_path: Path) -> None:
+    """The SWD recipes' losses run in a real step (opponent colour, depth limit), and a
+    run resumed with a recipe of another discriminator rate trains at that rate."""
+    cfg = get_preset("lama-tiny").replace(
+        steps=2, val_every=1000, d_lr=1e-4,
+        losses={"l1_known": 10.0, "l1_low": 50.0, "adv": 10.0, "fm": 100.0, "r1": 0.001,
+                "swd": 5.0, "swd_ring": 10.0},
+        swd_colour="opponent", swd_depth=8, disc={"ndf": 8, "n_layers": 2})
+    res = _trainer(cfg, data_dir, tmp_path / "swd", tmp_path).run()
+    last = res.losses[-1]
+    assert {"l1_low", "swd", "swd_ring"} <= set(last)
+    assert all(np.isfinite(last[k]) and last[k] > 0 for k in ("l1_low", "swd", "swd_ring"))
+    again = _trainer(cfg.replace(steps=3, d_lr=3e-4), data_dir, tmp_path / "swd", tmp_path,
+                     resume=True)
+    again.run()
+    assert [g["lr"] for g in again.task.d_opt.param_groups] == [3e-4]
+
+
+def test_an_unknown_swd_colour_space_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    cfg = get_preset("lama-tiny").replace(steps=1, losses={"l1_known": 1.0, "swd": 1.0},
+                                          swd_colour="lab")
+    with pytest.raises(BadInputError):
+        _trainer(cfg, data_dir, tmp_path / "bad", tmp_path)
