@@ -100,6 +100,19 @@ PENNET_LOSSES = {"l1_hole": 6.0, "l1_known": 1.0, "pyramid": 0.5, "adv": 0.1}
 
 _L1 = {"l1_hole": 10.0, "l1_known": 1.0}
 
+#: The texture fine-tunes of the bundled compact LaMa (issue 12) share everything but their
+#: losses: 192 px crops x6, Adam 3e-4 with cosine to 20%, weight average 0.999, PatchGAN
+#: ndf 32 x3 layers, best weights picked by texture.
+_TEXTURE = TrainConfig(
+    name="lama-compact-texture", arch="lama", model=dict(COMPACT_LAMA),
+    stages=[Stage(10**9, 192, 6)], steps=40000, lr=3e-4, warmup=100, min_lr_ratio=0.2,
+    d_lr=1e-4, ema_decay=0.999, ema_start=0,
+    losses={"l1_hole": 0.0, "l1_known": 10.0, "adv": 10.0, "fm": 100.0, "r1": 0.001},
+    disc={"ndf": 32, "n_layers": 3}, init="bundled:lama", select="texture",
+    val_every=300, ckpt_every=50, val_cases=36)
+#: LaMa's weights with low-pass L1 on the hole; the SWD recipes add their SWD term.
+_SWD_BASE = {**_TEXTURE.losses, "l1_low": 50.0}
+
 PRESETS: dict[str, TrainConfig] = {
     # L1-only compact LaMa for a 2-core CPU: 128 px crops first, then larger crops so the
     # model sees holes as large (relative to its receptive field) as a 512 px fill has.
@@ -117,59 +130,29 @@ PRESETS: dict[str, TrainConfig] = {
         disc={"ndf": 32, "n_layers": 3}, val_every=500),
     # LaMa's loss weights (no L1 in the hole: the adversarial and feature-matching terms fill
     # it), fine-tuning the shipped L1 generator on a 2-core CPU. See docs/training.md.
-    "lama-compact-texture": TrainConfig(
-        name="lama-compact-texture", arch="lama", model=dict(COMPACT_LAMA),
-        stages=[Stage(10**9, 192, 6)], steps=40000, lr=3e-4, warmup=100, min_lr_ratio=0.2,
-        d_lr=1e-4, ema_decay=0.999, ema_start=0,
-        losses={"l1_hole": 0.0, "l1_known": 10.0, "adv": 10.0, "fm": 100.0, "r1": 0.001},
-        disc={"ndf": 32, "n_layers": 3}, init="bundled:lama", select="texture",
-        val_every=300, ckpt_every=50, val_cases=36),
+    "lama-compact-texture": _TEXTURE,
     # The texture fine-tune with the hole's job split by frequency (issue 12): L1 on 4x4
     # block averages holds colour and layout, the patch SWD of the band-pass levels asks
     # for the original's texture statistics, the adversarial terms for plausible structure.
-    "lama-compact-swd": TrainConfig(
-        name="lama-compact-swd", arch="lama", model=dict(COMPACT_LAMA),
-        stages=[Stage(10**9, 192, 6)], steps=40000, lr=3e-4, warmup=100, min_lr_ratio=0.2,
-        d_lr=1e-4, ema_decay=0.999, ema_start=0,
-        losses={"l1_hole": 0.0, "l1_known": 10.0, "l1_low": 50.0, "adv": 10.0, "fm": 100.0,
-                "r1": 0.001, "swd": 10.0},
-        disc={"ndf": 32, "n_layers": 3}, init="bundled:lama", select="texture",
-        val_every=500, ckpt_every=50, val_cases=36),
+    "lama-compact-swd": _TEXTURE.replace(
+        name="lama-compact-swd", val_every=500, losses={**_SWD_BASE, "swd": 10.0}),
     # The same, with the texture asked of the fill taken from the band around the hole
     # (which the generator sees) instead of the hole's own content (which it can't know,
     # and met with noise under large holes).
-    "lama-compact-swd-ring": TrainConfig(
-        name="lama-compact-swd-ring", arch="lama", model=dict(COMPACT_LAMA),
-        stages=[Stage(10**9, 192, 6)], steps=40000, lr=3e-4, warmup=100, min_lr_ratio=0.2,
-        d_lr=1e-4, ema_decay=0.999, ema_start=0,
-        losses={"l1_hole": 0.0, "l1_known": 10.0, "l1_low": 50.0, "adv": 10.0, "fm": 100.0,
-                "r1": 0.001, "swd_ring": 10.0},
-        disc={"ndf": 32, "n_layers": 3}, init="bundled:lama", select="texture",
-        val_every=500, ckpt_every=50, val_cases=36),
+    "lama-compact-swd-ring": _TEXTURE.replace(
+        name="lama-compact-swd-ring", val_every=500, losses={**_SWD_BASE, "swd_ring": 10.0}),
     # The ring SWD in opponent colour space (colour noise on a grey texture stands out
     # there), with a discriminator that learns as fast as the generator: at 1e-4 it was
     # near chance on the fills (d_fake 0.74 against ln 2) and let a decoder grid through.
-    "lama-compact-swd-opp": TrainConfig(
-        name="lama-compact-swd-opp", arch="lama", model=dict(COMPACT_LAMA),
-        stages=[Stage(10**9, 192, 6)], steps=40000, lr=3e-4, warmup=100, min_lr_ratio=0.2,
-        d_lr=3e-4, ema_decay=0.999, ema_start=0,
-        losses={"l1_hole": 0.0, "l1_known": 10.0, "l1_low": 50.0, "adv": 10.0, "fm": 100.0,
-                "r1": 0.001, "swd_ring": 10.0},
-        swd_colour="opponent",
-        disc={"ndf": 32, "n_layers": 3}, init="bundled:lama", select="texture",
-        val_every=500, ckpt_every=50, val_cases=36),
+    "lama-compact-swd-opp": _TEXTURE.replace(
+        name="lama-compact-swd-opp", val_every=500, d_lr=3e-4,
+        losses={**_SWD_BASE, "swd_ring": 10.0}, swd_colour="opponent"),
     # Texture from the border in: the ring SWD in opponent colour on the fill within 24 px
     # of the border only, from the bundled weights. Asked for texture in the middle of big
     # holes, the runs above drew their decoder's 8 px upsampling grid there.
-    "lama-compact-swd-edge": TrainConfig(
-        name="lama-compact-swd-edge", arch="lama", model=dict(COMPACT_LAMA),
-        stages=[Stage(10**9, 192, 6)], steps=40000, lr=3e-4, warmup=100, min_lr_ratio=0.2,
-        d_lr=3e-4, ema_decay=0.999, ema_start=0,
-        losses={"l1_hole": 0.0, "l1_known": 10.0, "l1_low": 50.0, "adv": 10.0, "fm": 100.0,
-                "r1": 0.001, "swd_ring": 10.0},
-        swd_colour="opponent", swd_depth=24,
-        disc={"ndf": 32, "n_layers": 3}, init="bundled:lama", select="texture",
-        val_every=500, ckpt_every=50, val_cases=36),
+    "lama-compact-swd-edge": _TEXTURE.replace(
+        name="lama-compact-swd-edge", val_every=500, d_lr=3e-4,
+        losses={**_SWD_BASE, "swd_ring": 10.0}, swd_colour="opponent", swd_depth=24),
     # LaMa's own recipe (big-lama's loss weights), for a GPU.
     "lama-fourier-gpu": TrainConfig(
         name="lama-fourier-gpu", arch="lama", model={"ngf": 64, "n_blocks": 9},
