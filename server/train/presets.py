@@ -153,6 +153,11 @@ PRESETS: dict[str, TrainConfig] = {
     "lama-compact-swd-edge": _TEXTURE.replace(
         name="lama-compact-swd-edge", val_every=500, d_lr=3e-4,
         losses={**_SWD_BASE, "swd_ring": 10.0}, swd_colour="opponent", swd_depth=24),
+    # The border-only SWD alone (RGB, the discriminator at 1e-4 as in -ring): -edge's
+    # texture stalled (hf 0.05 at 1,000 steps); this tells the depth limit from the rest.
+    "lama-compact-swd-ring-edge": _TEXTURE.replace(
+        name="lama-compact-swd-ring-edge", val_every=500,
+        losses={**_SWD_BASE, "swd_ring": 10.0}, swd_depth=24),
     # LaMa's own recipe (big-lama's loss weights), for a GPU.
     "lama-fourier-gpu": TrainConfig(
         name="lama-fourier-gpu", arch="lama", model={"ngf": 64, "n_blocks": 9},
