@@ -50,7 +50,7 @@ def laplacian_bands(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     out = []
     cur = x
     for _ in range(levels):
-        if min(cur.shape[-2:]) < 8:
+        if min(cur.shape[-2:]) < 4:  # where the eval's pyramid stops too
             break
         nxt = _blur(cur)[..., ::2, ::2]
         up = torch.zeros_like(cur)
@@ -134,10 +134,11 @@ def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     """
     if reference not in ("hole", "ring"):
         raise ValueError(f"reference must be 'hole' or 'ring', not {reference!r}")
+    pred, target = pred.float(), target.float()
     if opponent:
-        pred, target = opponent_colour(pred.float()), opponent_colour(target.float())
-    bp = laplacian_bands(pred.float(), levels)
-    bt = laplacian_bands(target.float(), levels)
+        pred, target = opponent_colour(pred), opponent_colour(target)
+    bp = laplacian_bands(pred, levels)
+    bt = laplacian_bands(target, levels)
     r = patch // 2
     offsets = torch.arange(patch, device=pred.device)
     total = pred.new_zeros((), dtype=torch.float32)
@@ -169,10 +170,12 @@ def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                     continue
                 # As many reference patches as fill patches (drawn again if the band is
                 # smaller), so the sorted projections pair up one to one.
-                pick = torch.randint(ry.numel(), (ys.numel(),), generator=generator,
-                                     device=ry.device) if ry.numel() < ys.numel() else \
-                    torch.randperm(ry.numel(), generator=generator,
-                                   device=ry.device)[:ys.numel()]
+                if ry.numel() < ys.numel():
+                    pick = torch.randint(ry.numel(), (ys.numel(),), generator=generator,
+                                         device=ry.device)
+                else:
+                    pick = torch.randperm(ry.numel(), generator=generator,
+                                          device=ry.device)[:ys.numel()]
                 ry, rx = ry[pick], rx[pick]
             fa = _patches(pad_a[i], ys, xs, offsets)
             fb = _patches(pad_b[i], ry, rx, offsets)
