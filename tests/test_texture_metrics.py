@@ -1,12 +1,13 @@
 """The texture figures of `inpaintd eval`: the original scores hf 1 and SWD 0 against itself,
-a blurred fill scores hf near 0 and a large SWD, a tint shows as a colour shift."""
+a blurred fill scores hf near 0 and a large SWD, a tint shows as a colour shift, an 8 px
+lattice shows as grid at its amplitude while other textures and blurs score near 0."""
 
 import numpy as np
 import pytest
 
 from inpaintd.protocol.errors import BadInputError
-from inpaintd.server.train.texture import (SWDAccumulator, colour_shift, hf_ratio,
-                                            laplacian_pyramid)
+from inpaintd.server.train.texture import (SWDAccumulator, colour_shift, grid_excess,
+                                            hf_ratio, laplacian_pyramid)
 
 
 def _texture(seed: int = 0, size: int = 128) -> np.ndarray:
@@ -42,6 +43,7 @@ def test_original_against_itself(case):
     acc.add(img, img, mask, "c")
     assert acc.distances() == [0.0, 0.0, 0.0]
     assert colour_shift(img, img, mask).tolist() == [0.0, 0.0, 0.0]
+    assert grid_excess(img, img, mask) == 0.0
 
 
 def test_blurred_fill_scores_low_detail_and_far_patches(case):
@@ -74,3 +76,30 @@ def test_pyramid_levels_and_bad_input(case):
     assert [lv.shape[:2] for lv in levels] == [(128, 128), (64, 64), (32, 32)]
     with pytest.raises(BadInputError):
         hf_ratio(img, img, np.zeros_like(mask))
+
+
+def _plaid(amplitude: float, size: int = 128, period: int = 8) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size]
+    return amplitude * np.cos(2 * np.pi * y / period) * np.cos(2 * np.pi * x / period)
+
+
+def test_an_8px_lattice_scores_its_amplitude_and_nothing_else_does(case):
+    img, mask = case
+    hole = mask > 127
+    lattice = img.astype(np.float64)
+    # cos x cos of amplitude 8 has an RMS of 4 levels.
+    lattice[hole] += _plaid(8.0)[hole][:, None]
+    lattice = np.clip(lattice, 0, 255).round().astype(np.uint8)
+    assert grid_excess(lattice, img, mask) == pytest.approx(4.0, abs=0.6)
+    # A fresh draw of the texture, a blur and a tint carry no lattice.
+    other = img.copy()
+    other[hole] = _texture(seed=1)[hole]
+    blurred = img.copy()
+    blurred[hole] = _box_blur(img)[hole]
+    tinted = np.clip(img.astype(np.int16) + 9, 0, 255).astype(np.uint8)
+    for fill in (other, blurred, tinted):
+        assert grid_excess(fill, img, mask) < 1.0
+    # A period the decoder doesn't draw (5 px) is not counted either.
+    five = img.astype(np.float64)
+    five[hole] += _plaid(8.0, period=5)[hole][:, None]
+    assert grid_excess(np.clip(five, 0, 255).round().astype(np.uint8), img, mask) < 1.0

@@ -215,6 +215,7 @@ def test_warm_start_with_texture_selection(data_dir: Path, tmp_path: Path) -> No
     assert [v["step"] for v in vals] == [0, 3, 6]
     for v in vals:
         assert v["hf"] >= 0 and len(v["swd"]) == 3 and v["colour_shift"] >= 0
+        assert v["grid"] >= 0
     assert sorted(p.name for p in (tmp_path / "warm" / "steps").iterdir()) == \
         ["0000003", "0000006"]
     best_swd = min(v["swd"][0] for v in vals)
@@ -229,21 +230,31 @@ def test_warm_start_with_texture_selection(data_dir: Path, tmp_path: Path) -> No
 
 def test_lama_texture_losses_train_and_a_resume_takes_the_new_discriminator_rate(
         data_dir: Path, tmp_path: Path) -> None:
-    """The SWD recipes' losses run in a real step (opponent colour, depth limit), and a
-    run resumed with a recipe of another discriminator rate trains at that rate."""
+    """The SWD recipes' losses run in a real step (opponent colour, depth limit, the lattice
+    price), a run resumed with a recipe of another discriminator rate trains at that rate,
+    and texture selection passes over an evaluation whose fills carry a lattice."""
     cfg = get_preset("lama-tiny").replace(
         steps=2, val_every=1000, d_lr=1e-4,
         losses={"l1_known": 10.0, "l1_low": 50.0, "adv": 10.0, "fm": 100.0, "r1": 0.001,
-                "swd": 5.0, "swd_ring": 10.0},
+                "swd": 5.0, "swd_ring": 10.0, "grid": 100.0},
         swd_colour="opponent", swd_depth=8, disc={"ndf": 8, "n_layers": 2})
     res = _trainer(cfg, data_dir, tmp_path / "swd", tmp_path).run()
     last = res.losses[-1]
     assert {"l1_low", "swd", "swd_ring"} <= set(last)
     assert all(np.isfinite(last[k]) and last[k] > 0 for k in ("l1_low", "swd", "swd_ring"))
+    assert np.isfinite(last["grid"]) and last["grid"] >= 0
     again = _trainer(cfg.replace(steps=3, d_lr=3e-4), data_dir, tmp_path / "swd", tmp_path,
                      resume=True)
     again.run()
     assert [g["lr"] for g in again.task.d_opt.param_groups] == [3e-4]
+
+    from inpaintd.server.train.trainer import ValResult
+    texture = _trainer(cfg.replace(select="texture", max_grid=0.5), data_dir,
+                       tmp_path / "select", tmp_path)
+    texture.best_psnr, texture.best_swd = 20.0, 300.0
+    clean = ValResult(10, 20.0, {}, 3, 1.0, hf=0.3, swd=(250.0,), grid=0.2)
+    plaid = ValResult(10, 20.0, {}, 3, 1.0, hf=0.4, swd=(200.0,), grid=3.0)
+    assert texture._is_better(clean) and not texture._is_better(plaid)
 
 
 def test_an_unknown_swd_colour_space_is_refused(data_dir: Path, tmp_path: Path) -> None:

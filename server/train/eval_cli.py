@@ -38,6 +38,9 @@ overall:
                    over the cases; lower is better (0 = the original's texture)
   colour shift     |mean of the fill - mean of the original| over the hole, per R/G/B
                    channel in 8-bit levels, mean over cases
+  grid             RMS amplitude in 8-bit levels of the fill's pattern that repeats every
+                   8 px in x and y (the upsampling lattice of a decoder pushed for
+                   texture: a plaid), beyond the original's; mean over cases, 0 = none
   changed outside  share of cases where any pixel outside the hole differs from the input
   s/case           mean seconds per fill
 

@@ -26,7 +26,7 @@ from inpaintd.protocol.errors import BadInputError, InternalError
 
 from . import metrics
 from .cases import ALL_KIND, Case, read_case, upscale_case
-from .texture import SWDAccumulator, colour_shift, hf_ratio, pooled_swd
+from .texture import SWDAccumulator, colour_shift, grid_excess, hf_ratio, pooled_swd
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,8 @@ class CaseScore:
     hf: float = float("nan")
     #: |mean(fill) - mean(original)| over the hole, per RGB channel, in 8-bit levels.
     colour_shift: tuple[float, float, float] = (float("nan"),) * 3
+    #: RMS levels of the fill's 8 px lattice pattern beyond the original's (grid_excess).
+    grid: float = float("nan")
 
 
 @dataclass
@@ -199,13 +201,14 @@ class EvalReport:
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """``{method: {kind | "overall": {cases, hole_psnr, ssim, changed_outside, seconds,
-        hf, swd, colour_shift}}}``.
+        hf, swd, colour_shift, grid}}}``.
 
         ``hole_psnr``, ``ssim`` and ``seconds`` are means over cases; ``changed_outside`` is
         the share (0..1) of cases where any pixel outside the hole changed; ``hf`` the median
         over cases; ``swd`` the SWD x1000 per Laplacian level (finest first) of the hole
         patches pooled over the group's cases; ``colour_shift`` the mean over cases, per RGB
-        channel.
+        channel; ``grid`` the mean over cases (a lattice drawn in the wide holes only must
+        not hide behind a median).
         """
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for method in self.methods:
@@ -246,6 +249,9 @@ class EvalReport:
                        "better",
                 "colour_shift": "|mean of fill - mean of original| over the hole per RGB "
                                 "channel, 8-bit levels, mean over cases",
+                "grid": "RMS 8-bit levels of the fill's pattern repeating every 8 px in x "
+                        "and y (a decoder's upsampling lattice) beyond the original's, in "
+                        "the hole; mean over cases (0 = none)",
             },
             "summary": self.summary(),
             "per_case": [asdict(s) for s in self.scores],
@@ -261,6 +267,7 @@ def _aggregate(rows: Sequence[CaseScore]) -> dict[str, Any]:
         "seconds": float(np.mean([r.seconds for r in rows])),
         "hf": float(np.median([r.hf for r in rows])),
         "colour_shift": [float(np.mean([r.colour_shift[c] for r in rows])) for c in range(3)],
+        "grid": float(np.mean([r.grid for r in rows])),
     }
 
 
@@ -299,7 +306,8 @@ def evaluate(cases: Sequence[Case], methods: Sequence[Method], *,
                 ssim=metrics.ssim(filled, image),
                 changed_outside=metrics.changed_outside(filled, image, mask),
                 seconds=seconds, hf=hf_ratio(filled, image, mask),
-                colour_shift=tuple(float(v) for v in colour_shift(filled, image, mask))))
+                colour_shift=tuple(float(v) for v in colour_shift(filled, image, mask)),
+                grid=grid_excess(filled, image, mask)))
             patches.setdefault((m.name, case.kind), SWDAccumulator()).add(
                 filled, image, mask, case.name)
             if case.name in keep:
@@ -331,13 +339,15 @@ def format_table(report: EvalReport) -> str:
             shift = "/".join(f"{v:.1f}" for v in s["colour_shift"])
             lines.append(f"{label[0]:<8} {label[1]:>5}  {method:<{width}}  {psnr:>9}  "
                          f"{s['ssim']:>6.4f}  {s['hf']:>5.2f}  {swd:>19}  {shift:>14}  "
-                         f"{s['changed_outside']:>14.1%}  {s['seconds']:>7.3f}")
+                         f"{s['grid']:>5.2f}  {s['changed_outside']:>14.1%}  "
+                         f"{s['seconds']:>7.3f}")
         if g != OVERALL:
             lines.append("")
     lines.append(f"hole PSNR: dB over hole pixels, mean over cases; SSIM: whole image; "
                  f"hf: fine detail in the hole over the original's, median (1 = as "
                  f"detailed); swd: patch distribution distance x1000 per Laplacian level, "
                  f"lower is better; colour shift: |hole mean - original's| in levels, R/G/B; "
+                 f"grid: RMS levels of an 8 px lattice pattern beyond the original's; "
                  f"changed outside: share of cases; telea/ns: cv2.inpaint radius "
                  f"{OPENCV_RADIUS}; shiftmap/fsr: cv2.xphoto.inpaint")
     return "\n".join(lines)

@@ -11,7 +11,9 @@ image. Losses (weights from ``TrainConfig.losses``; 0 or absent = off):
 - ``l1_low`` / ``swd`` / ``swd_ring``: L1 on block averages of the hole, and the sliced
   Wasserstein distance of its band-pass patches to the original hole's (``swd``) or to
   those of the band around it (``swd_ring``) (:mod:`.texture_losses`): colour and layout
-  from the first, texture statistics from the others.
+  from the first, texture statistics from the others;
+- ``grid``: the energy of the fill's 8-pixel lattice pattern beyond the original's, the
+  plaid the decoder draws when pushed for texture (:func:`.texture_losses.grid_loss`).
 
 bf16 autocast speeds the convolutions on CPUs with AMX/avx512_bf16; the FFT inside
 FourierUnit always runs in float32, and losses are computed in float32.
@@ -35,7 +37,7 @@ from .discriminators import NLayerDiscriminator
 from .losses import (feature_matching_loss, masked_l1, nonsaturating_discriminator_loss,
                      nonsaturating_generator_loss)
 from .presets import TrainConfig
-from .texture_losses import lowpass_l1, patch_swd_loss
+from .texture_losses import grid_loss, lowpass_l1, patch_swd_loss
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class LamaTask(TaskState):
         self.cfg = cfg
         self.w = {k: float(v) for k, v in cfg.losses.items()}
         unknown = set(self.w) - {"l1_hole", "l1_known", "adv", "fm", "r1", "hrf", "l1_low", "swd",
-                                 "swd_ring"}
+                                 "swd_ring", "grid"}
         if unknown:
             raise BadInputError(f"LaMa training has no loss {sorted(unknown)}")
         self.model_config = LamaConfig.from_dict(cfg.model)
@@ -137,6 +139,10 @@ class LamaTask(TaskState):
                                   depth=cfg.swd_depth) * self.w["swd_ring"]
             loss = loss + ring
             logs["swd_ring"] = float(ring.detach())
+        if self.w.get("grid", 0) > 0:
+            grid = grid_loss(pred, img, mask) * self.w["grid"]
+            loss = loss + grid
+            logs["grid"] = float(grid.detach())
 
         if self.disc is not None:
             for p in self.disc.parameters():

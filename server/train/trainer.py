@@ -34,7 +34,7 @@ from .common import (append_jsonl, atomic_torch_save, composite, export_weights,
 from .data import DEFAULT_CACHE, CropDataset, ImageCache, ValCase, make_loader, make_val_cases
 from .presets import TrainConfig
 from .split import split_folders
-from .texture import SWDAccumulator, colour_shift, hf_ratio
+from .texture import SWDAccumulator, colour_shift, grid_excess, hf_ratio
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,14 @@ class ValResult:
     swd: tuple[float, ...] = ()
     #: Mean over cases of the hole's mean colour shift, max over channels, in levels.
     colour_shift: float = float("nan")
+    #: Mean over cases of the fill's 8 px lattice pattern beyond the original's, RMS levels.
+    grid: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "hole_psnr": round(self.psnr, 3),
                 "per_kind": {k: round(v, 3) for k, v in self.per_kind.items()},
                 "hf": round(self.hf, 4), "swd": [round(v, 1) for v in self.swd],
-                "colour_shift": round(self.colour_shift, 2),
+                "colour_shift": round(self.colour_shift, 2), "grid": round(self.grid, 3),
                 "n_cases": self.n_cases, "seconds": round(self.seconds, 1)}
 
 
@@ -222,6 +224,7 @@ class Trainer:
         rows = []
         hfs: list[float] = []
         shifts: list[float] = []
+        grids: list[float] = []
         swd = SWDAccumulator()
         for i, case in enumerate(self.val_cases):
             out = self.task.predict(model, case.image, case.mask)
@@ -229,6 +232,7 @@ class Trainer:
             scores.setdefault(case.kind, []).append(hole_psnr(filled, case.image, case.mask))
             hfs.append(hf_ratio(filled, case.image, case.mask))
             shifts.append(float(colour_shift(filled, case.image, case.mask).max()))
+            grids.append(grid_excess(filled, case.image, case.mask))
             swd.add(filled, case.image, case.mask, case.name)
             if i < self.cfg.sample_cases:
                 rows.append([masked_view(case.image, case.mask), filled, case.image])
@@ -237,16 +241,16 @@ class Trainer:
         res = ValResult(self.step, float(np.mean(allv)), per_kind, len(allv),
                         time.perf_counter() - t0, hf=float(np.median(hfs)),
                         swd=tuple(float(d) for d in swd.distances() if d is not None),
-                        colour_shift=float(np.mean(shifts)))
+                        colour_shift=float(np.mean(shifts)), grid=float(np.mean(grids)))
         if rows:
             save_grid(self.out / "samples" / f"step_{self.step:07d}.png", rows)
         rec = {"type": "val", "images_seen": self.images_seen, "wall_s": round(self.wall_s),
                **res.to_dict()}
         append_jsonl(self.out / "history.jsonl", rec)
         log.info("validation at step %d: hole PSNR %.2f dB %s, hf %.3f, swd %s, colour shift "
-                 "%.2f (%.0f s)", self.step, res.psnr,
+                 "%.2f, grid %.2f (%.0f s)", self.step, res.psnr,
                  {k: round(v, 2) for k, v in per_kind.items()}, res.hf,
-                 [round(v) for v in res.swd], res.colour_shift, res.seconds)
+                 [round(v) for v in res.swd], res.colour_shift, res.grid, res.seconds)
         if export and self.cfg.select == "texture":
             # Every evaluation is kept, so a later look at the pictures can pick another.
             self.export(self.out / "steps" / f"{self.step:07d}" / f"{self.cfg.arch}.safetensors",
@@ -264,7 +268,8 @@ class Trainer:
         if self.cfg.select == "texture":
             fine = res.swd[0] if res.swd else math.inf
             floor = max(self.best_psnr, res.psnr) - self.cfg.psnr_slack
-            return res.psnr >= floor and fine < self.best_swd
+            lattice_ok = not res.grid > self.cfg.max_grid  # a NaN grid (no figure) passes
+            return res.psnr >= floor and lattice_ok and fine < self.best_swd
         return res.psnr > self.best_psnr
 
     def export(self, path: Union[str, Path], val: Optional[ValResult] = None) -> Path:
@@ -290,6 +295,7 @@ class Trainer:
                 "validation_hf": round(val.hf, 4),
                 "validation_swd": [round(v, 1) for v in val.swd],
                 "validation_colour_shift": round(val.colour_shift, 2),
+                "validation_grid": round(val.grid, 3),
                 "validation_cases": val.n_cases,
                 "validation_size": self.cfg.val_size,
                 **{f"{name}_hole_psnr": v["hole_psnr"]
