@@ -100,7 +100,8 @@ class _LocalInpainter:
         use_physical_cores()
         self.inpainter = load_inpainter(args.model, args.device or "auto",
                                         precision=args.precision or "auto",
-                                        colour_match=COLOUR_MATCH[args.colour_match or "auto"])
+                                        colour_match=COLOUR_MATCH[args.colour_match or "auto"],
+                                        texture=COLOUR_MATCH[args.texture or "auto"])
         self.refine = _refine_options(args)
 
     def fill(self, image: np.ndarray, mask: np.ndarray,
@@ -122,7 +123,8 @@ def _refine_options(args: argparse.Namespace) -> "Optional[RefineOptions]":
     return RefineOptions(memory=int(args.refine_memory * GIB))
 
 
-#: ``fill --colour-match``: the pipeline's ``colour_match`` (None: the model card's choice).
+#: ``fill --colour-match`` and ``--texture``: the pipeline's ``colour_match`` and ``texture``
+#: (None: the model card's choice).
 COLOUR_MATCH: dict[str, Optional[bool]] = {"auto": None, "on": True, "off": False}
 
 
@@ -142,6 +144,7 @@ def _check_fill_options(args: argparse.Namespace) -> None:
         args.server = client_endpoint(args.server)
         for option, value in (("--device", args.device), ("--precision", args.precision),
                               ("--colour-match", args.colour_match),
+                              ("--texture", args.texture),
                               ("--refine-memory", args.refine_memory)):
             if value is not None:
                 raise BadInputError(f"{option} is the server's choice with --server "
@@ -262,6 +265,11 @@ def _add_fill(sub: argparse._SubParsersAction) -> None:
                    "the surrounding colour; auto (default): as the model's card says (on for "
                    "the bundled lama and pennet, off for official checkpoints, which then fill "
                    "exactly as their own code does)")
+    p.add_argument("--texture", choices=tuple(COLOUR_MATCH), default=None,
+                   help="replace the fill's fine detail with matching detail copied from the "
+                   "image around the hole (the model gives the colours, the surroundings the "
+                   "grain); auto (default): as the model's card says (on for the bundled lama "
+                   "and pennet, off for official checkpoints)")
     p.add_argument("--refine", action="store_true",
                    help="LaMa's high-resolution refinement (the official refine mode): "
                    "coarse to fine, a few optimisation steps per scale; large holes in "

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from inpaintd.protocol.errors import BadInputError, MaskSizeError
 
 from .colour_match import match_colour
+from .texture_transfer import GAIN as TEXTURE_GAIN
+from .texture_transfer import transfer_texture
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
 from .refine import RefineOptions, refine_fill
 from .strategy import LAMA_MIN_SIDE, STRATEGIES, StrategyOptions, runs_whole
@@ -368,7 +370,8 @@ class Inpainter:
     """A loaded model plus the strategy logic; :meth:`fill` is thread-compatible, not -safe."""
 
     def __init__(self, model: LoadedModel, options: StrategyOptions = StrategyOptions(),
-                 colour_match: Optional[bool] = None) -> None:
+                 colour_match: Optional[bool] = None,
+                 texture: "Optional[bool | float]" = None) -> None:
         try:
             self.adapter = ADAPTERS[model.architecture](model)
         except KeyError:
@@ -379,6 +382,11 @@ class Inpainter:
         #: None: as the model's card says (on for the bundled models, off for any other).
         self.colour_match = card_colour_match(model.card) if colour_match is None \
             else colour_match
+        #: The share of matching detail from the image around the hole that replaces the
+        #: fill's own (:mod:`.texture_transfer`); 0 = off. ``texture`` None: as the model's
+        #: card says (on for the bundled models, off for any other); True: the default gain.
+        self.texture = card_texture(model.card) if texture is None else \
+            (TEXTURE_GAIN if texture is True else float(texture))
 
     @property
     def name(self) -> str:
@@ -446,9 +454,7 @@ class Inpainter:
         device = self.adapter.device
         rgb = _to_tensor(image[y0:y1, x0:x1, :3], device)
         m = torch.from_numpy(_shareable(sub_hole)).to(device)[None, None].float()
-        pred = refine_fill(self.adapter.module, rgb, m, opts, step)
-        if self.colour_match:
-            pred = match_colour(pred.float(), rgb, m)
+        pred = self._finish_fill(refine_fill(self.adapter.module, rgb, m, opts, step), rgb, m)
         filled = _from_tensor(pred, image.dtype)
         region = out[y0:y1, x0:x1]
         region[..., :3][sub_hole] = filled[sub_hole]
@@ -529,8 +535,7 @@ class Inpainter:
             (lambda share: progress(share, f"{self.name} on a batch of {len(members)}"))
         with reporting_steps(self.adapter.module, step):
             preds = self.adapter.predict_batch(rgbs, masks)
-        if self.colour_match:
-            preds = [match_colour(p.float(), r, m) for p, r, m in zip(preds, rgbs, masks)]
+        preds = [self._finish_fill(p, r, m) for p, r, m in zip(preds, rgbs, masks)]
         del rgbs, masks
         return [_from_tensor(pred, image.dtype) for pred, (image, _, _) in zip(preds, members)]
 
@@ -586,13 +591,25 @@ class Inpainter:
             if self.colour_match:
                 pred = match_colour(pred.float(), small, small_m)
             pred = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False)
+            # The detail is copied at full size: it is the one thing the resize lost.
+            if self.texture:
+                pred = transfer_texture(pred.float(), rgb, m, gain=self.texture)
         else:
-            pred = self.adapter.predict(rgb, m)
-            if self.colour_match:
-                pred = match_colour(pred.float(), rgb, m)
+            pred = self._finish_fill(self.adapter.predict(rgb, m), rgb, m)
         filled = _from_tensor(pred, image.dtype)
         region = out[y0:y1, x0:x1]
         region[..., :3][sub_hole] = filled[sub_hole]
+
+
+    def _finish_fill(self, pred: torch.Tensor, rgb: torch.Tensor, hole: torch.Tensor
+                     ) -> torch.Tensor:
+        """The model's fill with the options the card or the caller turned on: colour
+        matching, then texture transfer (on the colours the fill ends with)."""
+        if self.colour_match:
+            pred = match_colour(pred.float(), rgb, hole)
+        if self.texture:
+            pred = transfer_texture(pred.float(), rgb, hole, gain=self.texture)
+        return pred
 
 
 def _box_step(progress: Progress, i: int, n: int, what: str) -> Callable[[float], None]:
@@ -641,16 +658,29 @@ def card_colour_match(card: dict) -> bool:
     return bool(isinstance(inference, dict) and inference.get("colour_match", False))
 
 
+def card_texture(card: dict) -> float:
+    """The texture-transfer gain a model's card asks for (``inference.texture``: true for the
+    default gain, or a number); 0 (off) where it says nothing."""
+    inference = card.get("inference") if isinstance(card, dict) else None
+    value = inference.get("texture", False) if isinstance(inference, dict) else False
+    if value is True:
+        return TEXTURE_GAIN
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return 0.0
+
+
 def load_inpainter(model: str = DEFAULT_MODEL, device: str = "auto",
                    options: StrategyOptions = StrategyOptions(), precision: str = "auto",
-                   fast: bool = True, colour_match: Optional[bool] = None) -> Inpainter:
+                   fast: bool = True, colour_match: Optional[bool] = None,
+                   texture: "Optional[bool | float]" = None) -> Inpainter:
     """Load a model by registry name or path and wrap it in the pipeline: its fast path at
     ``precision`` (``auto``: what suits the device), or with ``fast=False`` the reference
-    path (the official code's computation, eager float32). ``colour_match`` None: as the
-    model's card says."""
+    path (the official code's computation, eager float32). ``colour_match`` and ``texture``
+    None: as the model's card says."""
     from .speed.optimize import optimize  # noqa: PLC0415 - speed imports loading
 
     loaded = load_model(model, pick_device(device))
     if fast:
         loaded = optimize(loaded, precision)
-    return Inpainter(loaded, options, colour_match)
+    return Inpainter(loaded, options, colour_match, texture)

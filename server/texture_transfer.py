@@ -1,0 +1,193 @@
+"""Texture transfer: the fill's fine detail copied from the image around the hole.
+
+A generator trained on L1 fills a hole with the average of every plausible fill: the right
+colours and layout, no grain (the bundled LaMa holds 2% of the original's finest detail).
+Asked for texture by its losses on a 2-core CPU, ours drew its decoder's 8 px lattice instead
+(docs/training.md). This step keeps what the model is good at, the low frequencies, and
+takes the detail from where the picture has it, the known pixels around the hole, as
+patch-based fills do (Efros and Freeman's image quilting, Wexler et al.'s completion), with
+the model's fill as the guide to where each patch comes from:
+
+1. The composite (fill in the hole, the image elsewhere) is split into a low-pass ``guide``
+   (Gaussian, :data:`SIGMA`) and the ``detail`` above it.
+2. The hole is covered by blocks of :data:`BLOCK` px at half-block strides. Each block
+   takes the detail of one fully known block of the image whose guide looks most like it
+   (4x4 cell means of the guide, and the detail contrast of the known pixels around it),
+   with a mild preference for near sources: at 1:1, texture changes across a picture.
+3. The blocks are overlap-added with raised-cosine windows (which sum to 1), divided by the
+   root of the summed squared windows, so where two unrelated patches overlap the grain
+   keeps its contrast instead of fading, and a patch copied whole comes back as it was.
+4. The hole takes ``guide + gain x detail``: the fill's colours, the surroundings' grain.
+
+It is an option, like colour matching: on in the bundled models' cards, off for any other
+checkpoint, so an official checkpoint fills exactly as its official code does unless the
+user asks (``inpaintd fill --texture on``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+#: Standard deviation (px) of the low-pass that splits the guide from the detail.
+SIGMA = 2.0
+#: Side (px) of the copied blocks; they overlap by half.
+BLOCK = 32
+#: Stride (px) of the candidate source blocks.
+SOURCE_STRIDE = 4
+#: Weight of a source's distance (in blocks) in the match cost, squared.
+NEAR = 0.02
+#: Weight of the detail-contrast mismatch (in 8-bit levels) in the match cost.
+CONTRAST = 0.5
+#: Default share of the copied detail added to the guide.
+GAIN = 0.8
+#: Sources are looked for within this many pixels of the hole's bounding box, so the cost
+#: follows the hole, not the canvas (and at 1:1 near texture is the likelier match).
+SEARCH = 384
+
+
+def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (reflected borders) of a BxCxHxW tensor."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    x = F.pad(x, (r, r, r, r), mode=mode)
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _window(size: int, device: torch.device) -> torch.Tensor:
+    """A size x size raised-cosine window; copies at half-size strides sum to 1."""
+    t = torch.arange(size, dtype=torch.float32, device=device)
+    w = torch.sin(math.pi * (t + 0.5) / size) ** 2
+    return w[:, None] * w[None, :]
+
+
+def _block_descriptors(guide: torch.Tensor, block: int, stride: int) -> torch.Tensor:
+    """4x4 cell means of the guide for every block at a multiple of ``stride`` (which
+    divides the cell side, block / 4): (L, 48) rows, row-major over positions, 8-bit scale."""
+    cell = block // 4
+    cells = F.avg_pool2d(guide, cell, stride=stride)
+    d = F.unfold(cells, kernel_size=4, dilation=cell // stride)  # 1 x (3*16) x L
+    return d[0].T * 255.0
+
+
+def transfer_texture(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor,
+                     gain: float = GAIN, sigma: float = SIGMA,
+                     block: int = BLOCK) -> torch.Tensor:
+    """``pred`` with its hole's detail above ``sigma`` replaced by ``gain`` x the detail of
+    matching known blocks of ``image``. ``pred`` / ``image``: 1x3xHxW in [0, 1], ``hole``:
+    1x1xHxW (1 = hole). Known pixels come back as they are in ``pred``; an image with no
+    fully known block to copy from (a tiny image, a hole over nearly everything) comes back
+    unchanged."""
+    if pred.shape[0] != 1:
+        return torch.cat([transfer_texture(p[None], i[None], m[None], gain, sigma, block)
+                          for p, i, m in zip(pred, image, hole)])
+    pred = pred.float()
+    hole = (hole > 0.5).float()
+    if not bool(hole.any()):
+        return pred
+    ys, xs = torch.nonzero(hole[0, 0], as_tuple=True)
+    h, w = pred.shape[-2:]
+    wy0, wx0 = max(0, int(ys.min()) - SEARCH), max(0, int(xs.min()) - SEARCH)
+    wy1, wx1 = min(h, int(ys.max()) + 1 + SEARCH), min(w, int(xs.max()) + 1 + SEARCH)
+    if (wy0, wx0, wy1, wx1) != (0, 0, h, w):
+        out = pred.clone()
+        out[..., wy0:wy1, wx0:wx1] = _transfer_window(
+            pred[..., wy0:wy1, wx0:wx1], image[..., wy0:wy1, wx0:wx1].float(),
+            hole[..., wy0:wy1, wx0:wx1], gain, sigma, block)
+        return out
+    return _transfer_window(pred, image.float(), hole, gain, sigma, block)
+
+
+def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor,
+                     gain: float, sigma: float, block: int) -> torch.Tensor:
+    """:func:`transfer_texture` on a window that holds the whole hole."""
+    h, w = pred.shape[-2:]
+    if min(h, w) < 2 * block:
+        return pred
+    composite = pred * hole + image * (1 - hole)
+    guide = _gaussian(composite, sigma)
+    detail = composite - guide
+    stride, half = SOURCE_STRIDE, block // 2
+
+    # Sources: blocks of the image with no hole pixel (nor any within the low-pass's reach,
+    # whose detail the fill would have leaked into).
+    reach = int(math.ceil(2 * sigma))
+    tainted = F.max_pool2d(hole, 2 * reach + 1, stride=1, padding=reach)
+    ok = F.max_pool2d(tainted, block, stride=stride)[0, 0] == 0  # gy x gx
+    if not bool(ok.any()):
+        return pred
+    src_desc = _block_descriptors(guide, block, stride)
+    gy, gx = ok.shape
+    sy, sx = torch.meshgrid(torch.arange(gy, device=pred.device) * stride,
+                            torch.arange(gx, device=pred.device) * stride, indexing="ij")
+    keep = ok.flatten()
+    src_desc = src_desc[keep]
+    src_y, src_x = sy.flatten()[keep], sx.flatten()[keep]
+    # Each source's detail contrast (RMS, levels).
+    energy = F.avg_pool2d(detail.pow(2).mean(dim=1, keepdim=True), block, stride=stride)
+    src_rms = energy.flatten()[keep].sqrt() * 255.0
+
+    # Targets: blocks at half-block strides covering the hole, one block beyond it.
+    ys, xs = torch.nonzero(hole[0, 0], as_tuple=True)
+    y0 = max(0, (int(ys.min()) // half - 1) * half)
+    x0 = max(0, (int(xs.min()) // half - 1) * half)
+    y1, x1 = int(ys.max()) + 1, int(xs.max()) + 1
+    ty = torch.arange(y0, max(y0 + 1, y1 - half + 1), half, device=pred.device)
+    tx = torch.arange(x0, max(x0 + 1, x1 - half + 1), half, device=pred.device)
+    pad_b, pad_r = max(0, int(ty[-1]) + block - h), max(0, int(tx[-1]) + block - w)
+    # Padded copies so targets at the image's bottom/right edge have whole blocks.
+    guide_p = F.pad(guide, (0, pad_r, 0, pad_b), mode="replicate")
+    hole_p = F.pad(hole, (0, pad_r, 0, pad_b))
+    known_p = 1 - hole_p
+    detail_p = F.pad(detail, (0, pad_r, 0, pad_b))
+    cell = block // 4
+    tgt_desc_all = _block_descriptors(guide_p, block, cell)  # every block at cell strides
+    n_cell = (guide_p.shape[-1] - block) // cell + 1
+    n_half = (guide_p.shape[-1] - block) // half + 1
+    tyy, txx = torch.meshgrid(ty, tx, indexing="ij")
+    tyy, txx = tyy.flatten(), txx.flatten()
+    # Only blocks that hold hole pixels need a source.
+    has_hole = F.max_pool2d(hole_p, block, stride=half).flatten()
+    idx = (tyy // half) * n_half + txx // half
+    sel = has_hole[idx] > 0
+    tyy, txx, idx = tyy[sel], txx[sel], idx[sel]
+    tgt_desc = tgt_desc_all[(tyy // cell) * n_cell + txx // cell]
+    # The detail contrast the known pixels around each target have (3 blocks wide).
+    win = 3 * block
+    e_sum = F.avg_pool2d(F.pad(detail_p.pow(2).mean(dim=1, keepdim=True) * known_p,
+                               (block, block, block, block)), win, stride=half)
+    k_sum = F.avg_pool2d(F.pad(known_p, (block, block, block, block)), win, stride=half)
+    tgt_rms = (e_sum / k_sum.clamp_min(1e-6)).flatten()[idx].sqrt() * 255.0
+    no_ring = k_sum.flatten()[idx] < 1e-3
+
+    # Match: squared guide distance per descriptor entry, contrast mismatch, nearness.
+    choice = torch.empty(len(idx), dtype=torch.long, device=pred.device)
+    for c0 in range(0, len(idx), 256):
+        c1 = min(len(idx), c0 + 256)
+        cost = torch.cdist(tgt_desc[c0:c1], src_desc).pow(2) / tgt_desc.shape[1]
+        contrast = (tgt_rms[c0:c1, None] - src_rms[None]).pow(2)
+        cost = cost + CONTRAST * torch.where(no_ring[c0:c1, None], 0.0, contrast)
+        dist = ((tyy[c0:c1, None] - src_y[None]).float().pow(2)
+                + (txx[c0:c1, None] - src_x[None]).float().pow(2)) / block ** 2
+        cost = cost + NEAR * dist
+        choice[c0:c1] = cost.argmin(dim=1)
+
+    # Overlap-add the chosen detail blocks.
+    window = _window(block, pred.device)
+    acc = torch.zeros_like(detail_p)
+    wsq = torch.zeros_like(hole_p)
+    for t_y, t_x, s in zip(tyy.tolist(), txx.tolist(), choice.tolist()):
+        s_y, s_x = int(src_y[s]), int(src_x[s])
+        acc[..., t_y:t_y + block, t_x:t_x + block] += \
+            window * detail[..., s_y:s_y + block, s_x:s_x + block]
+        wsq[..., t_y:t_y + block, t_x:t_x + block] += window ** 2
+    copied = (acc / wsq.clamp_min(1e-6).sqrt())[..., :h, :w]
+    filled = guide + gain * copied
+    return pred * (1 - hole) + filled * hole

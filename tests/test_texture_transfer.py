@@ -1,0 +1,188 @@
+"""Texture transfer (issue 12): a smooth fill takes its grain from the image around the hole,
+the grain it takes is the surroundings' where they look like the fill, no pixel outside the
+hole changes, and official checkpoints fill as before unless asked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inpaintd.server.pipeline import card_texture, load_inpainter
+from inpaintd.server.texture_transfer import GAIN, transfer_texture
+from inpaintd.server.train.texture import SWDAccumulator, hf_ratio
+from inpaintd.server.weights.store import bundled_dir
+
+
+def _grain(size: int, seed: int, strength: float = 0.12) -> np.ndarray:
+    """Grass-like grain: noise blurred a little, so it has structure over a few pixels."""
+    rng = np.random.default_rng(seed)
+    n = rng.normal(0, 1, (size + 4, size + 4))
+    n = sum(n[i:i + size, j:j + size] for i in range(3) for j in range(3)) / 3.0
+    return n * strength
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1)[None]
+
+
+def _u8(t: torch.Tensor) -> np.ndarray:
+    return (t[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def _two_halves(size: int = 192) -> tuple[np.ndarray, np.ndarray]:
+    """Green grain on the left, a flat blue sky on the right; (image, hole) with a hole in
+    each half."""
+    img = np.zeros((size, size, 3))
+    half = size // 2
+    img[:, :half] = np.array([0.35, 0.55, 0.2]) + _grain(size, 0)[:, :half, None] * \
+        np.array([0.8, 1.0, 0.6])
+    img[:, half:] = np.array([0.45, 0.6, 0.9])
+    hole = np.zeros((size, size), bool)
+    hole[60:130, 20:76] = True
+    hole[60:130, half + 20:half + 76] = True
+    return img.clip(0, 1), hole
+
+
+def _smooth_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """What an L1 generator gives: each half's mean colour in its hole."""
+    out = img.copy()
+    half = img.shape[1] // 2
+    for sl in (np.s_[:, :half], np.s_[:, half:]):
+        region, h = out[sl], hole[sl]
+        region[h] = img[sl][~h].mean(axis=0)
+    return out
+
+
+def test_a_smooth_fill_takes_the_grain_of_its_surroundings() -> None:
+    img, hole = _two_halves()
+    fill = _smooth_fill(img, hole)
+    out = transfer_texture(_t(fill), _t(img), torch.from_numpy(hole)[None, None].float())
+    got, orig, flat = _u8(out), _u8(_t(img)), _u8(_t(fill))
+    half = img.shape[1] // 2
+    mask = np.zeros(hole.shape, np.uint8)
+    mask[:, :half][hole[:, :half]] = 255
+    # The grass hole: the smooth fill had no detail, the transferred one about the grain's
+    # (the gain, squared, of it), and its patches are near the original's.
+    assert hf_ratio(flat, orig, mask) < 0.05
+    assert 0.4 < hf_ratio(got, orig, mask) < 1.5
+    before, after = SWDAccumulator(), SWDAccumulator()
+    before.add(flat, orig, mask, "grass")
+    after.add(got, orig, mask, "grass")
+    assert after.distances()[0] < 0.5 * before.distances()[0]
+    # The sky hole took its detail from the flat sky (the fill is blue; so is the sky), not
+    # from the grass: it stays flat.
+    sky = got[:, half:][hole[:, half:]].astype(float)
+    assert sky.std(axis=0).max() < 1.5
+    # The colours are the fill's: the hole's mean moved by under a level.
+    grass = got[:, :half][hole[:, :half]].astype(float).mean(axis=0)
+    assert np.abs(grass - flat[:, :half][hole[:, :half]].mean(axis=0)).max() < 1.0
+
+
+def test_pixels_outside_the_hole_and_degenerate_inputs_are_left_alone() -> None:
+    img, hole = _two_halves()
+    fill = _smooth_fill(img, hole)
+    # Poison the fill outside the hole: the transfer must return those pixels as it got them.
+    fill[~hole] = 0.5
+    m = torch.from_numpy(hole)[None, None].float()
+    out = transfer_texture(_t(fill), _t(img), m)
+    assert torch.equal(out[0].permute(1, 2, 0)[torch.from_numpy(~hole)],
+                       _t(fill)[0].permute(1, 2, 0)[torch.from_numpy(~hole)])
+    # No hole, an image too small for a block, a hole over everything: unchanged.
+    assert torch.equal(transfer_texture(_t(fill), _t(img), torch.zeros_like(m)), _t(fill))
+    small = _t(fill)[..., :40, :40]
+    assert torch.equal(transfer_texture(small, small, m[..., :40, :40]), small)
+    assert torch.equal(transfer_texture(_t(fill), _t(img), torch.ones_like(m)), _t(fill))
+
+
+def test_a_hole_in_a_large_canvas_searches_near_it_only() -> None:
+    """Far from the hole the canvas plays no part: the fill of a hole in a 1200 px canvas is
+    the fill of the same hole in the window of the canvas around it."""
+    rng = np.random.default_rng(1)
+    big = np.zeros((1200, 1200, 3))
+    big[...] = np.array([0.3, 0.5, 0.2])
+    big += rng.normal(0, 0.05, big.shape)
+    big = big.clip(0, 1)
+    hole = np.zeros((1200, 1200), bool)
+    hole[500:600, 520:640] = True
+    fill = big.copy()
+    fill[hole] = 0.4
+    m = torch.from_numpy(hole)[None, None].float()
+    whole = transfer_texture(_t(fill), _t(big), m)
+    y0, y1, x0, x1 = 500 - 384, 600 + 384, 520 - 384, 640 + 384
+    window = transfer_texture(_t(fill)[..., y0:y1, x0:x1], _t(big)[..., y0:y1, x0:x1],
+                              m[..., y0:y1, x0:x1])
+    assert torch.equal(whole[..., y0:y1, x0:x1], window)
+
+
+def test_the_bundled_cards_turn_it_on_and_others_default_off(golden: Path) -> None:
+    for name in ("lama", "pennet"):
+        card = json.loads((bundled_dir() / f"{name}.json").read_text())
+        assert card_texture(card) == pytest.approx(0.8), name
+    assert card_texture({"inference": {"texture": True}}) == GAIN
+    assert card_texture({"inference": {"texture": False}}) == 0.0
+    assert card_texture({}) == 0.0
+    official = load_inpainter(str(golden / "lama-tiny"), device="cpu", fast=False)
+    assert official.texture == 0.0
+    assert load_inpainter("lama", device="cpu").texture == pytest.approx(0.8)
+    assert load_inpainter("lama", device="cpu", texture=False).texture == 0.0
+    assert load_inpainter("lama", device="cpu", texture=True).texture == GAIN
+
+
+def test_official_checkpoint_pixels_unchanged_unless_asked(golden: Path) -> None:
+    ckpt = str(golden / "lama-tiny")
+    img, hole = _two_halves(128)
+    image = _u8(_t(img))
+    mask = (hole * 255).astype(np.uint8)
+    auto = load_inpainter(ckpt, device="cpu", fast=False).fill(image, mask)
+    off = load_inpainter(ckpt, device="cpu", fast=False, texture=False).fill(image, mask)
+    on = load_inpainter(ckpt, device="cpu", fast=False, texture=True).fill(image, mask)
+    assert np.array_equal(auto, off)
+    assert not np.array_equal(on, off)
+    assert np.array_equal(on[mask <= 127], image[mask <= 127])
+
+
+def test_the_bundled_lama_fills_grass_with_grain() -> None:
+    """End to end through the pipeline as `inpaintd fill` runs it: the bundled LaMa's fill
+    of the grass hole has a large share of the original's fine detail, and without the
+    transfer it has almost none."""
+    img, hole = _two_halves()
+    image = _u8(_t(img))
+    mask = (hole * 255).astype(np.uint8)
+    mask[:, 96:] = 0  # the grass hole only
+    on = load_inpainter("lama", device="cpu").fill(image, mask)
+    off = load_inpainter("lama", device="cpu", texture=False).fill(image, mask)
+    assert hf_ratio(off, image, mask) < 0.2
+    assert hf_ratio(on, image, mask) > 0.4
+    assert np.array_equal(on[mask == 0], image[mask == 0])
+
+
+@pytest.mark.slow
+def test_fill_cli_texture_option(tmp_path: Path) -> None:
+    """`inpaintd fill --texture off|on` in a real subprocess: both keep every pixel outside
+    the hole and differ inside it; --texture is refused with --server before any work."""
+    img, hole = _two_halves(128)
+    Image.fromarray(_u8(_t(img))).save(tmp_path / "img.png")
+    Image.fromarray((hole * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    outs = {}
+    for opt in ("off", "on"):
+        out = tmp_path / f"{opt}.png"
+        r = subprocess.run([sys.executable, "-m", "inpaintd.server.cli", "fill",
+                            str(tmp_path / "img.png"), "--mask", str(tmp_path / "mask.png"),
+                            "-o", str(out), "--texture", opt],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs[opt] = np.asarray(Image.open(out))
+        assert np.array_equal(outs[opt][~hole], _u8(_t(img))[~hole])
+    assert not np.array_equal(outs["on"], outs["off"])
+    r = subprocess.run([sys.executable, "-m", "inpaintd.server.cli", "fill",
+                        str(tmp_path / "img.png"), "--mask", str(tmp_path / "mask.png"),
+                        "-o", str(tmp_path / "x.png"), "--texture", "on",
+                        "--server", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--texture" in r.stderr
