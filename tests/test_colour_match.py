@@ -3,18 +3,18 @@ right one is left nearly alone, and official checkpoints fill as before unless a
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from inpaintd.server.colour_match import match_colour
 from inpaintd.server.pipeline import card_colour_match, load_inpainter
 from inpaintd.server.weights.store import bundled_dir
+
+from fill_option_testing import (assert_official_fill_unchanged_unless_asked,
+                                 assert_refused_with_server, fill_with_option)
 
 
 def _scene(size: int = 96, seed: int = 0) -> torch.Tensor:
@@ -92,12 +92,7 @@ def test_official_checkpoint_pixels_unchanged_unless_asked(golden: Path) -> None
     image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
     mask = np.zeros((64, 64), np.uint8)
     mask[16:48, 20:44] = 255
-    auto = load_inpainter(ckpt, device="cpu", fast=False).fill(image, mask)
-    off = load_inpainter(ckpt, device="cpu", fast=False, colour_match=False).fill(image, mask)
-    on = load_inpainter(ckpt, device="cpu", fast=False, colour_match=True).fill(image, mask)
-    assert np.array_equal(auto, off)
-    assert not np.array_equal(on, off)
-    assert np.array_equal(on[mask <= 127], image[mask <= 127])
+    assert_official_fill_unchanged_unless_asked(ckpt, image, mask, "colour_match")
 
 
 @pytest.mark.slow
@@ -110,21 +105,6 @@ def test_fill_cli_colour_match_option(tmp_path: Path) -> None:
         rng.integers(0, 20, (128, 128, 3)).astype(np.uint8)
     mask = np.zeros((128, 128), np.uint8)
     mask[40:90, 30:100] = 255
-    Image.fromarray(image).save(tmp_path / "img.png")
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    outs = {}
-    for opt in ("off", "on"):
-        out = tmp_path / f"{opt}.png"
-        r = subprocess.run([sys.executable, "-m", "inpaintd.server.cli", "fill",
-                            str(tmp_path / "img.png"), "--mask", str(tmp_path / "mask.png"),
-                            "-o", str(out), "--colour-match", opt],
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        outs[opt] = np.asarray(Image.open(out))
-        assert np.array_equal(outs[opt][mask == 0], image[mask == 0])
+    outs = fill_with_option(tmp_path, image, mask, "--colour-match")
     assert not np.array_equal(outs["on"], outs["off"])
-    r = subprocess.run([sys.executable, "-m", "inpaintd.server.cli", "fill",
-                        str(tmp_path / "img.png"), "--mask", str(tmp_path / "mask.png"),
-                        "-o", str(tmp_path / "x.png"), "--colour-match", "on",
-                        "--server", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "--colour-match" in r.stderr
+    assert_refused_with_server(tmp_path, "--colour-match")

@@ -5,19 +5,19 @@ hole changes, and official checkpoints fill as before unless asked."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from inpaintd.server.pipeline import card_texture, load_inpainter
 from inpaintd.server.texture_transfer import GAIN, transfer_texture
 from inpaintd.server.train.texture import SWDAccumulator, hf_ratio
 from inpaintd.server.weights.store import bundled_dir
+
+from fill_option_testing import (assert_official_fill_unchanged_unless_asked,
+                                 assert_refused_with_server, fill_with_option)
 
 
 def _grain(size: int, seed: int, strength: float = 0.12) -> np.ndarray:
@@ -122,9 +122,9 @@ def test_a_hole_in_a_large_canvas_searches_near_it_only() -> None:
 
 
 def test_the_bundled_cards_turn_it_on_and_others_default_off(golden: Path) -> None:
-    for name in ("lama", "pennet"):
+    for name, gain in (("lama", 0.8), ("pennet", 0.5)):
         card = json.loads((bundled_dir() / f"{name}.json").read_text())
-        assert card_texture(card) == pytest.approx(0.8), name
+        assert card_texture(card) == pytest.approx(gain), name
     assert card_texture({"inference": {"texture": True}}) == GAIN
     assert card_texture({"inference": {"texture": False}}) == 0.0
     assert card_texture({}) == 0.0
@@ -140,12 +140,7 @@ def test_official_checkpoint_pixels_unchanged_unless_asked(golden: Path) -> None
     img, hole = _two_halves(128)
     image = _u8(_t(img))
     mask = (hole * 255).astype(np.uint8)
-    auto = load_inpainter(ckpt, device="cpu", fast=False).fill(image, mask)
-    off = load_inpainter(ckpt, device="cpu", fast=False, texture=False).fill(image, mask)
-    on = load_inpainter(ckpt, device="cpu", fast=False, texture=True).fill(image, mask)
-    assert np.array_equal(auto, off)
-    assert not np.array_equal(on, off)
-    assert np.array_equal(on[mask <= 127], image[mask <= 127])
+    assert_official_fill_unchanged_unless_asked(ckpt, image, mask, "texture")
 
 
 def test_the_bundled_lama_fills_grass_with_grain() -> None:
@@ -168,21 +163,6 @@ def test_fill_cli_texture_option(tmp_path: Path) -> None:
     """`inpaintd fill --texture off|on` in a real subprocess: both keep every pixel outside
     the hole and differ inside it; --texture is refused with --server before any work."""
     img, hole = _two_halves(128)
-    Image.fromarray(_u8(_t(img))).save(tmp_path / "img.png")
-    Image.fromarray((hole * 255).astype(np.uint8)).save(tmp_path / "mask.png")
-    outs = {}
-    for opt in ("off", "on"):
-        out = tmp_path / f"{opt}.png"
-        r = subprocess.run([sys.executable, "-m", "inpaintd.server.cli", "fill",
-                            str(tmp_path / "img.png"), "--mask", str(tmp_path / "mask.png"),
-                            "-o", str(out), "--texture", opt],
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        outs[opt] = np.asarray(Image.open(out))
-        assert np.array_equal(outs[opt][~hole], _u8(_t(img))[~hole])
+    outs = fill_with_option(tmp_path, _u8(_t(img)), (hole * 255).astype(np.uint8), "--texture")
     assert not np.array_equal(outs["on"], outs["off"])
-    r = subprocess.run([sys.executable, "-m", "inpaintd.server.cli", "fill",
-                        str(tmp_path / "img.png"), "--mask", str(tmp_path / "mask.png"),
-                        "-o", str(tmp_path / "x.png"), "--texture", "on",
-                        "--server", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "--texture" in r.stderr
+    assert_refused_with_server(tmp_path, "--texture")
