@@ -13,7 +13,8 @@ the model's fill as the guide to where each patch comes from:
 2. The hole is covered by blocks of :data:`BLOCK` px at half-block strides. Each block
    takes the detail of one fully known block of the image whose guide looks most like it
    (4x4 cell means of the guide, and the detail contrast of the known pixels around it),
-   with a mild preference for near sources: at 1:1, texture changes across a picture.
+   with a mild preference for near sources (at 1:1, texture changes across a picture),
+   drawn among the few best so that a wide, uniform fill is not one patch stamped over.
 3. The blocks are overlap-added with raised-cosine windows (which sum to 1), divided by the
    root of the summed squared windows, so where two unrelated patches overlap the grain
    keeps its contrast instead of fading, and a patch copied whole comes back as it was.
@@ -43,6 +44,10 @@ NEAR = 0.02
 CONTRAST = 0.5
 #: Default share of the copied detail added to the guide.
 GAIN = 0.8
+#: Each block takes one of its this many best sources, drawn at random (seeded, so a fill is
+#: repeatable): over a wide hole the fill's guide is nearly uniform, and always taking the
+#: single best source stamps the same patch every half block, a visible weave.
+CHOICES = 6
 #: Sources are looked for within this many pixels of the hole's bounding box, so the cost
 #: follows the hole, not the canvas (and at 1:1 near texture is the likelier match).
 SEARCH = 384
@@ -169,6 +174,8 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
 
     # Match: squared guide distance per descriptor entry, contrast mismatch, nearness.
     choice = torch.empty(len(idx), dtype=torch.long, device=pred.device)
+    rng = torch.Generator(device=pred.device).manual_seed(0)
+    k = min(CHOICES, len(src_desc))
     for c0 in range(0, len(idx), 256):
         c1 = min(len(idx), c0 + 256)
         cost = torch.cdist(tgt_desc[c0:c1], src_desc).pow(2) / tgt_desc.shape[1]
@@ -177,7 +184,9 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
         dist = ((tyy[c0:c1, None] - src_y[None]).float().pow(2)
                 + (txx[c0:c1, None] - src_x[None]).float().pow(2)) / block ** 2
         cost = cost + NEAR * dist
-        choice[c0:c1] = cost.argmin(dim=1)
+        best = cost.topk(k, dim=1, largest=False).indices
+        pick = torch.randint(k, (c1 - c0, 1), generator=rng, device=pred.device)
+        choice[c0:c1] = best.gather(1, pick)[:, 0]
 
     # Overlap-add the chosen detail blocks.
     window = _window(block, pred.device)

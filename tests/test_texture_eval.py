@@ -75,6 +75,8 @@ def test_eval_reports_hf_swd_and_colour_shift(tmp_path: Path) -> None:
     assert s["blurred"]["box"]["cases"] == 2 and len(s["blurred"]["box"]["swd"]) == 3
     table = format_table(report)
     assert "swd fine/mid/coarse" in table and "colour shift" in table and "hf" in table
+    assert "grid" in table.splitlines()[0]
+    assert orig["grid"] == 0.0
     assert "0/0/0" in table  # the original's SWD on every level
     doc = json.loads(json.dumps(report.to_json()))
     assert doc["summary"]["original"]["overall"]["hf"] == pytest.approx(1.0)

@@ -326,7 +326,7 @@ def format_table(report: EvalReport) -> str:
     width = max([6] + [len(m) for m in report.methods])
     head = (f"{'kind':<8} {'cases':>5}  {'method':<{width}}  {'hole PSNR':>9}  {'SSIM':>6}  "
             f"{'hf':>5}  {'swd fine/mid/coarse':>19}  {'colour shift':>14}  "
-            f"{'changed outside':>15}  {'s/case':>7}")
+            f"{'grid':>5}  {'changed outside':>15}  {'s/case':>7}")
     lines = [head, "-" * len(head)]
     for g in groups:
         for i, method in enumerate(report.methods):
