@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from inpaintd.protocol.errors import BadInputError, MaskSizeError
 
 from .colour_match import match_colour
-from .texture_transfer import GAIN as TEXTURE_GAIN
-from .texture_transfer import transfer_texture
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
 from .refine import RefineOptions, refine_fill
 from .strategy import LAMA_MIN_SIDE, STRATEGIES, StrategyOptions, runs_whole
+from .texture_transfer import GAIN as TEXTURE_GAIN
+from .texture_transfer import transfer_texture
 
 log = logging.getLogger(__name__)
 
@@ -384,9 +384,13 @@ class Inpainter:
             else colour_match
         #: The share of matching detail from the image around the hole that replaces the
         #: fill's own (:mod:`.texture_transfer`); 0 = off. ``texture`` None: as the model's
-        #: card says (on for the bundled models, off for any other); True: the default gain.
-        self.texture = card_texture(model.card) if texture is None else \
-            (TEXTURE_GAIN if texture is True else float(texture))
+        #: card says (on for the bundled models, off for any other); True: the card's gain,
+        #: or the default where the card has none; a number: that gain.
+        if texture is None or texture is True:
+            gain = card_texture(model.card)
+            self.texture = gain if texture is None or gain > 0 else TEXTURE_GAIN
+        else:
+            self.texture = float(texture)
 
     @property
     def name(self) -> str:
@@ -599,7 +603,6 @@ class Inpainter:
         filled = _from_tensor(pred, image.dtype)
         region = out[y0:y1, x0:x1]
         region[..., :3][sub_hole] = filled[sub_hole]
-
 
     def _finish_fill(self, pred: torch.Tensor, rgb: torch.Tensor, hole: torch.Tensor
                      ) -> torch.Tensor:

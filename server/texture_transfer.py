@@ -176,8 +176,10 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
     choice = torch.empty(len(idx), dtype=torch.long, device=pred.device)
     rng = torch.Generator(device=pred.device).manual_seed(0)
     k = min(CHOICES, len(src_desc))
-    for c0 in range(0, len(idx), 256):
-        c1 = min(len(idx), c0 + 256)
+    # Rows of the cost matrices per chunk: about 16M entries each, whatever the canvas.
+    rows = max(1, min(256, (1 << 24) // max(1, len(src_desc))))
+    for c0 in range(0, len(idx), rows):
+        c1 = min(len(idx), c0 + rows)
         cost = torch.cdist(tgt_desc[c0:c1], src_desc).pow(2) / tgt_desc.shape[1]
         contrast = (tgt_rms[c0:c1, None] - src_rms[None]).pow(2)
         cost = cost + CONTRAST * torch.where(no_ring[c0:c1, None], 0.0, contrast)
