@@ -32,6 +32,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .refine import gaussian_blur
+
 #: Standard deviation (px) of the low-pass that splits the guide from the detail.
 SIGMA = 2.0
 #: Side (px) of the copied blocks; they overlap by half.
@@ -51,19 +53,6 @@ CHOICES = 6
 #: Sources are looked for within this many pixels of the hole's bounding box, so the cost
 #: follows the hole, not the canvas (and at 1:1 near texture is the likelier match).
 SEARCH = 384
-
-
-def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (reflected borders) of a BxCxHxW tensor."""
-    r = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
-    x = F.pad(x, (r, r, r, r), mode=mode)
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def _window(size: int, device: torch.device) -> torch.Tensor:
@@ -98,26 +87,30 @@ def transfer_texture(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
     if not bool(hole.any()):
         return pred
     ys, xs = torch.nonzero(hole[0, 0], as_tuple=True)
+    bbox = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
     h, w = pred.shape[-2:]
-    wy0, wx0 = max(0, int(ys.min()) - SEARCH), max(0, int(xs.min()) - SEARCH)
-    wy1, wx1 = min(h, int(ys.max()) + 1 + SEARCH), min(w, int(xs.max()) + 1 + SEARCH)
+    wy0, wx0 = max(0, bbox[0] - SEARCH), max(0, bbox[1] - SEARCH)
+    wy1, wx1 = min(h, bbox[2] + SEARCH), min(w, bbox[3] + SEARCH)
     if (wy0, wx0, wy1, wx1) != (0, 0, h, w):
         out = pred.clone()
         out[..., wy0:wy1, wx0:wx1] = _transfer_window(
             pred[..., wy0:wy1, wx0:wx1], image[..., wy0:wy1, wx0:wx1].float(),
-            hole[..., wy0:wy1, wx0:wx1], gain, sigma, block)
+            hole[..., wy0:wy1, wx0:wx1],
+            (bbox[0] - wy0, bbox[1] - wx0, bbox[2] - wy0, bbox[3] - wx0), gain, sigma, block)
         return out
-    return _transfer_window(pred, image.float(), hole, gain, sigma, block)
+    return _transfer_window(pred, image.float(), hole, bbox, gain, sigma, block)
 
 
 def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor,
-                     gain: float, sigma: float, block: int) -> torch.Tensor:
-    """:func:`transfer_texture` on a window that holds the whole hole."""
+                     bbox: tuple[int, int, int, int], gain: float, sigma: float,
+                     block: int) -> torch.Tensor:
+    """:func:`transfer_texture` on a window that holds the whole hole, whose bounding box
+    (y0, x0, y1, x1, end exclusive) in the window is ``bbox``."""
     h, w = pred.shape[-2:]
     if min(h, w) < 2 * block:
         return pred
     composite = pred * hole + image * (1 - hole)
-    guide = _gaussian(composite, sigma)
+    guide = gaussian_blur(composite, 2 * int(math.ceil(3 * sigma)) + 1, sigma)
     detail = composite - guide
     stride, half = SOURCE_STRIDE, block // 2
 
@@ -140,10 +133,9 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
     src_rms = energy.flatten()[keep].sqrt() * 255.0
 
     # Targets: blocks at half-block strides covering the hole, one block beyond it.
-    ys, xs = torch.nonzero(hole[0, 0], as_tuple=True)
-    y0 = max(0, (int(ys.min()) // half - 1) * half)
-    x0 = max(0, (int(xs.min()) // half - 1) * half)
-    y1, x1 = int(ys.max()) + 1, int(xs.max()) + 1
+    y0 = max(0, (bbox[0] // half - 1) * half)
+    x0 = max(0, (bbox[1] // half - 1) * half)
+    y1, x1 = bbox[2], bbox[3]
     ty = torch.arange(y0, max(y0 + 1, y1 - half + 1), half, device=pred.device)
     tx = torch.arange(x0, max(x0 + 1, x1 - half + 1), half, device=pred.device)
     pad_b, pad_r = max(0, int(ty[-1]) + block - h), max(0, int(tx[-1]) + block - w)

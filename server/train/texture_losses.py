@@ -200,13 +200,18 @@ def patch_swd_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     return total / max(count, 1)
 
 
-def _lattice_energy(x: torch.Tensor, hole: torch.Tensor, period: int) -> torch.Tensor:
-    """Per image, the hole-weighted energy of the lattice-phase means of ``x`` minus its
-    ``period``-box mean (as :func:`inpaintd.server.train.texture.grid_energy`), mean over
-    channels. ``x`` is Bx3xHxW with H and W multiples of ``period``; returns B values."""
-    b, c, h, w = x.shape
+def _box_highpass(x: torch.Tensor, period: int) -> torch.Tensor:
+    """``x`` minus its ``period``-box mean (reflected borders): any ``period``-periodic
+    pattern is kept whole, the slow variation goes."""
     lo, hi = period // 2, period - 1 - period // 2
-    hp = x - F.avg_pool2d(F.pad(x, (lo, hi, lo, hi), mode="reflect"), period, stride=1)
+    return x - F.avg_pool2d(F.pad(x, (lo, hi, lo, hi), mode="reflect"), period, stride=1)
+
+
+def _lattice_energy(hp: torch.Tensor, hole: torch.Tensor, period: int) -> torch.Tensor:
+    """Per image, the hole-weighted energy of the lattice-phase means of the high-pass
+    ``hp`` (:func:`_box_highpass`; as :func:`inpaintd.server.train.texture.grid_energy`),
+    mean over channels. Bx3xHxW with H and W multiples of ``period``; returns B values."""
+    b, c, h, w = hp.shape
     cells = (b, c, h // period, period, w // period, period)
     sums = (hp * hole).reshape(cells).sum(dim=(2, 4))  # B x C x period x period
     counts = hole.reshape(b, 1, *cells[2:]).sum(dim=(2, 4))  # B x 1 x period x period
@@ -233,12 +238,10 @@ def grid_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     h, w = h - h % period, w - w % period
     pred, target = pred[..., :h, :w].float(), target[..., :h, :w].float()
     hole = (mask[..., :h, :w] > 0.5).float()
-    e_fill = _lattice_energy(pred, hole, period)
-    e_orig = _lattice_energy(target, hole, period).detach()
-    lo, hi = period // 2, period - 1 - period // 2
-    hp = target - F.avg_pool2d(F.pad(target, (lo, hi, lo, hi), mode="reflect"), period,
-                               stride=1)
+    hp_orig = _box_highpass(target, period)
+    e_fill = _lattice_energy(_box_highpass(pred, period), hole, period)
+    e_orig = _lattice_energy(hp_orig, hole, period).detach()
     n = hole.sum(dim=(1, 2, 3)).clamp(min=1)
-    var = ((hp ** 2) * hole).sum(dim=(1, 2, 3)) / (n * pred.shape[1])
+    var = ((hp_orig ** 2) * hole).sum(dim=(1, 2, 3)) / (n * pred.shape[1])
     x = F.relu(e_fill - e_orig) / (var.detach() + _GRID_FLOOR ** 2)
     return (x / (1 + x)).mean()
