@@ -73,6 +73,25 @@ def _membrane(values: torch.Tensor, fixed: torch.Tensor, free: torch.Tensor) -> 
 
 
 @torch.no_grad()
+def harmonic_fill(image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+    """``image`` with its hole filled by the smoothest surface that meets the border (each
+    hole pixel the average of its neighbours): the fill that knows nothing but the border's
+    colours, which texture transfer mixes into a generator's low frequencies. Solved at half
+    resolution (it is smooth, and it is only used through a low-pass) and scaled up.
+    ``image``: Bx3xHxW, ``hole``: Bx1xHxW (1 = hole), float."""
+    hole = (hole > 0.5).to(image.dtype)
+    known = 1 - hole
+    if not bool(hole.any()) or not bool(known.any()):
+        return image
+    weight = F.avg_pool2d(known, 2, ceil_mode=True)
+    fixed = (weight > 0).to(image.dtype)
+    values = F.avg_pool2d(image * known, 2, ceil_mode=True) / weight.clamp_min(1e-8)
+    smooth = _membrane(values * fixed, fixed, 1 - fixed)
+    smooth = F.interpolate(smooth, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    return image * known + smooth * hole
+
+
+@torch.no_grad()
 def match_colour(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor,
                  band: int = BAND, sigma: float = SIGMA) -> torch.Tensor:
     """``pred`` with its hole's low frequencies moved onto the border's; known pixels are

@@ -8,17 +8,23 @@ takes the detail from where the picture has it, the known pixels around the hole
 patch-based fills do (Efros and Freeman's image quilting, Wexler et al.'s completion), with
 the model's fill as the guide to where each patch comes from:
 
-1. The composite (fill in the hole, the image elsewhere) is split into a low-pass ``guide``
-   (Gaussian, :data:`SIGMA`) and the ``detail`` above it.
+1. The fill is mixed with the border's harmonic fill (:data:`BLEND`), and the composite
+   (fill in the hole, the image elsewhere) is split into a low-pass ``guide`` (Gaussian,
+   :data:`SIGMA`) and the ``detail`` above it.
 2. The hole is covered by blocks of :data:`BLOCK` px at half-block strides. Each block
-   takes the detail of one fully known block of the image whose guide looks most like it
-   (4x4 cell means of the guide, and the detail contrast of the known pixels around it),
-   with a mild preference for near sources (at 1:1, texture changes across a picture),
-   drawn among the few best so that a wide, uniform fill is not one patch stamped over.
-3. The blocks are overlap-added with raised-cosine windows (which sum to 1), divided by the
+   short-lists the fully known blocks of the image whose guide looks most like its own (4x4
+   cell means of the guide, and the detail contrast of the known pixels around it), with a
+   mild preference for near sources (at 1:1, texture changes across a picture).
+3. Of its shortlist, a block takes the source whose detail best continues the detail
+   already under it: the known pixels at the hole's edge, and the blocks placed before it.
+   The blocks are placed in four waves of blocks that do not overlap one another, so each
+   wave is matched in one batch. This is what makes the grain run on across the hole's edge
+   and across the seams between blocks instead of changing at each, and it is why the
+   transfer costs little PSNR: at an edge the copied grain is the one that was there.
+4. The blocks are overlap-added with raised-cosine windows (which sum to 1), divided by the
    root of the summed squared windows, so where two unrelated patches overlap the grain
    keeps its contrast instead of fading, and a patch copied whole comes back as it was.
-4. The hole takes ``guide + gain x detail``: the fill's colours, the surroundings' grain.
+5. The hole takes ``guide + gain x detail``: the fill's colours, the surroundings' grain.
 
 It is an option, like colour matching: on in the bundled models' cards, off for any other
 checkpoint, so an official checkpoint fills exactly as its official code does unless the
@@ -32,10 +38,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .colour_match import harmonic_fill
 from .refine import gaussian_blur
 
-#: Standard deviation (px) of the low-pass that splits the guide from the detail.
-SIGMA = 2.0
+#: Standard deviation (px) of the low-pass that splits the guide from the detail. 3 px
+#: carries a grass or rock texture's mottling as well as its grain; 4 px began to carry
+#: edges (a railing's bands stamped over a coat).
+SIGMA = 3.0
 #: Side (px) of the copied blocks; they overlap by half.
 BLOCK = 32
 #: Stride (px) of the candidate source blocks.
@@ -46,10 +55,23 @@ NEAR = 0.02
 CONTRAST = 0.5
 #: Default share of the copied detail added to the guide.
 GAIN = 0.8
-#: Each block takes one of its this many best sources, drawn at random (seeded, so a fill is
-#: repeatable): over a wide hole the fill's guide is nearly uniform, and always taking the
-#: single best source stamps the same patch every half block, a visible weave.
+#: Sources a block considers for how its detail continues what is under it.
+SHORTLIST = 32
+#: Weight of that continuation (mean squared detail difference, levels squared) in the cost.
+OVERLAP = 1.0
+#: Share of a source's own detail energy taken off that difference, so that where nothing
+#: lines up a flat source does not win for being flat.
+KEEP_CONTRAST = 0.5
+#: A block with fewer known or already filled pixels under it than this has nothing to
+#: continue: it takes one of its :data:`CHOICES` best sources, drawn at random (seeded, so a
+#: fill is repeatable), since over a wide hole the guide is nearly uniform and the single
+#: best source would stamp one patch over and over, a visible weave.
+MIN_OVERLAP = 16
 CHOICES = 6
+#: Share of the border's harmonic fill (:func:`.colour_match.harmonic_fill`) mixed into the
+#: generator's fill before its low frequencies become the guide: the two err differently, and
+#: on held-out cases the mix is 0.1 dB nearer the original and half a level nearer its colour.
+BLEND = 0.4
 #: Sources are looked for within this many pixels of the hole's bounding box, so the cost
 #: follows the hole, not the canvas (and at 1:1 near texture is the likelier match).
 SEARCH = 384
@@ -69,6 +91,49 @@ def _block_descriptors(guide: torch.Tensor, block: int, stride: int) -> torch.Te
     cells = F.avg_pool2d(guide, cell, stride=stride)
     d = F.unfold(cells, kernel_size=4, dilation=cell // stride)  # 1 x (3*16) x L
     return d[0].T * 255.0
+
+
+def _blocks_view(x: torch.Tensor, block: int, stride: int) -> torch.Tensor:
+    """Every ``block`` x ``block`` block of contiguous 1xCxHxW ``x`` at multiples of
+    ``stride``, as a (rows, cols, C, block, block) view."""
+    h, w = x.shape[-2:]
+    return x.as_strided(((h - block) // stride + 1, (w - block) // stride + 1, x.shape[1],
+                         block, block), (stride * w, stride, h * w, w, 1))
+
+
+def _quilt(j: torch.Tensor, tyy: torch.Tensor, txx: torch.Tensor, shortlist: torch.Tensor,
+           shortcost: torch.Tensor, sources: torch.Tensor, src_y: torch.Tensor,
+           src_x: torch.Tensor, est: torch.Tensor, seen: torch.Tensor, block: int,
+           stride: int, rng: torch.Generator) -> torch.Tensor:
+    """The source for each target ``j``: of its shortlist, the one whose detail best
+    continues the detail already under the block (known pixels, earlier waves), by squared
+    difference less :data:`KEEP_CONTRAST` x the source's own energy, since a plain squared
+    difference favours the flattest source wherever nothing in it lines up; a block with
+    nothing under it draws among its :data:`CHOICES` best instead.
+
+    ``sources``, ``est`` and ``seen`` are at half resolution (2x2 means: what is compared is
+    the grain's layout, and a quarter of the numbers keeps this step to a few ms a wave);
+    ``block``, ``stride`` and the positions are full-resolution pixels."""
+    b = block // 2
+    cand = shortlist[j]  # n x k
+    ys, xs = (tyy[j] // 2).tolist(), (txx[j] // 2).tolist()
+    under = torch.stack([est[0, :, y:y + b, x:x + b] for y, x in zip(ys, xs)])  # n,3,b,b
+    m = torch.stack([seen[0, 0, y:y + b, x:x + b] for y, x in zip(ys, xs)])  # n,b,b
+    src = sources[src_y[cand] // stride, src_x[cand] // stride].flatten(2)  # n,k,3*b*b
+    m3 = m[:, None].expand(-1, 3, -1, -1).flatten(1)  # n,3*b*b
+    # sum m (src - under)^2 - KEEP_CONTRAST sum m src^2, without forming the difference.
+    own = torch.bmm(src * src, m3[..., None])[..., 0]
+    cross = torch.bmm(src, (m3 * under.flatten(1))[..., None])[..., 0]
+    base = (m3 * under.flatten(1).pow(2)).sum(dim=1, keepdim=True)
+    ssd = (1 - KEEP_CONTRAST) * own - 2 * cross + base
+    area = m.sum(dim=(1, 2))[:, None] * 4  # in full-resolution pixels
+    cost = shortcost[j] + OVERLAP * ssd * 4 / (3 * area.clamp_min(1.0)) * 255.0 ** 2
+    best = cost.argmin(dim=1)
+    drawn = torch.randint(min(CHOICES, cand.shape[1]), (len(j),), generator=rng,
+                          device=cand.device)
+    free = area[:, 0] < MIN_OVERLAP
+    pick = torch.where(free, drawn, best)
+    return cand.gather(1, pick[:, None])[:, 0]
 
 
 def transfer_texture(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor,
@@ -109,18 +174,19 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
     h, w = pred.shape[-2:]
     if min(h, w) < 2 * block:
         return pred
+    stride, half = SOURCE_STRIDE, block // 2
+    # Sources: blocks of the image with no hole pixel (nor any within the low-pass's reach,
+    # whose detail the fill would have leaked into). Box means of the 0/1 hole, which are 0
+    # exactly where a max would be: several times faster than max pooling on a CPU.
+    reach = int(math.ceil(2 * sigma))
+    ok = F.avg_pool2d(F.pad(hole, (reach, reach, reach, reach)), block + 2 * reach,
+                      stride=stride)[0, 0] == 0  # gy x gx
+    if not bool(ok.any()):
+        return pred
+    pred = pred + BLEND * (harmonic_fill(image, hole) - pred) * hole
     composite = pred * hole + image * (1 - hole)
     guide = gaussian_blur(composite, 2 * int(math.ceil(3 * sigma)) + 1, sigma)
     detail = composite - guide
-    stride, half = SOURCE_STRIDE, block // 2
-
-    # Sources: blocks of the image with no hole pixel (nor any within the low-pass's reach,
-    # whose detail the fill would have leaked into).
-    reach = int(math.ceil(2 * sigma))
-    tainted = F.max_pool2d(hole, 2 * reach + 1, stride=1, padding=reach)
-    ok = F.max_pool2d(tainted, block, stride=stride)[0, 0] == 0  # gy x gx
-    if not bool(ok.any()):
-        return pred
     src_desc = _block_descriptors(guide, block, stride)
     gy, gx = ok.shape
     sy, sx = torch.meshgrid(torch.arange(gy, device=pred.device) * stride,
@@ -151,7 +217,7 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
     tyy, txx = torch.meshgrid(ty, tx, indexing="ij")
     tyy, txx = tyy.flatten(), txx.flatten()
     # Only blocks that hold hole pixels need a source.
-    has_hole = F.max_pool2d(hole_p, block, stride=half).flatten()
+    has_hole = F.avg_pool2d(hole_p, block, stride=half).flatten()
     idx = (tyy // half) * n_half + txx // half
     sel = has_hole[idx] > 0
     tyy, txx, idx = tyy[sel], txx[sel], idx[sel]
@@ -164,10 +230,10 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
     tgt_rms = (e_sum / k_sum.clamp_min(1e-6)).flatten()[idx].sqrt() * 255.0
     no_ring = k_sum.flatten()[idx] < 1e-3
 
-    # Match: squared guide distance per descriptor entry, contrast mismatch, nearness.
-    choice = torch.empty(len(idx), dtype=torch.long, device=pred.device)
-    rng = torch.Generator(device=pred.device).manual_seed(0)
-    k = min(CHOICES, len(src_desc))
+    # Shortlist: each target's SHORTLIST best sources by guide, contrast and nearness.
+    k = min(SHORTLIST, len(src_desc))
+    shortlist = torch.empty(len(idx), k, dtype=torch.long, device=pred.device)
+    shortcost = torch.empty(len(idx), k, device=pred.device)
     # Rows of the cost matrices per chunk: about 16M entries each, whatever the canvas.
     rows = max(1, min(256, (1 << 24) // max(1, len(src_desc))))
     for c0 in range(0, len(idx), rows):
@@ -178,19 +244,45 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
         dist = ((tyy[c0:c1, None] - src_y[None]).float().pow(2)
                 + (txx[c0:c1, None] - src_x[None]).float().pow(2)) / block ** 2
         cost = cost + NEAR * dist
-        best = cost.topk(k, dim=1, largest=False).indices
-        pick = torch.randint(k, (c1 - c0, 1), generator=rng, device=pred.device)
-        choice[c0:c1] = best.gather(1, pick)[:, 0]
+        shortcost[c0:c1], shortlist[c0:c1] = cost.topk(k, dim=1, largest=False)
 
-    # Overlap-add the chosen detail blocks.
+    # Every source block as a view (gy, gx, 3, block, block) of the detail, and of its half
+    # size copy for the matching: no copies.
+    full = _blocks_view(detail.contiguous(), block, stride)
+    sources = _blocks_view(F.avg_pool2d(detail, 2).contiguous(), block // 2, stride // 2)
     window = _window(block, pred.device)
     acc = torch.zeros_like(detail_p)
     wsq = torch.zeros_like(hole_p)
-    for t_y, t_x, s in zip(tyy.tolist(), txx.tolist(), choice.tolist()):
-        s_y, s_x = int(src_y[s]), int(src_x[s])
-        acc[..., t_y:t_y + block, t_x:t_x + block] += \
-            window * detail[..., s_y:s_y + block, s_x:s_x + block]
-        wsq[..., t_y:t_y + block, t_x:t_x + block] += window ** 2
+    size = tuple(detail_p.shape[-2:])
+    rng = torch.Generator(device=pred.device).manual_seed(0)
+    # Four waves of blocks that do not overlap one another (alternate rows and columns of
+    # the half-block grid): each wave's blocks are matched to what the known pixels and the
+    # earlier waves already put under them, as image quilting matches its overlaps.
+    phase = ((tyy // half) % 2) * 2 + (txx // half) % 2
+    for wave in range(4):
+        members = torch.nonzero(phase == wave)[:, 0]
+        if len(members) == 0:
+            continue
+        est = F.avg_pool2d(detail_p * known_p + acc / wsq.clamp_min(1e-12).sqrt() * hole_p, 2)
+        seen = F.avg_pool2d(known_p + (wsq > 0).to(hole_p.dtype) * hole_p, 2)
+        picks = torch.cat([_quilt(members[c0:c0 + 64], tyy, txx, shortlist, shortcost,
+                                  sources, src_y, src_x, est, seen, block, stride, rng)
+                           for c0 in range(0, len(members), 64)])
+        # The wave's blocks tile a lattice of block-sized cells: laid out as one tensor
+        # and added in one go.
+        blocks = full[src_y[picks] // stride, src_x[picks] // stride] * window
+        oy, ox = (wave // 2) * half, (wave % 2) * half
+        rows_, cols_ = (tyy[members] - oy) // block, (txx[members] - ox) // block
+        tiles = torch.zeros(int(rows_.max()) + 1, int(cols_.max()) + 1, 4, block, block,
+                            device=pred.device)
+        tiles[rows_, cols_, :3] = blocks
+        tiles[rows_, cols_, 3] = window * window
+        layer = tiles.permute(2, 0, 3, 1, 4).reshape(4, tiles.shape[0] * block,
+                                                     tiles.shape[1] * block)
+        lh = min(layer.shape[1], size[0] - oy)
+        lw = min(layer.shape[2], size[1] - ox)
+        acc[0, :, oy:oy + lh, ox:ox + lw] += layer[:3, :lh, :lw]
+        wsq[0, 0, oy:oy + lh, ox:ox + lw] += layer[3, :lh, :lw]
     copied = (acc / wsq.clamp_min(1e-6).sqrt())[..., :h, :w]
     filled = guide + gain * copied
     return pred * (1 - hole) + filled * hole

@@ -80,9 +80,34 @@ def test_a_smooth_fill_takes_the_grain_of_its_surroundings() -> None:
     # from the grass: it stays flat.
     sky = got[:, half:][hole[:, half:]].astype(float)
     assert sky.std(axis=0).max() < 1.5
-    # The colours are the fill's: the hole's mean moved by under a level.
+    # The colours are the fill's, mixed with the border's (the same grass): the hole's mean
+    # moved by under 2 levels.
     grass = got[:, :half][hole[:, :half]].astype(float).mean(axis=0)
-    assert np.abs(grass - flat[:, :half][hole[:, :half]].mean(axis=0)).max() < 1.0
+    assert np.abs(grass - flat[:, :half][hole[:, :half]].mean(axis=0)).max() < 2.0
+
+
+def test_a_grain_runs_on_across_a_thin_hole_in_phase() -> None:
+    """The copied grain continues the grain at the hole's edge: a fine pattern that repeats
+    every 8 px (its 3 px low-pass is flat, so only the detail itself can tell where the
+    pattern is) comes back in phase across a 12 px stroke, as image quilting continues its
+    overlaps. A source picked by the guide and nearness alone is in phase by chance
+    (correlation about 0.5 with the original's detail here)."""
+    from inpaintd.server.refine import gaussian_blur
+    rng = np.random.default_rng(3)
+    img = torch.from_numpy(np.tile(rng.uniform(0, 1, (8, 8, 3)), (24, 24, 1))).permute(
+        2, 0, 1)[None].float()
+    img = gaussian_blur(img, 5, 0.7)
+    img = (0.5 + img - gaussian_blur(img, 25, 4.0)).clamp(0, 1)
+    hole = torch.zeros(1, 1, 192, 192)
+    hole[..., 40:150, 90:102] = 1
+    smooth = gaussian_blur(img, 25, 4.0)  # what an L1 generator gives: no grain
+    fill = img * (1 - hole) + smooth * hole
+    out = transfer_texture(fill, img, hole, gain=1.0)
+    h = hole[0, 0] > 0
+    truth, got = (img - smooth)[0][:, h].flatten(), (out - smooth)[0][:, h].flatten()
+    assert float(torch.corrcoef(torch.stack([truth, got]))[0, 1]) > 0.9
+    rms = lambda a: float(a[0][:, h].pow(2).mean().sqrt())  # noqa: E731
+    assert rms(out - img) < 0.4 * rms(fill - img)
 
 
 def test_pixels_outside_the_hole_and_degenerate_inputs_are_left_alone() -> None:
@@ -121,8 +146,9 @@ def test_a_hole_in_a_large_canvas_searches_near_it_only() -> None:
     assert torch.equal(whole[..., y0:y1, x0:x1], window)
 
 
-def test_the_bundled_cards_turn_it_on_and_others_default_off(golden: Path) -> None:
-    for name, gain in (("lama", 0.8), ("pennet", 0.5)):
+def test_the_bundled_cards_turn_it_on_and_others_default_off(golden: Path,
+                                                             tmp_path: Path) -> None:
+    for name, gain in (("lama", 0.8), ("pennet", 0.8)):
         card = json.loads((bundled_dir() / f"{name}.json").read_text())
         assert card_texture(card) == pytest.approx(gain), name
     assert card_texture({"inference": {"texture": True}}) == GAIN
@@ -133,7 +159,13 @@ def test_the_bundled_cards_turn_it_on_and_others_default_off(golden: Path) -> No
     assert load_inpainter("lama", device="cpu").texture == pytest.approx(0.8)
     assert load_inpainter("lama", device="cpu", texture=False).texture == 0.0
     # `--texture on` takes the card's gain where it has one, the default where not.
-    assert load_inpainter("pennet", device="cpu", texture=True).texture == pytest.approx(0.5)
+    weights = tmp_path / "pennet-soft.safetensors"
+    weights.write_bytes((bundled_dir() / "pennet.safetensors").read_bytes())
+    card = json.loads((bundled_dir() / "pennet.json").read_text())
+    card["inference"]["texture"] = 0.5
+    weights.with_suffix(".json").write_text(json.dumps(card))
+    assert load_inpainter(str(weights), device="cpu", texture=True).texture == \
+        pytest.approx(0.5)
     assert load_inpainter(str(golden / "lama-tiny"), device="cpu", fast=False,
                           texture=True).texture == GAIN
     assert load_inpainter("lama", device="cpu", texture=0.3).texture == pytest.approx(0.3)
