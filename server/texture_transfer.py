@@ -47,8 +47,11 @@ from .refine import gaussian_blur
 SIGMA = 3.0
 #: Side (px) of the copied blocks; they overlap by half.
 BLOCK = 32
-#: Stride (px) of the candidate source blocks.
+#: Stride (px) of the candidate source blocks: 4, or 8 where a window would have more than
+#: :data:`MAX_SOURCES` of them (a hole hundreds of pixels wide in a large canvas), which
+#: keeps the match a quarter of the cost there.
 SOURCE_STRIDE = 4
+MAX_SOURCES = 1 << 16
 #: Weight of a source's distance (in blocks) in the match cost, squared.
 NEAR = 0.02
 #: Weight of the detail-contrast mismatch (in 8-bit levels) in the match cost.
@@ -175,6 +178,8 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
     if min(h, w) < 2 * block:
         return pred
     stride, half = SOURCE_STRIDE, block // 2
+    if ((h - block) // stride + 1) * ((w - block) // stride + 1) > MAX_SOURCES:
+        stride *= 2
     # Sources: blocks of the image with no hole pixel (nor any within the low-pass's reach,
     # whose detail the fill would have leaked into). Box means of the 0/1 hole, which are 0
     # exactly where a max would be: several times faster than max pooling on a CPU.

@@ -146,6 +146,25 @@ def test_a_hole_in_a_large_canvas_searches_near_it_only() -> None:
     assert torch.equal(whole[..., y0:y1, x0:x1], window)
 
 
+def test_a_wide_hole_in_a_large_canvas_gets_grain_at_the_coarser_source_stride() -> None:
+    """A window with more than MAX_SOURCES candidate blocks at 4 px (here 1100 px: 71k)
+    looks at every 8 px instead, and the hole still takes the grain, the known pixels
+    untouched."""
+    from inpaintd.server.texture_transfer import BLOCK, MAX_SOURCES
+    size = 1100
+    assert ((size - BLOCK) // 4 + 1) ** 2 > MAX_SOURCES
+    img = (np.array([0.35, 0.55, 0.2]) + _grain(size, 4)[..., None]).clip(0, 1)
+    hole = np.zeros((size, size), bool)
+    hole[300:800, 350:750] = True
+    fill = img.copy()
+    fill[hole] = img[~hole].mean(axis=0)
+    out = _u8(transfer_texture(_t(fill), _t(img), torch.from_numpy(hole)[None, None].float()))
+    orig = _u8(_t(img))
+    mask = (hole * 255).astype(np.uint8)
+    assert 0.4 < hf_ratio(out, orig, mask) < 1.5
+    assert np.array_equal(out[~hole], _u8(_t(fill))[~hole])
+
+
 def test_the_bundled_cards_turn_it_on_and_others_default_off(golden: Path,
                                                              tmp_path: Path) -> None:
     for name, gain in (("lama", 0.8), ("pennet", 0.8)):
