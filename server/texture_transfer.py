@@ -75,6 +75,12 @@ CHOICES = 6
 #: generator's fill before its low frequencies become the guide: the two err differently, and
 #: on held-out cases the mix is 0.1 dB nearer the original and half a level nearer its colour.
 BLEND = 0.4
+#: The coarse band (:func:`_with_coarse`) is copied at this multiple of the fine band's gain,
+#: fully where the hole is more than COARSE_FAR px from a known pixel, not at all within
+#: COARSE_NEAR px.
+COARSE_GAIN = 1.25
+COARSE_NEAR = 8
+COARSE_FAR = 32
 #: Sources are looked for within this many pixels of the hole's bounding box, so the cost
 #: follows the hole, not the canvas (and at 1:1 near texture is the likelier match).
 SEARCH = 384
@@ -140,15 +146,17 @@ def _quilt(j: torch.Tensor, tyy: torch.Tensor, txx: torch.Tensor, shortlist: tor
 
 
 def transfer_texture(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor,
-                     gain: float = GAIN, sigma: float = SIGMA,
-                     block: int = BLOCK) -> torch.Tensor:
+                     gain: float = GAIN, sigma: float = SIGMA, block: int = BLOCK,
+                     coarse: bool = True) -> torch.Tensor:
     """``pred`` with its hole's detail above ``sigma`` replaced by ``gain`` x the detail of
-    matching known blocks of ``image``. ``pred`` / ``image``: 1x3xHxW in [0, 1], ``hole``:
+    matching known blocks of ``image`` (and, with ``coarse``, the coarser band too where the
+    hole is deep: :func:`_with_coarse`). ``pred`` / ``image``: 1x3xHxW in [0, 1], ``hole``:
     1x1xHxW (1 = hole). Known pixels come back as they are in ``pred``; an image with no
     fully known block to copy from (a tiny image, a hole over nearly everything) comes back
     unchanged."""
     if pred.shape[0] != 1:
-        return torch.cat([transfer_texture(p[None], i[None], m[None], gain, sigma, block)
+        return torch.cat([transfer_texture(p[None], i[None], m[None], gain, sigma, block,
+                                           coarse)
                           for p, i, m in zip(pred, image, hole)])
     pred = pred.float()
     hole = (hole > 0.5).float()
@@ -164,14 +172,49 @@ def transfer_texture(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
         out[..., wy0:wy1, wx0:wx1] = _transfer_window(
             pred[..., wy0:wy1, wx0:wx1], image[..., wy0:wy1, wx0:wx1].float(),
             hole[..., wy0:wy1, wx0:wx1],
-            (bbox[0] - wy0, bbox[1] - wx0, bbox[2] - wy0, bbox[3] - wx0), gain, sigma, block)
+            (bbox[0] - wy0, bbox[1] - wx0, bbox[2] - wy0, bbox[3] - wx0), gain, sigma, block,
+            coarse)
         return out
-    return _transfer_window(pred, image.float(), hole, bbox, gain, sigma, block)
+    return _transfer_window(pred, image.float(), hole, bbox, gain, sigma, block, coarse)
+
+
+def _depth(hole: torch.Tensor) -> torch.Tensor:
+    """0 within :data:`COARSE_NEAR` px of a known pixel, rising in 8 px steps to 1 beyond
+    :data:`COARSE_FAR` px (square neighbourhoods, measured on 4x4 cells; outside the image
+    counts as unknown)."""
+    known = F.avg_pool2d(1 - hole, 4, ceil_mode=True)
+    steps = []
+    for r in range(COARSE_NEAR // 4, COARSE_FAR // 4 + 1, 2):
+        k = 2 * r + 1
+        near = F.avg_pool2d(F.avg_pool2d(F.pad(known, (r, r, r, r)), (k, 1), stride=1),
+                            (1, k), stride=1)
+        steps.append((near <= 1e-6).to(hole.dtype))
+    depth = F.interpolate(torch.stack(steps).mean(dim=0), scale_factor=4, mode="nearest")
+    return depth[..., :hole.shape[-2], :hole.shape[-1]] * hole
+
+
+def _with_coarse(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor, gain: float,
+                 sigma: float, block: int) -> torch.Tensor:
+    """``pred`` with the detail of a half-size transfer added where the hole is deep: the
+    band from ``sigma`` to 2 ``sigma`` (a grass field's clumps, a rock's mottling), which the
+    full-size transfer leaves to the generator, and the generator, trained on L1, has
+    flat. Near the border the generator's coarse band is right (a cloud's edge running into
+    a thin stroke) and is kept: copied there it left dark blotches in a sky."""
+    depth = _depth(hole)
+    if not bool(depth.any()):
+        return pred  # no pixel far enough from the border: a stroke, a small hole
+    half = lambda x: F.avg_pool2d(x, 2)  # noqa: E731
+    small_pred, small_hole = half(pred), (half(hole) > 0).to(hole.dtype)
+    small = transfer_texture(small_pred, half(image), small_hole, COARSE_GAIN * gain, sigma,
+                             block, coarse=False)
+    change = F.interpolate(small - small_pred, size=pred.shape[-2:], mode="bilinear",
+                           align_corners=False)
+    return pred + change * depth
 
 
 def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor,
                      bbox: tuple[int, int, int, int], gain: float, sigma: float,
-                     block: int) -> torch.Tensor:
+                     block: int, coarse: bool = False) -> torch.Tensor:
     """:func:`transfer_texture` on a window that holds the whole hole, whose bounding box
     (y0, x0, y1, x1, end exclusive) in the window is ``bbox``."""
     h, w = pred.shape[-2:]
@@ -188,6 +231,8 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
                       stride=stride)[0, 0] == 0  # gy x gx
     if not bool(ok.any()):
         return pred
+    if coarse and min(h, w) >= 4 * block:
+        pred = _with_coarse(pred, image, hole, gain, sigma, block)
     pred = pred + BLEND * (harmonic_fill(image, hole) - pred) * hole
     composite = pred * hole + image * (1 - hole)
     guide = gaussian_blur(composite, 2 * int(math.ceil(3 * sigma)) + 1, sigma)

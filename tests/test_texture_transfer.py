@@ -110,6 +110,36 @@ def test_a_grain_runs_on_across_a_thin_hole_in_phase() -> None:
     assert rms(out - img) < 0.4 * rms(fill - img)
 
 
+def test_the_coarse_band_is_copied_deep_in_a_wide_hole_and_not_along_a_stroke() -> None:
+    """Clumps 4-12 px across (a grass field's) come back deep inside a wide hole, where the
+    full-size transfer alone leaves the generator's flat coarse band; along a thin stroke,
+    where a generator's coarse band is right, the coarse pass changes nothing."""
+    from inpaintd.server.refine import gaussian_blur
+    rng = np.random.default_rng(5)
+    size = 320
+    clumps = gaussian_blur(torch.from_numpy(rng.normal(0, 1, (1, 1, size, size))).float(),
+                           25, 4.0)
+    clumps = clumps / clumps.std() * 0.08
+    img = (torch.tensor([0.35, 0.55, 0.2]).view(1, 3, 1, 1) + clumps
+           + torch.from_numpy(_grain(size, 6)).float()[None, None] * 0.5).clamp(0, 1)
+    band = lambda x: gaussian_blur(x, 13, 2.0) - gaussian_blur(x, 49, 8.0)  # noqa: E731
+    box = torch.zeros(1, 1, size, size)
+    box[..., 80:240, 80:240] = 1
+    fill = img * (1 - box) + img.mean(dim=(2, 3), keepdim=True) * box
+    deep = torch.zeros(size, size, dtype=torch.bool)
+    deep[120:200, 120:200] = True
+    energy = lambda x: float(band(x)[0][:, deep].pow(2).mean())  # noqa: E731
+    with_coarse = energy(transfer_texture(fill, img, box))
+    fine_only = energy(transfer_texture(fill, img, box, coarse=False))
+    assert with_coarse > 1.5 * fine_only
+    assert with_coarse < 1.5 * energy(img)
+    stroke = torch.zeros(1, 1, size, size)
+    stroke[..., 60:260, 150:162] = 1
+    fill = img * (1 - stroke) + gaussian_blur(img, 25, 4.0) * stroke
+    assert torch.equal(transfer_texture(fill, img, stroke),
+                       transfer_texture(fill, img, stroke, coarse=False))
+
+
 def test_pixels_outside_the_hole_and_degenerate_inputs_are_left_alone() -> None:
     img, hole = _two_halves()
     fill = _smooth_fill(img, hole)
