@@ -103,8 +103,10 @@ def _block_descriptors(guide: torch.Tensor, block: int, stride: int) -> torch.Te
 
 
 def _blocks_view(x: torch.Tensor, block: int, stride: int) -> torch.Tensor:
-    """Every ``block`` x ``block`` block of contiguous 1xCxHxW ``x`` at multiples of
-    ``stride``, as a (rows, cols, C, block, block) view."""
+    """Every ``block`` x ``block`` block of 1xCxHxW ``x`` at multiples of ``stride``, as a
+    (rows, cols, C, block, block) view (of a contiguous copy where ``x`` is not one: a
+    tensor made from an HxWxC array keeps that layout through elementwise work)."""
+    x = x.contiguous()
     h, w = x.shape[-2:]
     return x.as_strided(((h - block) // stride + 1, (w - block) // stride + 1, x.shape[1],
                          block, block), (stride * w, stride, h * w, w, 1))
@@ -125,9 +127,10 @@ def _quilt(j: torch.Tensor, tyy: torch.Tensor, txx: torch.Tensor, shortlist: tor
     ``block``, ``stride`` and the positions are full-resolution pixels."""
     b = block // 2
     cand = shortlist[j]  # n x k
-    ys, xs = (tyy[j] // 2).tolist(), (txx[j] // 2).tolist()
-    under = torch.stack([est[0, :, y:y + b, x:x + b] for y, x in zip(ys, xs)])  # n,3,b,b
-    m = torch.stack([seen[0, 0, y:y + b, x:x + b] for y, x in zip(ys, xs)])  # n,b,b
+    # Targets sit at multiples of block/2, so at half size on a grid of step b/2.
+    gy, gx = tyy[j] // b, txx[j] // b
+    under = _blocks_view(est, b, b // 2)[gy, gx]  # n,3,b,b
+    m = _blocks_view(seen, b, b // 2)[gy, gx][:, 0]  # n,b,b
     src = sources[src_y[cand] // stride, src_x[cand] // stride].flatten(2)  # n,k,3*b*b
     m3 = m[:, None].expand(-1, 3, -1, -1).flatten(1)  # n,3*b*b
     # sum m (src - under)^2 - KEEP_CONTRAST sum m src^2, without forming the difference.
@@ -298,8 +301,8 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
 
     # Every source block as a view (gy, gx, 3, block, block) of the detail, and of its half
     # size copy for the matching: no copies.
-    full = _blocks_view(detail.contiguous(), block, stride)
-    sources = _blocks_view(F.avg_pool2d(detail, 2).contiguous(), block // 2, stride // 2)
+    full = _blocks_view(detail, block, stride)
+    sources = _blocks_view(F.avg_pool2d(detail, 2), block // 2, stride // 2)
     window = _window(block, pred.device)
     acc = torch.zeros_like(detail_p)
     wsq = torch.zeros_like(hole_p)
