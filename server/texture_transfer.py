@@ -122,15 +122,16 @@ def _quilt(j: torch.Tensor, tyy: torch.Tensor, txx: torch.Tensor, shortlist: tor
     difference favours the flattest source wherever nothing in it lines up; a block with
     nothing under it draws among its :data:`CHOICES` best instead.
 
-    ``sources``, ``est`` and ``seen`` are at half resolution (2x2 means: what is compared is
-    the grain's layout, and a quarter of the numbers keeps this step to a few ms a wave);
-    ``block``, ``stride`` and the positions are full-resolution pixels."""
+    ``sources`` and ``est`` / ``seen`` (the detail under each target and which of it is
+    there, as :func:`_blocks_view` grids of step block/4) are at half resolution (2x2 means:
+    what is compared is the grain's layout, and a quarter of the numbers keeps this step to
+    a few ms a wave); ``block``, ``stride`` and the positions are full-resolution pixels."""
     b = block // 2
     cand = shortlist[j]  # n x k
-    # Targets sit at multiples of block/2, so at half size on a grid of step b/2.
+    # Targets sit at multiples of block/2, so at half size on the grid of step b/2.
     gy, gx = tyy[j] // b, txx[j] // b
-    under = _blocks_view(est, b, b // 2)[gy, gx]  # n,3,b,b
-    m = _blocks_view(seen, b, b // 2)[gy, gx][:, 0]  # n,b,b
+    under = est[gy, gx]  # n,3,b,b
+    m = seen[gy, gx][:, 0]  # n,b,b
     src = sources[src_y[cand] // stride, src_x[cand] // stride].flatten(2)  # n,k,3*b*b
     m3 = m[:, None].expand(-1, 3, -1, -1).flatten(1)  # n,3*b*b
     # sum m (src - under)^2 - KEEP_CONTRAST sum m src^2, without forming the difference.
@@ -316,8 +317,10 @@ def _transfer_window(pred: torch.Tensor, image: torch.Tensor, hole: torch.Tensor
         members = torch.nonzero(phase == wave)[:, 0]
         if len(members) == 0:
             continue
-        est = F.avg_pool2d(detail_p * known_p + acc / wsq.clamp_min(1e-12).sqrt() * hole_p, 2)
-        seen = F.avg_pool2d(known_p + (wsq > 0).to(hole_p.dtype) * hole_p, 2)
+        est = _blocks_view(F.avg_pool2d(
+            detail_p * known_p + acc / wsq.clamp_min(1e-12).sqrt() * hole_p, 2), half, half // 2)
+        seen = _blocks_view(F.avg_pool2d(known_p + (wsq > 0).to(hole_p.dtype) * hole_p, 2),
+                            half, half // 2)
         picks = torch.cat([_quilt(members[c0:c0 + 64], tyy, txx, shortlist, shortcost,
                                   sources, src_y, src_x, est, seen, block, stride, rng)
                            for c0 in range(0, len(members), 64)])
