@@ -73,8 +73,10 @@ def add_plugin_parser(sub: argparse._SubParsersAction) -> None:
                       help="Krita's resource folder, the one holding pykrita/ (default: "
                       "detected: ~/.local/share/krita, %%APPDATA%%\\krita, ...)")
     inst.add_argument("--gimp-dir", metavar="DIR",
-                      help="GIMP 3's plug-ins folder (default: detected: "
-                      "~/.config/GIMP/3.0/plug-ins, %%APPDATA%%\\GIMP\\3.0\\plug-ins, ...)")
+                      help="GIMP 3's plug-ins folder, instead of the detected ones (default: "
+                      "the folder of each GIMP 3.N found: ~/.config/GIMP/3.N/plug-ins, "
+                      "%%APPDATA%%\\GIMP\\3.N\\plug-ins, ...; GIMP 3.2 reads 3.2's, not "
+                      "3.0's; 3.0's when no GIMP 3 is found)")
     inst.add_argument("--kritarc", metavar="FILE",
                       help="the kritarc to enable the plug-in in (default: detected)")
     inst.add_argument("--python-version", metavar="X.Y",
@@ -92,9 +94,10 @@ def add_plugin_parser(sub: argparse._SubParsersAction) -> None:
                           "File takes the zip) or GIMP 3 (unpack the zip into its plug-ins "
                           "folder).")
     _common(bun)
-    bun.add_argument("--python-version", required=True, metavar="X.Y",
-                     help="that application's Python: 3.10 for Krita 5.2 (docs/krita.md), "
-                     "GIMP 3.0's own (docs/gimp.md)")
+    bun.add_argument("--python-version", required=True, metavar="X.Y", action="append",
+                     help="that application's Python (docs/krita.md and docs/gimp.md list "
+                     "them, and how to see yours); repeat it "
+                     "for one zip that serves several (the plug-in picks at run time)")
     bun.add_argument("--platform", required=True, metavar="TAG",
                      help="win_amd64, macosx_arm64, macosx_x86_64, linux_x86_64, or any "
                      "pip platform tag")

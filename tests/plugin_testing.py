@@ -29,7 +29,7 @@ def krita_harness() -> ModuleType:
 
 
 def gimp_harness() -> ModuleType:
-    """The Debian 13 root with GIMP 3 and batch GIMP runs."""
+    """The GIMPs in their Debian roots (3.0.4, 3.2.6) and batch and GUI GIMP runs."""
     return load_testing_module("inpaintd_gimp_harness", "host_plugins/gimp/testing/harness.py")
 
 

@@ -1,17 +1,18 @@
-"""The GIMP plug-in in a real GIMP 3 (Debian 13's ``gimp``), headless, through the PDB.
+"""The GIMP plug-in in real GIMP 3 releases, headless and in the GUI, through the PDB.
 
-Debian 12 packages only GIMP 2.10, so GIMP 3 runs in a Debian 13 root that
-``host_plugins/gimp/testing/build_root.sh`` builds with ``debootstrap`` (once; ``.ci/run``
-builds it, and it is cached at ``$INPAINTD_GIMP_ROOT``, default
-``/var/cache/inpaintd-gimp-root``). One ``gimp-console`` start runs every scenario in
-``gimp_scenarios.py``: fills on U8, U16 and float images with known pixels and an
-elliptical feathered selection (LaMa, and PEN-Net once), no selection, no server, and the
-procedures' registered menu paths. The server is a real ``inpaintd serve`` on the host's
-loopback with tiny random models; the expected pixels are what the protocol Client gets
-from it for the same crop.
+Every scenario runs in each GIMP that ``host_plugins/testing/roots.py`` holds a root for:
+GIMP 3.0.4 (Debian 13 "trixie", Python 3.13) and GIMP 3.2.6 (Debian sid, Python 3.14);
+the test ids say which (``[gimp-3.0.4]``, ``[gimp-3.2.6]``). Debian 12 packages only GIMP
+2.10, so each runs in its root under ``chroot`` (``roots.py build`` makes them once;
+``.ci/run`` does, and they are cached in ``/var/cache/inpaintd-roots``). One
+``gimp-console`` start per GIMP runs every batch scenario in ``gimp_scenarios.py``: fills
+on U8, U16 and float images with known pixels and an elliptical feathered selection (LaMa,
+and PEN-Net once), no selection, no server, and the procedures' registered menu paths. The
+server is a real ``inpaintd serve`` on the host's loopback with tiny random models; the
+expected pixels are what the protocol Client gets from it for the same crop.
 
-The tests skip only where the root can't be had (not root, no debootstrap and no cached
-root), saying why.
+A GIMP whose root is not built is skipped, saying which root and the command that builds
+it; with ``INPAINTD_REQUIRE_HOSTS=1`` (CI) it fails instead.
 """
 
 from __future__ import annotations
@@ -41,18 +42,15 @@ REPO = Path(__file__).resolve().parents[1]
 servers = krita_harness()
 gimp = gimp_harness()
 
-pytestmark = [
-    pytest.mark.gimp,
-    pytest.mark.skipif(gimp.root_problem() is not None,
-                       reason=f"no GIMP 3 root: {gimp.root_problem()}"),
-]
+pytestmark = [pytest.mark.gimp]
 
 W, H = 160, 120
 ELLIPSE = [50, 40, 40, 30]
 FEATHER = 4
 MARGIN = 16
 DTYPE = {"U8": np.uint8, "U16": np.uint16, "F32": np.float32}
-LOG: dict[str, Any] = {}
+#: Seconds of each GIMP's batch start, by host id.
+LOG: dict[str, float] = {}
 #: The plug-in's defaults (no saved settings here), and the "fill_edited" scenario's values.
 DEFAULT_GROW, DEFAULT_FEATHER = 2, 0
 EDITED = {"grow": 5, "feather": 3, "model": "studio-lama"}
@@ -70,12 +68,21 @@ def known_pixels() -> dict[str, np.ndarray]:
             else np.rint(base * np.iinfo(t).max).astype(t) for d, t in DTYPE.items()}
 
 
-@pytest.fixture(scope="module")
-def root() -> Path:
-    problem = gimp.ensure_root()
+@pytest.fixture(scope="module", params=gimp.HOSTS, ids=lambda h: h.id)
+def host(request: pytest.FixtureRequest) -> Any:
+    """One GIMP release (its root must be built); every fixture below runs per GIMP."""
+    host = request.param
+    problem = gimp.host_problem(host)
     if problem:
-        pytest.skip(f"no GIMP 3 root: {problem}")
-    return gimp.DEFAULT_ROOT
+        if gimp.required():
+            pytest.fail(f"{problem} ({gimp.REQUIRE_ENV} is set: the real hosts are "
+                        f"required here)", pytrace=False)
+        pytest.skip(problem)
+    version = gimp.console_version(host)
+    assert version == host.version, (
+        f"the {host.root_name} root has GIMP {version}, not {host.version}: rebuild it "
+        f"(`{host.build_command}`) or update roots.py")
+    return host
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +100,9 @@ def pixels() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def run(root: Path, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+def run(host: Any, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
     """One GIMP start for every scenario; its results.json, with the console output."""
-    home = gimp.new_home(root)
+    home = gimp.new_home(host)
     try:
         files = {}
         for depth, arr in pixels.items():
@@ -112,12 +119,13 @@ def run(root: Path, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict
         status, output = gimp.run_batch(
             home, f"exec(open('{home.inside}/gimp_scenarios.py').read())",
             env={"INPAINTD_GIMP_CONFIG": f"{home.inside}/config.json"})
-        LOG["gimp_seconds"] = time.monotonic() - t0
+        LOG[host.id] = time.monotonic() - t0
         results_file = home.path / "out" / "results.json"
         assert results_file.is_file(), f"GIMP exited {status} without results:\n{output}"
         results = json.loads(results_file.read_text())
         crashed = {k: v["crashed"] for k, v in results.items() if "crashed" in v}
         assert not crashed, crashed
+        assert results["_gimp"]["version"] == host.version, results["_gimp"]
         for entry in results.values():  # the files, read now: the home goes away after
             for key in ("layer", "selection", "source_after"):
                 if key in entry:
@@ -130,9 +138,10 @@ def run(root: Path, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict
 
 
 @pytest.fixture(scope="module")
-def dialog(root: Path, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+def dialog(host: Any, server: Any, pixels: dict[str, np.ndarray]
+           ) -> Iterator[dict[str, Any]]:
     """A second GIMP start, on Xvfb: the filter run interactively, its dialog accepted."""
-    home = gimp.new_home(root)
+    home = gimp.new_home(host)
     try:
         saved = home.path / ".config" / "inpaintd" / "gimp.json"
         saved.parent.mkdir(parents=True)
@@ -152,6 +161,7 @@ def dialog(root: Path, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[d
         assert results_file.is_file(), f"GIMP exited {status} without results:\n{output}"
         results = json.loads(results_file.read_text())
         assert "crashed" not in results.get("dialog", {}), results
+        assert results["_gimp"]["version"] == host.version, results["_gimp"]
         results.update(_output=output, _status=status, _seen=seen,
                        _saved=json.loads(saved.read_text()))
         yield results
@@ -159,9 +169,9 @@ def dialog(root: Path, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[d
         home.cleanup()
 
 
-def _home_with(root: Path, pixels: dict[str, np.ndarray], **config: Any) -> Any:
+def _home_with(host: Any, pixels: dict[str, np.ndarray], **config: Any) -> Any:
     """A GIMP home with the U8 pixels, the scenarios script and ``config.json``."""
-    home = gimp.new_home(root)
+    home = gimp.new_home(host)
     (home.path / "pixels_U8.bin").write_bytes(pixels["U8"].tobytes())
     shutil.copy2(REPO / "host_plugins" / "gimp" / "testing" / "gimp_scenarios.py",
                  home.path / "gimp_scenarios.py")
@@ -180,15 +190,17 @@ def _script(home: Any) -> tuple[str, dict[str, str]]:
 def _results(home: Any, key: str, status: int, output: str) -> dict[str, Any]:
     results_file = home.path / "out" / "results.json"
     assert results_file.is_file(), f"GIMP exited {status} without results:\n{output}"
-    entry = json.loads(results_file.read_text())[key]
+    results = json.loads(results_file.read_text())
+    entry = results[key]
     assert "crashed" not in entry, entry["crashed"]
+    assert results["_gimp"]["version"] == home.host.version, results["_gimp"]
     return {**entry, "_output": output, "_status": status}
 
 
 @pytest.fixture(scope="module")
-def undo(root: Path, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+def undo(host: Any, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
     """GIMP's full GUI on Xvfb: fill through the PDB, then one Ctrl+Z in the image window."""
-    home = _home_with(root, pixels, mode="undo", endpoint=server.endpoint, wait_s=60)
+    home = _home_with(host, pixels, mode="undo", endpoint=server.endpoint, wait_s=60)
     ready = f"{home.inside}/ready"
     config = json.loads((home.path / "config.json").read_text())
     (home.path / "config.json").write_text(json.dumps({**config, "ready": ready}))
@@ -216,8 +228,8 @@ def test_one_undo_removes_the_layer(undo: dict[str, Any]) -> None:
 
 
 def test_plugin_killed_mid_job_cancels_it_on_the_server(
-        root: Path, pixels: dict[str, np.ndarray], tmp_path: Path) -> None:
-    """Cancelling a plug-in's progress in GIMP 3.0 kills the plug-in (SIGKILL) before it can
+        host: Any, pixels: dict[str, np.ndarray], tmp_path: Path) -> None:
+    """Cancelling a plug-in's progress in GIMP 3 kills the plug-in (SIGKILL) before it can
     say anything. The server must notice on its own and drop the job, not run it for no
     one. The worker is held stopped inside another client's job (stopped only once that
     job runs: a worker stopped while idle is replaced), so the plug-in's job is still
@@ -228,7 +240,7 @@ def test_plugin_killed_mid_job_cancels_it_on_the_server(
     with servers.serve(tmp_path, "--hang-timeout", "60") as srv, \
             Client(srv.endpoint, timeout=60) as blocker:
         worker = blocker.status()["worker"]["pid"]
-        home = _home_with(root, pixels, mode="killed", endpoint=srv.endpoint)
+        home = _home_with(host, pixels, mode="killed", endpoint=srv.endpoint)
         size, mask = 2048, np.zeros((2048, 2048), np.uint8)
         for y in range(4):
             for x in range(4):
@@ -242,15 +254,13 @@ def test_plugin_killed_mid_job_cancels_it_on_the_server(
         os.kill(worker, signal.SIGSTOP)
         try:
             code, env = _script(home)
-            proc = subprocess.Popen(gimp._in_root(home, env, *gimp._batch(code)),
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, start_new_session=True)
+            proc = gimp.start_batch(home, code, env)
             with Client(srv.endpoint, timeout=30) as c:
                 deadline = time.monotonic() + 90
                 while c.status()["queue"] == 0:
                     assert time.monotonic() < deadline and proc.poll() is None
                     time.sleep(0.1)
-            plugin = subprocess.run(["pgrep", "-f", "plug-ins/inpaintd-gimp/inpaintd-gimp.py"],
+            plugin = subprocess.run(["pgrep", "-f", home.plugin_script],
                                     capture_output=True, text=True).stdout.split()
             assert len(plugin) == 1, plugin
             since = len(srv.lines)
@@ -386,9 +396,132 @@ def test_dialog_starts_from_the_saved_settings_and_fills(dialog: dict[str, Any],
     assert "Traceback" not in dialog["_output"]
 
 
-def test_gimp_ran_cleanly(run: dict[str, Any]) -> None:
+def test_gimp_ran_cleanly(run: dict[str, Any], host: Any) -> None:
     assert run["_status"] == 0, run["_output"]
     assert "batch command executed successfully" in run["_output"]
     # GIMP warns when a plug-in leaves an undo group open; the fill's group is closed
     assert "inconsistent state" not in run["_output"]
-    assert LOG["gimp_seconds"] < 120
+    assert LOG[host.id] < 120
+
+
+# --- the plug-in as an artist gets it: a bundle's vendored wheels ------------------------
+
+#: The Pythons of the GIMPs above (trixie's 3.13, sid's 3.14): one zip for both.
+BUNDLE_PYTHONS = ("3.13", "3.14")
+#: A Python neither GIMP runs: a zip for it alone must say so in one sentence.
+OTHER_PYTHON = "3.11"
+
+_PICK = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+         "import vendor_path; print(vendor_path.use_vendored(Path(sys.argv[1]) / '_vendor', "
+         "'gimp')); import zmq, msgpack, numpy; "
+         "print(*(Path(m.__file__).parent.parent.name for m in (zmq, msgpack, numpy)))")
+
+
+def _unzip(bundle: Path, dest: Path) -> Path:
+    """Unpack as ``unzip`` does, modes kept (GIMP wants its script executable)."""
+    import zipfile
+
+    with zipfile.ZipFile(bundle) as zf:
+        for info in zf.infolist():
+            path = Path(zf.extract(info, dest))
+            mode = info.external_attr >> 16
+            if mode and not info.is_dir():
+                path.chmod(mode & 0o777)
+    return dest / "inpaintd-gimp"
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`plugin bundle gimp` zips (pip's wheels, numpy too) for both GIMPs' Pythons, and
+    for another Python only."""
+    from inpaintd.host_plugins.installer import make_target
+    from inpaintd.host_plugins.plugin_cli import main as plugin_main
+
+    from test_krita_installer import _fetch
+
+    tmp = tmp_path_factory.mktemp("gimp_bundles")
+    zips = {}
+    for name, versions in (("both", BUNDLE_PYTHONS), ("other", (OTHER_PYTHON,))):
+        for version in versions:
+            _fetch(make_target(version, "linux_x86_64"), tmp / "wheels")
+        zips[name] = tmp / f"inpaintd-gimp-{name}.zip"
+        argv = ["plugin", "bundle", "gimp", "--platform", "linux_x86_64", "-o",
+                str(zips[name]), "--wheels", str(tmp / "wheels")]
+        for version in versions:
+            argv += ["--python-version", version]
+        assert plugin_main(argv) == 0
+    return zips
+
+
+def _root_python(host: Any) -> str:
+    status, out = host.hostroot.run(
+        ["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        {"HOME": "/tmp"}, 60)
+    assert status == 0, out
+    return out.strip()
+
+
+@pytest.fixture(scope="module")
+def vendored(host: Any, server: Any, pixels: dict[str, np.ndarray], bundles: dict[str, Path]
+             ) -> Iterator[dict[str, Any]]:
+    """One more GIMP start, with the two-Python zip unpacked as the plug-in (not the
+    root's Debian pyzmq, msgpack and numpy): a fill; then the other Python's zip."""
+    home = _home_with(host, pixels, mode="vendored", endpoint=server.endpoint)
+    try:
+        plugin = home.plugins / "inpaintd-gimp"
+        shutil.rmtree(plugin)
+        assert _unzip(bundles["both"], home.plugins) == plugin
+        other = _unzip(bundles["other"], home.path / "other")
+        inside = {"plugin": home.root.inside(plugin), "other": home.root.inside(other)}
+        config = json.loads((home.path / "config.json").read_text())
+        (home.path / "config.json").write_text(json.dumps(
+            {**config, "swap": [inside["plugin"], inside["other"]]}))
+        # the root's own Python, as GIMP starts the plug-in: what does it import?
+        status, picked = home.root.run(["/usr/bin/python3", "-s", "-c", _PICK,
+                                        inside["plugin"]], home.env(), 60)
+        assert status == 0, picked
+        code, env = _script(home)
+        status, output = gimp.run_batch(home, code, env)
+        results_file = home.path / "out" / "results.json"
+        assert results_file.is_file(), f"GIMP exited {status} without results:\n{output}"
+        results = json.loads(results_file.read_text())
+        assert "crashed" not in results.get("vendored_fill", {}), results
+        assert results["_gimp"]["version"] == host.version, results["_gimp"]
+        entry = results["vendored_fill"]
+        for key in ("layer", "selection", "source_after"):
+            if key in entry:
+                entry[key] = home.host_path(entry[key]).read_bytes()
+        yield {**results, "_output": output, "_status": status, "_picked": picked.split(),
+               "_python": _root_python(host)}
+    finally:
+        home.cleanup()
+
+
+def test_bundle_for_two_pythons_fills_in_each_gimp(
+        vendored: dict[str, Any], pixels: dict[str, np.ndarray], server: Any) -> None:
+    """One zip for GIMP 3.0 (Python 3.13) and 3.2 (3.14): the plug-in takes pyzmq,
+    msgpack and numpy from its folder for this GIMP's Python and fills exactly."""
+    from inpaintd.protocol.plugin.vendor_path import folder_name
+
+    assert vendored["_python"] in BUNDLE_PYTHONS, vendored["_python"]
+    assert vendored["_picked"] == ["None"] + [folder_name(vendored["_python"])] * 3
+    _check_fill(vendored["vendored_fill"], pixels["U8"], "U8", "lama", "LaMa",
+                server.endpoint)
+
+
+def test_bundle_for_another_python_says_so_in_one_line(vendored: dict[str, Any]) -> None:
+    """A zip built for Python 3.11 only, in this GIMP: the filter says which Python the
+    GIMP runs and the command that builds the right zip, once; no traceback, no layer."""
+    from inpaintd.protocol.plugin.vendor_path import mismatch_sentence
+
+    entry = vendored["vendored_mismatch"]
+    python = vendored["_python"]
+    sentence = mismatch_sentence("gimp", python, [OTHER_PYTHON])
+    assert sentence == (
+        f"This inpaint plug-in carries libraries for Python 3.11, but this GIMP runs Python "
+        f"{python}: reinstall it with `inpaintd plugin install gimp`, or build the zip with "
+        f"`inpaintd plugin bundle gimp --python-version {python} ...`.")
+    assert entry["status"] == "execution-error"
+    assert entry["error"] == sentence
+    assert entry["layers"] == ["Top", "Background"]
+    _one_message(vendored["_output"], sentence)

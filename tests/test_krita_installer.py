@@ -147,18 +147,19 @@ def test_install_tree_kritarc_and_settings_survive_reinstall(
     module = resources / "pykrita" / PLUGIN_NAME
     assert (resources / "pykrita" / f"{PLUGIN_NAME}.desktop").is_file()
     assert (resources / "actions" / f"{PLUGIN_NAME}.action").is_file()
-    for name in ("__init__.py", "controller.py", "krita_io.py", "extension.py",
-                 "settings_dialog.py", "manual.html"):
+    for name in ("__init__.py", "controller.py", "krita_io.py", "extension.py", "qt.py",
+                 "settings_dialog.py", "vendor_path.py", "manual.html"):
         assert (module / name).is_file(), name
     vendor = module / "_vendor"
     assert "inpaintd/protocol/plugin/fill.py" in protocol_sources()
     for name in protocol_sources():
         assert (vendor / name).is_file(), name
+    built = vendor / ("py" + PY.replace(".", ""))
     for package in ("zmq", "msgpack", "zstandard", "numpy"):
-        assert (vendor / package / "__init__.py").is_file(), package
-    assert not list(vendor.glob("zstandard/_cffi.*"))
+        assert (built / package / "__init__.py").is_file(), package
+    assert not list(built.glob("zstandard/_cffi.*"))
     manifest = json.loads((vendor / "VENDORED.json").read_text())
-    assert manifest["python_version"] == PY
+    assert list(manifest["pythons"]) == [PY]
     assert "enable_inpaintd_krita=true" in rc.read_text()
 
     # The user's settings live outside the plug-in and survive a reinstall; stale files
@@ -177,24 +178,26 @@ def test_vendored_tree_imports_in_a_bare_python(tmp_path: Path, wheels: Path) ->
     if not python.is_file():
         pytest.skip(f"no system Python {PY} to stand in for Krita's")
     installer.install_krita(tmp_path / "krita", LOCAL, enable=False, wheels_dir=wheels)
-    vendor = tmp_path / "krita" / "pykrita" / PLUGIN_NAME / "_vendor"
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import numpy, zmq, msgpack, "
+    module = tmp_path / "krita" / "pykrita" / PLUGIN_NAME
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "import vendor_path; assert vendor_path.use_vendored(Path(sys.argv[1]) / "
+            "'_vendor', 'krita') is None; import numpy, zmq, msgpack, "
             "zstandard; from inpaintd.protocol import Client, available_encodings; "
             "from inpaintd.protocol.plugin.fill import FillJob; "
             "assert numpy.__file__.startswith(sys.argv[1]), numpy.__file__; "
             "print('zstd' in available_encodings())")
-    proc = subprocess.run([str(python), "-s", "-c", code, str(vendor)], capture_output=True,
+    proc = subprocess.run([str(python), "-s", "-c", code, str(module)], capture_output=True,
                           text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
 
 
-def test_install_without_krita_or_options_says_what_to_pass(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(installer, "_linux_pykrita_libraries", lambda: [])
-    monkeypatch.setattr(sys, "platform", "linux")
+def test_install_without_krita_or_options_says_what_to_pass(tmp_path: Path) -> None:
+    """A system without Krita (an empty root here) names the options to pass."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads a Linux file tree")
     with pytest.raises(PluginInstallError, match="--python-version"):
-        installer.detect_krita_python()
+        installer.detect_krita_python(tmp_path)
 
 
 def test_offline_without_the_wheels_is_a_clear_error(tmp_path: Path) -> None:
@@ -238,7 +241,8 @@ def test_bundle_for_this_machine_passes_kritas_importer(tmp_path: Path, wheels: 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"['{PLUGIN_NAME}']"
     assert (tmp_path / "res" / "actions" / f"{PLUGIN_NAME}.action").is_file()
-    assert (tmp_path / "res" / "pykrita" / PLUGIN_NAME / "_vendor" / "zmq").is_dir()
+    assert (tmp_path / "res" / "pykrita" / PLUGIN_NAME / "_vendor" / "py" f"{PY.replace('.', '')}"
+            / "zmq").is_dir()
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +265,79 @@ def test_bundle_for_windows_krita_52(windows_bundle: Path) -> None:
     assert any("/zmq/" in n for n in pyds) and any("/numpy/" in n for n in pyds)
     assert all("cp310" in n or "abi3" in n or not n.split("/")[-1].count(".") > 1
                for n in pyds), pyds
+
+
+# --- one zip, several Pythons ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_python_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`plugin bundle krita --python-version 3.11 --python-version 3.14`: Krita 5.1/5.2 on
+    3.11 and Krita 5.3/6.0 on 3.14 (Debian), from one zip."""
+    tmp = tmp_path_factory.mktemp("twopy")
+    for version in ("3.11", "3.14"):
+        _fetch(make_target(version, "linux_x86_64"), tmp / "wheels")
+    out = tmp / "inpaintd-krita.zip"
+    argv = ["plugin", "bundle", "krita", "--python-version", "3.11", "--python-version",
+            "3.14", "--platform", "linux_x86_64", "-o", str(out), "--wheels",
+            str(tmp / "wheels")]
+    assert plugin_main(argv) == 0
+    return out
+
+
+def test_bundle_for_two_pythons_carries_both(two_python_bundle: Path) -> None:
+    names = _check_zip(two_python_bundle)
+    for folder, tag in (("py311", ".cpython-311-"), ("py314", ".cpython-314-")):
+        natives = [n for n in names if f"/_vendor/{folder}/" in n and n.endswith(".so")]
+        assert any("/zmq/" in n for n in natives) and any("/numpy/" in n for n in natives)
+        extensions = [n for n in natives if ".cpython-" in n]
+        assert extensions and all(tag in n for n in extensions), extensions
+    with zipfile.ZipFile(two_python_bundle) as zf:
+        manifest = json.loads(zf.read(f"{PLUGIN_NAME}/_vendor/VENDORED.json"))
+        assert sorted(manifest["pythons"]) == ["3.11", "3.14"]
+        # the protocol once, not once per Python
+        assert sum(n.endswith("/inpaintd/protocol/codec.py") for n in zf.namelist()) == 1
+
+
+def _unzip(bundle: Path, dest: Path) -> Path:
+    with zipfile.ZipFile(bundle) as zf:
+        zf.extractall(dest)
+    return dest / PLUGIN_NAME
+
+
+_PICK = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+         "import vendor_path; print(vendor_path.use_vendored(Path(sys.argv[1]) / '_vendor', "
+         "'krita')); import zmq, msgpack; print(Path(zmq.__file__).parent.parent.name)")
+
+
+def test_bundle_for_two_pythons_picks_this_ones(two_python_bundle: Path, tmp_path: Path
+                                                ) -> None:
+    """A real Python 3.11 (this machine's Krita's) loads the 3.11 build from the zip."""
+    python = Path("/usr/bin/python3.11")
+    if not python.is_file():
+        pytest.skip("no /usr/bin/python3.11 to stand in for Krita 5.1's Python")
+    module = _unzip(two_python_bundle, tmp_path)
+    proc = subprocess.run([str(python), "-s", "-c", _PICK, str(module)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["None", "py311"]
+
+
+def test_bundle_without_this_python_says_which_command_fixes_it(tmp_path: Path) -> None:
+    """A zip for 3.14 only, in a Python 3.11: one line naming 3.11 and the command."""
+    python = Path("/usr/bin/python3.11")
+    if not python.is_file():
+        pytest.skip("no /usr/bin/python3.11")
+    _fetch(make_target("3.14", "linux_x86_64"), tmp_path / "wheels")
+    out = installer.bundle_krita(tmp_path / "only314.zip", make_target("3.14", "linux_x86_64"),
+                                 tmp_path / "wheels")
+    module = _unzip(out, tmp_path / "unzipped")
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "import vendor_path; print(vendor_path.use_vendored(Path(sys.argv[1]) / '_vendor', "
+            "'krita'))")
+    proc = subprocess.run([str(python), "-s", "-c", code, str(module)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        "This inpaint plug-in carries libraries for Python 3.14, but this Krita runs Python "
+        "3.11: reinstall it with `inpaintd plugin install krita`, or build the zip with "
+        "`inpaintd plugin bundle krita --python-version 3.11 ...`.")

@@ -1,12 +1,16 @@
-"""The Krita plug-in in real Krita (Debian's ``krita``): headless fills and the real GUI.
+"""The Krita plug-in in real Krita: headless fills and the real GUI, in every Krita covered.
 
-Two Krita starts serve every test here, since each costs ~10-15 s:
+The Kritas (``harness.hosts()``): this machine's Debian 12 package (5.1.5, Qt5, Python 3.11)
+and two in Debian roots from ``host_plugins/testing/roots.py``: 5.3.4 (sid, Qt5, Python
+3.14) and 6.0.4 (experimental, Qt6, Python 3.14). Every test runs in each; two Krita starts
+per Krita serve them all, since each costs 10-35 s:
 
 1. ``kritarunner`` (headless) with the plug-in installed by ``inpaintd plugin install`` into
    a private ``XDG_DATA_HOME``: fills on U8, U16 and F32 documents with known pixels and an
    elliptical feathered selection, PEN-Net, a group layer, a CMYK document, no selection,
    no server, a document closed and a layer removed while the fill ran; then Krita's own
-   ``plugin_importer`` imports the ``bundle`` zip into a second private Krita.
+   ``plugin_importer`` imports one ``bundle`` zip, built for the Pythons of all the Kritas
+   (3.11 and 3.14), into a second private Krita.
 2. ``xvfb-run krita`` on that second Krita, where the *imported* plug-in is loaded by Krita
    itself: the Filter menu, the action enabled only with a selection, the action triggered
    by its id adds the layer, a screenshot, and the settings dialog's connection test.
@@ -14,9 +18,9 @@ Two Krita starts serve every test here, since each costs ~10-15 s:
 The server is a real ``inpaintd serve`` with tiny random models, and the expected pixels
 are what the protocol Client gets from it for the same crop.
 
-The tests skip only where ``kritarunner`` is missing (install: ``apt-get install krita
-python3-pyqt5 xvfb xauth``). Set ``INPAINTD_KRITA_SCREENSHOT=PATH`` to keep the GUI's
-screenshot.
+A Krita that can't run here (not installed, its root not built) skips, saying what builds
+it, and fails instead where ``INPAINTD_REQUIRE_HOSTS=1`` (``.ci/run`` sets it). Set
+``INPAINTD_KRITA_SCREENSHOT=DIR`` to keep each Krita's GUI screenshot there.
 """
 
 from __future__ import annotations
@@ -35,13 +39,11 @@ from plugin_testing import krita_harness, make_studio_lama
 
 
 harness = krita_harness()
+HOSTS = harness.hosts()
+#: CI: a Krita that can't run is a failure, not a skip.
+REQUIRE_HOSTS = os.environ.get("INPAINTD_REQUIRE_HOSTS") == "1"
 
-pytestmark = [
-    pytest.mark.krita,
-    pytest.mark.skipif(shutil.which("kritarunner") is None,
-                       reason="Krita is not installed (apt-get install krita python3-pyqt5 "
-                       "xvfb xauth); these tests run real Krita"),
-]
+pytestmark = [pytest.mark.krita, pytest.mark.slow]
 
 W, H = 160, 120
 ELLIPSE = [50, 40, 40, 30]
@@ -50,7 +52,7 @@ MARGIN = 16
 ORDER = {"U8": "BGRA", "U16": "BGRA", "F32": "RGBA"}
 DTYPE = {"U8": np.uint8, "U16": np.uint16, "F32": np.float32}
 SCENARIOS = ["fill_depth:U8", "fill_depth:U16", "fill_depth:F32", "fill_depth:U8:pennet",
-             "group", "cmyk", "no_selection", "no_server", "closed_document", "layer_removed",
+             "group", "selection_mask", "cmyk", "no_selection", "no_server", "closed_document", "layer_removed",
              "import_bundle", "fill_edited"]
 #: The plug-in's settings in every scenario but one: the defaults.
 DEFAULT_GROW, DEFAULT_FEATHER = 2, 0
@@ -75,28 +77,62 @@ def known_pixels() -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.fixture(scope="module")
-def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("krita")
+def _usable(host: Any) -> Any:
+    problem = host.problem()
+    if problem:
+        if REQUIRE_HOSTS:
+            pytest.fail(f"{host.name}: {problem}")
+        pytest.skip(f"{host.name}: {problem}")
+    return host
+
+
+@pytest.fixture(scope="module", params=HOSTS, ids=lambda h: h.name)
+def host(request: pytest.FixtureRequest) -> Any:
+    return _usable(request.param)
 
 
 @pytest.fixture(scope="module")
-def server(tmp: Path) -> Iterator[Any]:
-    home = tmp / "inpaintd_home"
+def tmp(host: Any) -> Iterator[Path]:
+    """This Krita's files, under its root (so Krita can read and write them)."""
+    path = harness.home_for(host)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    home = tmp_path_factory.mktemp("krita_server")
     harness.make_tiny_models(home)
     make_studio_lama(home, EDITED["model"])
     with harness.serve(home) as srv:
         yield srv
 
 
+def _offline_wheels() -> Any:
+    offline = os.environ.get("INPAINTD_WHEELS")  # a folder of wheels, for offline machines
+    return Path(offline) if offline else None
+
+
 @pytest.fixture(scope="module")
-def wheels(tmp: Path) -> Path:
+def wheels(tmp: Path, host: Any) -> Path:
     from inpaintd.host_plugins.installer import detect_krita_python, download_wheels
 
     dest = tmp / "wheels"
-    offline = os.environ.get("INPAINTD_WHEELS")  # a folder of wheels, for offline machines
-    download_wheels(detect_krita_python(), dest, Path(offline) if offline else None)
+    download_wheels(detect_krita_python(host.root.path), dest, _offline_wheels())
     return dest
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One zip for every Krita here: `plugin bundle krita --python-version 3.11
+    --python-version 3.14 --platform linux_x86_64` (the Pythons the Kritas run)."""
+    from inpaintd.host_plugins.installer import bundle_krita, detect_krita_python, make_targets
+
+    versions = sorted({detect_krita_python(h.root.path).python_version for h in HOSTS
+                       if h.problem() is None})
+    out = tmp_path_factory.mktemp("krita_bundle") / "inpaintd-krita.zip"
+    return bundle_krita(out, make_targets(versions, "linux_x86_64", with_numpy=True),
+                        _offline_wheels())
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +141,10 @@ def pixels() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def headless(tmp: Path, server: Any, wheels: Path, pixels: dict[str, np.ndarray]
-             ) -> dict[str, Any]:
-    from inpaintd.host_plugins.installer import bundle_krita, detect_krita_python
-
-    home = harness.install(tmp / "headless", wheels)
-    bundle = bundle_krita(tmp / "inpaintd-krita.zip", detect_krita_python(), wheels)
+def headless(tmp: Path, host: Any, server: Any, wheels: Path, bundle: Path,
+             pixels: dict[str, np.ndarray]) -> dict[str, Any]:
+    home = harness.install(tmp / "headless", wheels, host)
+    zipped = shutil.copy2(bundle, tmp / bundle.name)  # where this Krita can read it
     files = {}
     for depth, arr in pixels.items():
         files[depth] = str(tmp / f"pixels_{depth}.bin")
@@ -119,14 +153,33 @@ def headless(tmp: Path, server: Any, wheels: Path, pixels: dict[str, np.ndarray]
         "pykrita": str(home.pykrita), "out": str(tmp / "headless_out"),
         "endpoint": server.endpoint, "dead_endpoint": f"tcp://127.0.0.1:{harness.free_port()}",
         "margin": MARGIN, "width": W, "height": H, "pixels": files, "ellipse": ELLIPSE,
-        "feather": FEATHER, "import_zip": str(bundle), "edited": EDITED,
+        "feather": FEATHER, "import_zip": str(zipped), "edited": EDITED,
         "import_dest": str(tmp / "gui" / "data" / "krita"), "scenarios": SCENARIOS,
     }
     results = harness.run_headless(home, config)
     crashed = {k: v["crashed"] for k, v in results.items()
                if isinstance(v, dict) and "crashed" in v}
-    assert not crashed, crashed
+    assert not crashed, (crashed, results["_log"][-3000:])
     return results
+
+
+def test_install_detects_the_python_this_krita_runs(headless: dict[str, Any],
+                                                    host: Any) -> None:
+    """`plugin install krita` builds for the Python Krita embeds (read from its
+    kritapykrita library), which is the one that ran the scenarios."""
+    from inpaintd.host_plugins.installer import detect_krita_python
+
+    ran = ".".join(headless["krita"]["python"].split(".")[:2])
+    assert detect_krita_python(host.root.path).python_version == ran
+
+
+def test_runs_in_the_expected_krita(headless: dict[str, Any], host: Any) -> None:
+    """The Krita that ran is the one this parameter names, on the Qt it is built with."""
+    krita = headless["krita"]
+    assert krita["version"].startswith(host.version), krita
+    assert krita["qt_major"] == (6 if host.version.startswith("6.") else 5), krita
+    assert krita["pyqt"] == f"PyQt{krita['qt_major']}", krita
+    assert "not compatible with PyQt" not in headless["_log"]
 
 
 def _read(entry: dict[str, Any], key: str, depth: str) -> np.ndarray:
@@ -214,6 +267,31 @@ def test_group_layer_fills_from_its_projection(headless: dict[str, Any],
     _check_fill(entry, projection, "U8", "lama", "LaMa", server.endpoint)
 
 
+def test_active_selection_mask_fills_from_the_image(headless: dict[str, Any],
+                                                   pixels: dict[str, np.ndarray],
+                                                   server: Any) -> None:
+    """With the global "Selection Mask" node active (a scripted selection leaves one among
+    the top-level layers in every Krita here), the fill reads the whole image and its layer
+    goes on top of the stack; the artist's layer is untouched."""
+    entry = headless["selection_mask"]
+    assert entry["present"]
+    assert entry["ok"], entry["message"]
+    assert entry["children"][-1] == "LaMa" or entry["children"][-2:] == ["LaMa",
+                                                                       "Selection Mask"]
+    x, y, w, h = entry["crop"]
+    from inpaintd.protocol import Client
+    from inpaintd.protocol.plugin.selection_edit import edited_selection
+
+    projection = _read(entry, "projection", "U8")
+    hole, alpha = edited_selection(_selection(entry)[y:y + h, x:x + w], DEFAULT_GROW,
+                                   DEFAULT_FEATHER)
+    with Client(server.endpoint) as client:
+        expected = client.inpaint(projection[y:y + h, x:x + w], hole, model="lama")
+    got = _read(entry, "layer", "U8")[y:y + h, x:x + w]
+    np.testing.assert_array_equal(got[alpha > 0][:, :3], expected[alpha > 0][:, :3])
+    np.testing.assert_array_equal(_read(entry, "source_after", "U8"), pixels["U8"])
+
+
 def test_cmyk_is_converted_and_back(headless: dict[str, Any]) -> None:
     entry = headless["cmyk"]
     assert entry["ok"], entry["message"]
@@ -264,13 +342,13 @@ def test_kritas_importer_accepts_the_bundle(headless: dict[str, Any]) -> None:
 # --- the real GUI, with the imported plug-in -------------------------------------------
 
 @pytest.fixture(scope="module")
-def gui(tmp: Path, headless: dict[str, Any], server: Any) -> dict[str, Any]:
+def gui(tmp: Path, host: Any, headless: dict[str, Any], server: Any) -> dict[str, Any]:
     from PIL import Image
 
     from inpaintd.host_plugins.installer import enable_in_kritarc
     from inpaintd.protocol.plugin.settings import PluginSettings, save_settings
 
-    home = harness.KritaHome(tmp / "gui")
+    home = harness.KritaHome(tmp / "gui", host)
     assert (home.pykrita / "inpaintd_krita" / "__init__.py").is_file()  # imported above
     enable_in_kritarc(home.kritarc)  # what the importer's "Enable plugins now?" does
     save_settings(PluginSettings(endpoint=server.endpoint),
@@ -281,16 +359,18 @@ def gui(tmp: Path, headless: dict[str, Any], server: Any) -> dict[str, Any]:
     results = harness.run_gui(home, {"out": str(tmp / "gui_out"), "image": str(tmp / "image.png"),
                                      "ellipse": [420, 260, 140, 110], "feather": 8,
                                      "timeout": 60})
-    assert "error" not in results, results["error"]
+    assert "error" not in results, (results["error"], results.get("menu_bar"),
+                                    results["_log"][-3000:])
     keep = os.environ.get("INPAINTD_KRITA_SCREENSHOT")
     if keep and results.get("screenshot"):
-        shutil.copy2(results["screenshot"], keep)
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(results["screenshot"], Path(keep) / f"{host.name}.png")
     return results
 
 
 def test_gui_filter_menu_ends_with_our_actions(gui: dict[str, Any]) -> None:
     menu = gui["filter_menu"]
-    assert menu is not None, "no Filter menu found"
+    assert menu is not None, ("no Filter menu found", gui.get("menu_bar"), gui.get("menus_seen"))
     assert menu[-3:] == ["Inpaint (LaMa)", "Inpaint (PEN-Net)", "Inpaint settings..."]
 
 

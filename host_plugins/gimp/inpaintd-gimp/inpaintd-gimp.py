@@ -3,11 +3,15 @@
 
 GIMP glue only, like the Krita plug-in's ``krita_io`` and ``controller``: what a fill does
 (crop and margin, the mask, pixel conversion, the network job, the error sentences) is
-``inpaintd.protocol.plugin_*``, vendored in ``_vendor/`` beside this file by
-``inpaintd plugin install gimp`` and shared with the Krita plug-in. This file only reads
-the selection and the drawable from GIMP, shows progress, and adds the result layer.
+``inpaintd.protocol.plugin`` (its modules ``fill``, ``geometry``, ``errors``, ``settings``
+...), vendored in ``_vendor/`` beside this file by ``inpaintd plugin install gimp`` and
+shared with the Krita plug-in. ``vendor_path.py``, also put beside this file by the
+installer, picks ``_vendor/pyXY/``: the pyzmq, msgpack and numpy built for the Python this
+GIMP runs (a bundle may carry several). This file only reads the selection and the
+drawable from GIMP, shows progress, and adds the result layer.
 
-Facts this relies on (checked in GIMP 3.0.4, Debian 13, see docs/gimp.md):
+Facts this relies on (checked in GIMP 3.0.4, Debian 13, Python 3.13, and GIMP 3.2.6,
+Debian sid, Python 3.14; see docs/gimp.md):
 
 - ``drawable.get_buffer().get(rect, 1.0, FORMAT, Gegl.AbyssPolicy.NONE)`` returns the
   pixels in a babl format; outside the layer they are transparent zeros. The format's
@@ -21,16 +25,34 @@ Facts this relies on (checked in GIMP 3.0.4, Debian 13, see docs/gimp.md):
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import queue
 import sys
 import time
+from pathlib import Path
 
 _HERE = os.path.dirname(os.path.realpath(__file__))
-_VENDOR = os.path.join(_HERE, "_vendor")
-if os.path.isdir(_VENDOR) and _VENDOR not in sys.path:
-    sys.path.insert(0, _VENDOR)  # wheels built for this GIMP's Python, and the protocol
+
+
+def _use_vendored():
+    """Put ``_vendor/`` and its folder for this Python first on ``sys.path``; returns the
+    sentence to show when the plug-in carries libraries for other Pythons only, else None.
+    ``vendor_path.py`` is the installer's copy beside this file, loaded from there by its
+    path (standard library only); in the source tree there is none, and nothing to do."""
+    source = os.path.join(_HERE, "vendor_path.py")
+    if not os.path.isfile(source):
+        return None
+    spec = importlib.util.spec_from_file_location("inpaintd_gimp_vendor_path", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.use_vendored(Path(_HERE) / "_vendor", "gimp")
+
+
+#: Why the plug-in can't fill in this GIMP (one sentence; None when it can): libraries for
+#: another Python only, or an import that failed. Running a filter shows it.
+_IMPORT_ERROR = _use_vendored()
 
 import gi  # noqa: E402
 
@@ -39,6 +61,8 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 
 try:
+    if _IMPORT_ERROR is not None:  # the vendored wheels are not for this Python
+        raise ImportError(_IMPORT_ERROR)
     from inpaintd.protocol.plugin.geometry import Bounds
     from inpaintd.protocol.plugin.errors import (
         DOCUMENT_CLOSED,
@@ -65,9 +89,10 @@ try:
         settings_path,
         setup_logging,
     )
-    _IMPORT_ERROR = None
 except ImportError as exc:  # shown as one sentence when the artist runs the filter
-    _IMPORT_ERROR = exc
+    _IMPORT_ERROR = _IMPORT_ERROR or (
+        f"The plug-in's libraries could not be loaded ({exc}); reinstall it with "
+        f"`inpaintd plugin install gimp`.")
     MODELS = ()
 
 HOST = "gimp"
@@ -306,10 +331,7 @@ class InpaintPlugIn(Gimp.PlugIn):
 
     def run(self, procedure, run_mode, image, drawables, config, model):
         if _IMPORT_ERROR is not None:
-            return self._fail(procedure, run_mode,
-                              f"The plug-in's libraries could not be loaded "
-                              f"({_IMPORT_ERROR}); reinstall it with "
-                              f"`inpaintd plugin install gimp`.")
+            return self._fail(procedure, run_mode, _IMPORT_ERROR)
         log_file = log_path(HOST)
         try:
             setup_logging(log_file)

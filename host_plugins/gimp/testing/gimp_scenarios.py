@@ -1,5 +1,6 @@
 """Runs inside GIMP 3 (``gimp-console --batch-interpreter python-fu-eval``): the scenarios
-of tests/test_gimp_real.py, calling the plug-in through the PDB like a script would.
+of tests/test_gimp_real.py, calling the plug-in through the PDB like a script would. The
+same file runs in GIMP 3.0 and 3.2.
 
 Reads its JSON config from ``$INPAINTD_GIMP_CONFIG`` and writes ``results.json`` (plus raw
 pixel files) into the config's ``out`` folder. Every scenario is caught on its own, so one
@@ -226,6 +227,23 @@ def scenario_killed():
     image.delete()
 
 
+def scenario_vendored():
+    """The plug-in as an artist gets it (a bundle's vendored wheels): one fill; then, with
+    the plug-in's folder swapped for a bundle built for another Python only, the filter
+    once more: it must say so in one sentence and change nothing."""
+    scenario_fill("vendored_fill", "U8", "lama")
+    plugin, other = CONFIG["swap"]
+    os.rename(plugin, plugin + ".bundle")
+    os.rename(other, plugin)  # GIMP starts the script afresh for each call
+    image, background = make_image("U8")
+    select_ellipse(image)
+    status, error = call(image, background, "lama", CONFIG["endpoint"])
+    RESULTS["vendored_mismatch"] = {"status": status.value_nick,
+                                    "error": str(error) if error else None,
+                                    "layers": names(image)}
+    image.delete()
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     mode = CONFIG.get("mode", "dialog" if CONFIG.get("dialog") else "batch")
@@ -246,7 +264,9 @@ def main():
         jobs += [("no_selection", scenario_no_selection), ("no_server", scenario_no_server)]
     else:
         jobs = [(mode, {"dialog": scenario_dialog, "undo": scenario_undo,
-                        "killed": scenario_killed}[mode])]
+                        "killed": scenario_killed, "vendored": scenario_vendored}[mode])]
+    # which GIMP ran these (the tests check it is the one the root should hold)
+    RESULTS["_gimp"] = {"version": Gimp.version()}
     for key, job in jobs:
         try:
             job()

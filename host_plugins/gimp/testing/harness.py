@@ -1,15 +1,20 @@
-"""Run the GIMP plug-in in a real GIMP 3 inside a Debian 13 root, from the project's Python.
+"""Run the GIMP plug-in in real GIMP 3 releases inside Debian roots, from the project's Python.
 
-Not installed with the plug-in. Debian 12 has no GIMP 3, so ``build_root.sh`` builds a
-trixie root with ``debootstrap`` (once; cached outside the work tree) and GIMP runs there
-under ``chroot``, sharing the host's loopback: a server started on the host is reachable
-from GIMP at 127.0.0.1. Each run gets a throw-away ``HOME`` inside the root, with the
-plug-in installed by ``installer.install_gimp`` in that home's GIMP ``plug-ins`` folder
-(Debian's python3-zmq, python3-msgpack and python3-numpy stand in for the vendored wheels).
+Not installed with the plug-in. Debian 12 has no GIMP 3, so each GIMP the tests cover runs
+in a root that ``host_plugins/testing/roots.py`` names and builds with ``debootstrap``
+(once; cached outside the work tree): GIMP 3.0.4 in "trixie" (Debian 13, Python 3.13),
+GIMP 3.2.6 in "sid-experimental" (Debian sid, Python 3.14). GIMP runs there under a plain
+``chroot`` (``hostroot.HostRoot``), sharing the host's loopback: a server started on the
+host is reachable from GIMP at 127.0.0.1. Each run gets a throw-away ``HOME`` inside the
+root, with the plug-in installed by ``installer.install_gimp`` in the ``plug-ins`` folder
+that GIMP version reads (``GIMP/3.0`` or ``GIMP/3.2``; Debian's python3-zmq,
+python3-msgpack and python3-numpy stand in for the vendored wheels).
 
-- :func:`root_problem` says why a root can't be had here (None when it can).
-- :func:`ensure_root` builds it or reuses it.
-- :func:`run_batch` runs a script in ``gimp-console`` batch mode and returns its output.
+- :data:`HOSTS`: the GIMPs, one :class:`GimpHost` each; :func:`host_problem` says why one
+  can't run here (None when it can) and how to build its root.
+- :func:`console_version` asks the root's ``gimp-console --version``.
+- :func:`run_batch` runs a script in ``gimp-console`` batch mode and returns its output;
+  :func:`start_batch` starts it and returns the process.
 - :func:`run_accepting_dialog` does the same on an Xvfb display, pressing Return in the
   plug-in's dialog when it appears (``xdotool``, inside the root).
 - :func:`run_gui_pressing` runs a script in GIMP's full GUI on Xvfb and presses a key in
@@ -18,163 +23,181 @@ plug-in installed by ``installer.install_gimp`` in that home's GIMP ``plug-ins``
 
 from __future__ import annotations
 
-import contextlib
 import os
+import re
 import shutil
-import signal
 import subprocess
-import tempfile
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
-BUILD_SCRIPT = HERE / "build_root.sh"
-DEFAULT_ROOT = Path(os.environ.get("INPAINTD_GIMP_ROOT", "/var/cache/inpaintd-gimp-root"))
-MARKER = ".inpaintd-gimp-root-complete"
+TESTING = HERE.parents[1] / "testing"  # host_plugins/testing: roots.py, hostroot.py
+if str(TESTING) not in sys.path:
+    sys.path.insert(0, str(TESTING))
+import hostroot  # noqa: E402  (host_plugins/testing: not a package; the Krita harness's too)
+import roots  # noqa: E402
+
+HostRoot = hostroot.HostRoot
+
+#: Set to 1 (CI does) to make a missing host a failure, not a skip.
+REQUIRE_ENV = "INPAINTD_REQUIRE_HOSTS"
 
 
-def root_problem(root: Path = DEFAULT_ROOT) -> Optional[str]:
-    """Why a GIMP 3 root can't be used or built here; None when it can."""
-    if (root / MARKER).is_file() and os.geteuid() == 0:
-        return None
+@dataclass(frozen=True)
+class GimpHost:
+    """One GIMP release the tests run in: the root holding it and the version expected."""
+
+    root_name: str
+    version: str  # "3.2.6"
+
+    @property
+    def id(self) -> str:
+        return f"gimp-{self.version}"
+
+    @property
+    def series(self) -> str:
+        """``3.2``: the name of the per-user folder this GIMP reads (``GIMP/3.2``)."""
+        return ".".join(self.version.split(".")[:2])
+
+    @property
+    def root(self) -> "roots.Root":
+        return roots.ROOTS[self.root_name]
+
+    @property
+    def hostroot(self) -> "hostroot.HostRoot":
+        return HostRoot(self.root.path)
+
+    @property
+    def build_command(self) -> str:
+        return f"python3 host_plugins/testing/roots.py build {self.root_name}"
+
+
+#: Every GIMP a root in roots.py holds, oldest first.
+HOSTS: tuple[GimpHost, ...] = tuple(sorted(
+    (GimpHost(name, version) for name, root in roots.ROOTS.items()
+     for host, version in root.hosts if host == "gimp"),
+    key=lambda h: tuple(int(p) for p in h.version.split("."))))
+
+
+def host_problem(host: GimpHost) -> Optional[str]:
+    """Why ``host`` can't run here (which root is missing and the command that builds
+    it); None when it can."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "the GIMP 3 root needs root (debootstrap and chroot)"
+        return f"GIMP {host.version} runs in a chroot, which needs root"
     if shutil.which("chroot") is None:
         return "chroot is not installed"
-    if not (root / MARKER).is_file() and shutil.which("debootstrap") is None:
-        return ("debootstrap is not installed (apt-get install debootstrap) and no GIMP 3 "
-                f"root is cached at {root}")
+    if not host.root.complete():
+        return (f"the {host.root_name} root (GIMP {host.version}) is not built at "
+                f"{host.root.path}: build it with `{host.build_command}` (as root, "
+                f"with debootstrap)")
     return None
 
 
-def ensure_root(root: Path = DEFAULT_ROOT, timeout: float = 1200) -> Optional[str]:
-    """Build (or reuse: the script returns at once then) the root; returns why it failed,
-    None when it is ready."""
-    problem = root_problem(root)
-    if problem:
-        return problem
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT), str(root)], capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode != 0 or not (root / MARKER).is_file():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
-        return f"building the GIMP 3 root at {root} failed:\n{tail}"
-    return None
+def required() -> bool:
+    """Whether a missing host must fail the tests (``INPAINTD_REQUIRE_HOSTS=1``)."""
+    return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
+
+
+def console_version(host: GimpHost) -> str:
+    """The version ``gimp-console --version`` in the host's root prints ("3.2.6")."""
+    status, out = host.hostroot.run(["gimp-console", "--version"], {"HOME": "/tmp"}, 60)
+    found = re.search(r"version (\d+\.\d+\.\d+)", out)
+    assert status == 0 and found, f"gimp-console --version said ({status}): {out}"
+    return found.group(1)
 
 
 @dataclass
 class GimpHome:
-    """A private GIMP user inside the root: ``path`` on the host, ``inside`` in the root."""
+    """A private GIMP user inside a root: ``path`` on the host, ``inside`` in the root."""
 
-    root: Path
+    host: GimpHost
     inside: str
 
     @property
+    def root(self) -> "hostroot.HostRoot":
+        return self.host.hostroot
+
+    @property
     def path(self) -> Path:
-        return self.root / self.inside.lstrip("/")
+        return self.root.outside(self.inside)
 
     @property
     def plugins(self) -> Path:
-        return self.path / ".config" / "GIMP" / "3.0" / "plug-ins"
+        """The ``plug-ins`` folder this GIMP version reads (GIMP 3.2 never reads 3.0's)."""
+        return self.path / ".config" / "GIMP" / self.host.series / "plug-ins"
+
+    @property
+    def plugin_script(self) -> str:
+        """The plug-in's script as GIMP names it inside the root."""
+        rel = (self.plugins / "inpaintd-gimp" / "inpaintd-gimp.py").relative_to(self.path)
+        return f"{self.inside}/{rel.as_posix()}"
 
     def host_path(self, inside: str) -> Path:
-        return self.root / inside.lstrip("/")
+        return self.root.outside(inside)
+
+    def env(self, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+        """GIMP's environment: this home; and no bubblewrap sandbox for the image loaders
+        of sid's gdk-pixbuf (glycin, which takes only this value): bwrap fails in a plain
+        chroot with no /proc, and GIMP 3.2's GUI then aborts loading its first icon."""
+        (self.path / "run").mkdir(mode=0o700, exist_ok=True)
+        return {"HOME": self.inside, "XDG_CONFIG_HOME": f"{self.inside}/.config",
+                "XDG_RUNTIME_DIR": f"{self.inside}/run",
+                "GLYCIN_DISABLE_SANDBOX": "i-know-the-risks", **(extra or {})}
 
     def cleanup(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def new_home(root: Path = DEFAULT_ROOT) -> GimpHome:
+def new_home(host: GimpHost) -> GimpHome:
     """A fresh HOME under the root's /tmp with the plug-in installed (protocol vendored,
     the root's Debian packages for pyzmq, msgpack and numpy)."""
     from inpaintd.host_plugins.installer import install_gimp
 
-    (root / "tmp").mkdir(exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="inpaintd-gimp-", dir=root / "tmp"))
-    home = GimpHome(root, "/" + path.relative_to(root).as_posix())
+    path = host.hostroot.tempdir("inpaintd-gimp-")
+    home = GimpHome(host, host.hostroot.inside(path))
     install_gimp(home.plugins, vendor_wheels=False)
     return home
 
 
-def _in_root(home: GimpHome, env: Optional[dict[str, str]], *cmd: str) -> list[str]:
-    environ = {"HOME": home.inside, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-               "XDG_CONFIG_HOME": f"{home.inside}/.config",
-               "XDG_RUNTIME_DIR": f"{home.inside}/run", **(env or {})}
-    (home.path / "run").mkdir(mode=0o700, exist_ok=True)
-    return ["chroot", str(home.root), "/usr/bin/env", "-i",
-            *[f"{k}={v}" for k, v in environ.items()], *cmd]
-
-
-def _batch(code: str) -> list[str]:
+def batch_argv(code: str) -> list[str]:
     return ["gimp-console", "-i", "--quit", "--batch-interpreter", "python-fu-eval", "-b", code]
+
+
+def start_batch(home: GimpHome, code: str, env: Optional[dict[str, str]] = None
+                ) -> subprocess.Popen:
+    """Start ``gimp-console`` batch mode as ``home`` (stdout + stderr piped, text)."""
+    return home.root.popen(batch_argv(code), home.env(env), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, errors="replace")
 
 
 def run_batch(home: GimpHome, code: str, env: Optional[dict[str, str]] = None,
               timeout: float = 180) -> tuple[int, str]:
     """``gimp-console -i --quit --batch-interpreter python-fu-eval -b CODE`` in the root as
     ``home``; returns (exit status, stdout + stderr)."""
-    proc = subprocess.Popen(_in_root(home, env, *_batch(code)), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return -9, out
-    return proc.returncode, out
-
-
-def _free_display(root: Path) -> int:
-    for n in range(90, 200):
-        if not (root / "tmp" / ".X11-unix" / f"X{n}").exists() and \
-                not (root / "tmp" / f".X{n}-lock").exists():
-            return n
-    raise RuntimeError("no free X display number")
-
-
-@contextlib.contextmanager
-def xvfb(root: Path) -> Iterator[str]:
-    """A private Xvfb display inside the root, for as long as the block runs."""
-    display = f":{_free_display(root)}"
-    server = subprocess.Popen(["chroot", str(root), "Xvfb", display, "-ac", "-nolisten",
-                               "tcp", "-screen", "0", "1280x900x24"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    try:
-        deadline = time.monotonic() + 10
-        while not (root / "tmp" / ".X11-unix" / f"X{display[1:]}").exists():
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("Xvfb did not start")
-            time.sleep(0.1)
-        yield display
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
+    return home.root.run(batch_argv(code), home.env(env), timeout)
 
 
 def _windows(home: GimpHome, env: dict[str, str], name: str) -> list[str]:
-    found = subprocess.run(_in_root(home, env, "xdotool", "search", "--name", name),
-                           capture_output=True, text=True)
+    cmd, environ = home.root.command(["xdotool", "search", "--name", name], env)
+    found = subprocess.run(cmd, env=environ or None, capture_output=True, text=True)
     return found.stdout.split()
 
 
 def _press(home: GimpHome, env: dict[str, str], window: str, key: str) -> None:
     """Focus ``window`` and press ``key`` through XTEST, as a person would."""
-    subprocess.run(_in_root(home, env, "xdotool", "windowfocus", "--sync", window, "sleep",
-                            "0.5", "key", "--clearmodifiers", key),
-                   capture_output=True, timeout=30)
+    cmd, environ = home.root.command(["xdotool", "windowfocus", "--sync", window, "sleep",
+                                      "0.5", "key", "--clearmodifiers", key], env)
+    subprocess.run(cmd, env=environ or None, capture_output=True, timeout=30)
 
 
 def _finish(proc: subprocess.Popen, deadline: float) -> tuple[int, str]:
     try:
         out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, 9)
         out, _ = proc.communicate()
         return -9, out
     return proc.returncode, out
@@ -187,11 +210,11 @@ def run_accepting_dialog(home: GimpHome, code: str, title: str,
     ``title`` appears, focus it and press Return (the dialog's OK). Returns (exit status,
     output, seconds until the window appeared or None)."""
     found: Optional[float] = None
-    with xvfb(home.root) as display:
-        xenv = {**(env or {}), "DISPLAY": display}
+    with home.root.xvfb() as display:
+        xenv = home.env({**(env or {}), "DISPLAY": display})
         t0 = time.monotonic()
-        gimp = subprocess.Popen(_in_root(home, xenv, *_batch(code)), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        gimp = home.root.popen(batch_argv(code), xenv, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, errors="replace")
         while found is None and gimp.poll() is None and time.monotonic() - t0 < timeout:
             windows = _windows(home, xenv, f"^{title}$")
             if windows:
@@ -214,13 +237,13 @@ def run_gui_pressing(home: GimpHome, code: str, ready: str, window: str, key: st
     Ctrl+Z the way an artist does."""
     pressed = False
     ready_file = home.host_path(ready)
-    with xvfb(home.root) as display:
-        xenv = {**(env or {}), "DISPLAY": display}
+    with home.root.xvfb() as display:
+        xenv = home.env({**(env or {}), "DISPLAY": display})
         t0 = time.monotonic()
         cmd = ["gimp", "--no-splash", "--batch-interpreter", "python-fu-eval", "-b", code,
                "--quit"]
-        gimp = subprocess.Popen(_in_root(home, xenv, *cmd), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        gimp = home.root.popen(cmd, xenv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, errors="replace")
         while not pressed and gimp.poll() is None and time.monotonic() - t0 < timeout:
             if ready_file.exists():
                 windows = _windows(home, xenv, window)

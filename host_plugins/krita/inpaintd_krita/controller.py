@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from PyQt5.QtCore import QEventLoop, QObject, QTimer, pyqtSignal
-
 from inpaintd.protocol.plugin.errors import PluginError, describe_error
 from inpaintd.protocol.plugin.fill import (
     FillJob,
@@ -43,6 +41,7 @@ from inpaintd.protocol.plugin.settings import (
 )
 
 from . import krita_io
+from .qt import QEventLoop, QObject, QTimer, pyqtSignal
 
 log = logging.getLogger("inpaintd.krita")
 
@@ -200,6 +199,6 @@ def fill(doc: Any, node: Any, model: str = "lama", settings: Optional[PluginSett
     controller.finished.connect(lambda _result: loop.quit())
     controller.start(doc, node)
     if controller.result is None:
-        loop.exec_()
+        loop.exec()
     assert controller.result is not None
     return controller.result

@@ -11,8 +11,8 @@ import logging
 from typing import Any, Optional
 
 from krita import Extension, Krita
-from PyQt5.QtCore import Qt
-from PyQt5.QtWidgets import QMessageBox, QProgressDialog, QWidget
+
+from .qt import QMessageBox, QProgressDialog, Qt, QWidget
 
 log = logging.getLogger("inpaintd.krita")
 
@@ -27,12 +27,20 @@ def _main_window() -> Optional[QWidget]:
     return window.qwindow() if window is not None else None
 
 
+def broken_sentence(exc: Exception) -> str:
+    """Why the plug-in's libraries don't load: no build for this Krita's Python (the
+    installer's sentence, naming the fix), or a broken install."""
+    from . import VENDOR_PROBLEM
+
+    return VENDOR_PROBLEM or _BROKEN.format(detail=exc)
+
+
 def show_message(text: str, error: bool = True) -> None:
     """One sentence to the artist: a non-modal box whose text can be selected and copied."""
-    box = QMessageBox(QMessageBox.Warning if error else QMessageBox.Information,
-                      "Inpaint", text, QMessageBox.Ok, _main_window())
-    box.setTextInteractionFlags(Qt.TextSelectableByMouse)
-    box.setAttribute(Qt.WA_DeleteOnClose)
+    icon = QMessageBox.Icon.Warning if error else QMessageBox.Icon.Information
+    box = QMessageBox(icon, "Inpaint", text, QMessageBox.StandardButton.Ok, _main_window())
+    box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
     box.setObjectName("inpaintd_message")
     box.open()
 
@@ -53,6 +61,10 @@ class InpaintExtension(Extension):
             setup_logging(log_path("krita"))
         except (ImportError, OSError) as exc:
             log.warning("inpaintd: no log file: %s", exc)
+        from . import VENDOR_PROBLEM
+
+        if VENDOR_PROBLEM:
+            log.error("inpaintd: %s", VENDOR_PROBLEM)
 
     def createActions(self, window: Any) -> None:
         try:
@@ -78,7 +90,7 @@ class InpaintExtension(Extension):
             from .controller import FillController
         except ImportError as exc:
             log.exception("inpaintd: can't load the plug-in's libraries")
-            show_message(_BROKEN.format(detail=exc))
+            show_message(broken_sentence(exc))
             return
         doc = Krita.instance().activeDocument()
         node = doc.activeNode() if doc is not None else None
@@ -87,7 +99,7 @@ class InpaintExtension(Extension):
                                  0, 100, _main_window())
         dialog.setWindowTitle("Inpaint")
         dialog.setObjectName("inpaintd_progress")
-        dialog.setWindowModality(Qt.NonModal)
+        dialog.setWindowModality(Qt.WindowModality.NonModal)
         dialog.setMinimumDuration(400)  # fast fills never flash a dialog
         dialog.setAutoClose(False)
         dialog.setAutoReset(False)
@@ -121,6 +133,6 @@ class InpaintExtension(Extension):
             from .settings_dialog import SettingsDialog
         except ImportError as exc:
             log.exception("inpaintd: can't load the plug-in's libraries")
-            show_message(_BROKEN.format(detail=exc))
+            show_message(broken_sentence(exc))
             return
-        SettingsDialog(_main_window()).exec_()
+        SettingsDialog(_main_window()).exec()

@@ -11,6 +11,9 @@ Facts this relies on (checked in Krita 5.1.5, see docs/krita.md):
   artist's layer is never written.
 - Other colour spaces (CMYK, Gray, Lab, 16-bit float...) are converted on a scratch node
   that never enters the image; the result layer is converted back to the source's space.
+- A global selection can show as a "Selection Mask" node among the root's children (seen
+  in 5.1, 5.3 and 6 after ``setSelection``), which can be the active node. Its parent is the image's root: then the fill
+  reads the whole image's projection and the layer goes on top of the stack.
 
 These functions run on Krita's GUI thread only.
 """
@@ -53,7 +56,7 @@ class Source:
     """What a fill read, captured on the GUI thread when the fill started."""
 
     doc: Any              # krita.Document
-    node_id: Any          # QUuid of the source layer
+    node_id: Any          # QUuid of the source layer; None: the image's root
     canvas: Bounds
     colour: tuple[str, str, str]  # the source's (model, depth, profile)
     converted: bool       # True when the pixels were converted to RGBA for the server
@@ -82,9 +85,13 @@ def selection_bounds(doc: Any) -> tuple[Any, Bounds]:
                              selection.height())
 
 
+def is_root(node: Any) -> bool:
+    return node.parentNode() is None
+
+
 def _raw_pixels(node: Any, crop: Bounds) -> bytes:
     args = (crop.x, crop.y, crop.width, crop.height)
-    if node.type() in _PROJECTED:
+    if node.type() in _PROJECTED or is_root(node):
         return bytes(node.projectionPixelData(*args))
     return bytes(node.pixelData(*args))
 
@@ -124,7 +131,8 @@ def read_for_fill(doc: Any, node: Any, model: ModelChoice, margin: int, refine: 
         pixels = bytes(scratch.pixelData(crop.x, crop.y, crop.width, crop.height))
         log.info("converted a %s %s crop to RGBA %s for the server", cmodel, depth, send_depth)
     mask = bytes(selection.pixelData(crop.x, crop.y, crop.width, crop.height))
-    return plan, pixels, mask, Source(doc, node.uniqueId(), canvas, colour, not direct)
+    node_id = None if is_root(node) else node.uniqueId()
+    return plan, pixels, mask, Source(doc, node_id, canvas, colour, not direct)
 
 
 def document_is_open(doc: Any) -> bool:
@@ -138,6 +146,8 @@ def check_still_valid(source: Source) -> Any:
     doc = source.doc
     if (doc.width(), doc.height()) != (source.canvas.width, source.canvas.height):
         raise PluginError(IMAGE_RESIZED)
+    if source.node_id is None:
+        return doc.rootNode()
     node = find_node(doc.rootNode(), source.node_id)
     if node is None:
         raise PluginError(LAYER_GONE)
@@ -179,6 +189,10 @@ def insert_result(source: Source, plan: FillPlan, layer: bytes) -> Any:
             log.warning("kept the result layer in RGBA %s: converting it back to %s failed",
                         plan.depth, source.colour)
     parent = node.parentNode()
+    if parent is None:  # the whole image was the source: on top of everything
+        parent = node
+        children = node.childNodes()
+        node = children[-1] if children else None
     if not parent.addChildNode(new, node):
         raise PluginError("Krita did not accept the new layer, so nothing was changed.")
     doc.waitForDone()

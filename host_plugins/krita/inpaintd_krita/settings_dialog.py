@@ -15,8 +15,16 @@ import queue
 import threading
 from typing import Any, Mapping, Optional
 
-from PyQt5.QtCore import QTimer
-from PyQt5.QtWidgets import (
+from inpaintd.protocol.plugin.connection import ConnectionReport, check_connection
+from inpaintd.protocol.plugin.model_picker import entry_label, fetch_hint, lama_entries
+from inpaintd.protocol.plugin.settings import (
+    PluginSettings,
+    load_settings,
+    save_settings,
+    settings_path,
+)
+
+from .qt import (
     QCheckBox,
     QComboBox,
     QDialog,
@@ -29,17 +37,9 @@ from PyQt5.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
+    QTimer,
     QVBoxLayout,
     QWidget,
-)
-
-from inpaintd.protocol.plugin.connection import ConnectionReport, check_connection
-from inpaintd.protocol.plugin.model_picker import entry_label, fetch_hint, lama_entries
-from inpaintd.protocol.plugin.settings import (
-    PluginSettings,
-    load_settings,
-    save_settings,
-    settings_path,
 )
 
 log = logging.getLogger("inpaintd.krita")
@@ -116,7 +116,8 @@ class SettingsDialog(QDialog):
         form.addRow("", self.model_hint)
         form.addRow("", self.refine)
         form.addRow("Timeout", self.timeout)
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
+                                   | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.save_and_close)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)

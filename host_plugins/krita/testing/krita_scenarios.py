@@ -48,6 +48,11 @@ class Scenarios:
         from inpaintd.protocol.plugin.settings import PluginSettings
 
         self.controller = controller
+        from inpaintd_krita import qt
+
+        self.results["krita"] = {"version": self.k.version(), "qt_major": qt.QT_MAJOR,
+                                 "pyqt": qt.QtCore.__name__.split(".")[0],
+                                 "python": sys.version.split()[0]}
         self.settings = PluginSettings(endpoint=config["endpoint"], margin=config["margin"])
         self.dead = PluginSettings(endpoint=config["dead_endpoint"], margin=config["margin"])
 
@@ -63,7 +68,7 @@ class Scenarios:
 
     def select_ellipse(self, doc: Any) -> None:
         from krita import Selection
-        from PyQt5.QtCore import QByteArray
+        from inpaintd_krita.qt import QByteArray  # PyQt5 or PyQt6, as this Krita has
 
         sel = Selection()
         sel.setPixelData(QByteArray(_ellipse(self.w, self.h, self.cfg["ellipse"])), 0, 0,
@@ -151,6 +156,37 @@ class Scenarios:
         t = time.perf_counter()
         result = self.controller.fill(doc, group, "lama", self.settings)
         self.record("group", doc, group, result, t)
+
+    def selection_mask(self) -> None:
+        """A scripted selection leaves the global "Selection Mask" node under the root (in
+        5.1 as in 6); with it active, the fill reads the whole image and goes on top."""
+        doc = self.document("selmask")
+        root = doc.rootNode()
+        background = root.childNodes()[0]
+        background.setPixelData(self.pixels("U8"), 0, 0, self.w, self.h)
+        doc.waitForDone()
+        self.select_ellipse(doc)
+        masks = [n for n in root.childNodes() if n.type() == "selectionmask"]
+        entry: dict[str, Any] = {"present": bool(masks)}
+        if masks:
+            projection = self.dump("selmask_projection",
+                                   root.projectionPixelData(0, 0, self.w, self.h))
+            t = time.perf_counter()
+            result = self.controller.fill(doc, masks[0], "lama", self.settings)
+            entry.update(ok=result.ok, message=result.message,
+                         seconds=time.perf_counter() - t,
+                         crop=list(result.crop) if result.crop is not None else None,
+                         children=[n.name() for n in root.childNodes()],
+                         projection=projection,
+                         selection=self.dump("selmask_selection", doc.selection().pixelData(
+                             0, 0, self.w, self.h)))
+            if result.ok:
+                entry.update(layer_name=result.node.name(),
+                             layer=self.dump("selmask_layer", result.node.pixelData(
+                                 0, 0, self.w, self.h)),
+                             source_after=self.dump("selmask_source", background.pixelData(
+                                 0, 0, self.w, self.h)))
+        self.results["selection_mask"] = entry
 
     def cmyk(self) -> None:
         doc = self.document("cmyk", "CMYKA", "U8")

@@ -7,7 +7,8 @@ selection and enabled with one, triggers it by its action id, waits for the new 
 grabs a screenshot, runs the settings dialog's connection test, shows the message for a
 server that is not there, cancels a fill from the progress dialog (against a silent fake
 server), undoes the fill, writes ``gui.json`` and quits. Config: the JSON file named by
-``INPAINTD_KRITA_GUI_TEST``.
+``INPAINTD_KRITA_GUI_TEST``. Qt comes from the inpaintd plug-in's own ``qt`` module, so
+the driver runs on PyQt5 (Krita 5) and PyQt6 (Krita 6) alike.
 """
 
 import json
@@ -17,8 +18,13 @@ import traceback
 from pathlib import Path
 
 from krita import Extension, Krita, Selection
-from PyQt5.QtCore import QByteArray, QTimer
-from PyQt5.QtWidgets import QApplication
+
+
+def qt():
+    """The inpaintd plug-in's Qt names (imported late: it is another plug-in)."""
+    from inpaintd_krita import qt as module
+
+    return module
 
 
 class Driver(Extension):
@@ -38,7 +44,7 @@ class Driver(Extension):
         # The wrapper passed here dies after the call: look the window up again later.
         if not self.started:
             self.started = time.perf_counter()
-            QTimer.singleShot(3000, self.guarded(self.step_menu))
+            qt().QTimer.singleShot(3000, self.guarded(self.step_menu))
 
     # --- plumbing ---
 
@@ -53,7 +59,7 @@ class Driver(Extension):
         return run
 
     def later(self, ms, fn):
-        QTimer.singleShot(ms, self.guarded(fn))
+        qt().QTimer.singleShot(ms, self.guarded(fn))
 
     def save(self):
         (self.out / "gui.json").write_text(json.dumps(self.results, indent=2, default=str))
@@ -62,26 +68,40 @@ class Driver(Extension):
         self.save()
         for doc in Krita.instance().documents():
             doc.setModified(False)
-        QTimer.singleShot(200, Krita.instance().action("file_quit").trigger)
+        qt().QTimer.singleShot(200, Krita.instance().action("file_quit").trigger)
 
     # --- steps ---
 
     def filter_menu(self):
+        # The menu bar's entry, then its menu: by QAction.menu() (Qt 5), else among the
+        # main window's menus (Qt 6's QAction.menu() gave None here).
         bar = self.window.qwindow().menuBar()
         for action in bar.actions():
+            if action.text().replace("&", "") != "Filter":
+                continue
             menu = action.menu()
-            if menu is not None and (menu.objectName().lower() == "filter"
-                                     or action.text().replace("&", "") == "Filter"):
-                return action, menu
+            if menu is None:
+                for candidate in self.window.qwindow().findChildren(qt().QtWidgets.QMenu):
+                    if candidate.menuAction() == action or candidate.objectName() == "filter":
+                        menu = candidate
+                        break
+            return (action, menu) if menu is not None else (None, None)
         return None, None
 
     def step_menu(self):
         self.window = Krita.instance().activeWindow() or Krita.instance().windows()[0]
         # No window manager under Xvfb: size the window to the screen ourselves.
-        self.window.qwindow().setGeometry(QApplication.primaryScreen().availableGeometry())
+        self.window.qwindow().setGeometry(
+            qt().QApplication.primaryScreen().availableGeometry())
         _, menu = self.filter_menu()
         self.results["filter_menu"] = ([a.text().replace("&", "") for a in menu.actions()]
                                        if menu is not None else None)
+        if menu is None:  # what there was instead, for the failure message
+            bar = self.window.qwindow().menuBar()
+            self.results["menus_seen"] = [
+                [m.objectName(), m.title()]
+                for m in self.window.qwindow().findChildren(qt().QtWidgets.QMenu)]
+            self.results["menu_bar"] = [a.text() for a in bar.actions()]
         self.doc = Krita.instance().openDocument(self.cfg["image"])
         self.window.addView(self.doc)
         self.later(1500, self.step_select)
@@ -99,7 +119,7 @@ class Driver(Extension):
                 if dx * dx + dy * dy <= 1.0:
                     data[y * w + x] = 255
         sel = Selection()
-        sel.setPixelData(QByteArray(bytes(data)), 0, 0, w, h)
+        sel.setPixelData(qt().QByteArray(bytes(data)), 0, 0, w, h)
         sel.feather(self.cfg["feather"])
         self.doc.setSelection(sel)
         self.doc.waitForDone()
@@ -137,14 +157,14 @@ class Driver(Extension):
         self.later(800, self.step_grab)
 
     def step_grab(self):
-        QApplication.primaryScreen().grabWindow(0).save(str(self.out / "screenshot.png"))
+        qt().QApplication.primaryScreen().grabWindow(0).save(str(self.out / "screenshot.png"))
         self.results["screenshot"] = str(self.out / "screenshot.png")
         _, menu = self.filter_menu()
         menu.hide()
         self.later(500, self.step_grab_result)
 
     def step_grab_result(self):
-        QApplication.primaryScreen().grabWindow(0).save(str(self.out / "result.png"))
+        qt().QApplication.primaryScreen().grabWindow(0).save(str(self.out / "result.png"))
         self.results["result_screenshot"] = str(self.out / "result.png")
         self.later(100, self.step_settings)
 
@@ -178,10 +198,11 @@ class Driver(Extension):
     # --- failures in the GUI: a message, a cancel ---
 
     def extension(self):
-        for ext in Krita.instance().extensions():
-            if type(ext).__name__ == "InpaintExtension":
-                return ext
-        raise RuntimeError("the inpaintd extension is not loaded")
+        # The plug-in keeps its extension; walking Krita.instance().extensions() again and
+        # again crashed Krita 6 (docs/krita.md).
+        import inpaintd_krita
+
+        return inpaintd_krita.EXTENSION
 
     def use_endpoint(self, endpoint):
         from inpaintd.protocol.plugin.settings import (load_settings, save_settings,
@@ -193,7 +214,7 @@ class Driver(Extension):
         return old.endpoint
 
     def message_boxes(self):
-        return [w for w in QApplication.topLevelWidgets()
+        return [w for w in qt().QApplication.topLevelWidgets()
                 if w.objectName() == "inpaintd_message" and w.isVisible()]
 
     def step_dead_server(self):
@@ -235,17 +256,15 @@ class Driver(Extension):
         self.later(300, self.step_cancel_dialog)
 
     def step_cancel_dialog(self):
-        dialogs = [w for w in QApplication.topLevelWidgets()
+        dialogs = [w for w in qt().QApplication.topLevelWidgets()
                    if w.objectName() == "inpaintd_progress" and w.isVisible()]
         if not dialogs and time.perf_counter() - self.mark < 10:
             self.later(100, self.step_cancel_dialog)
             return
         self.results["progress_dialog_text"] = dialogs[0].labelText() if dialogs else None
         if dialogs:
-            from PyQt5.QtWidgets import QPushButton
-
             self.cancelled_at = time.perf_counter()
-            dialogs[0].findChild(QPushButton).click()  # what the artist's click does
+            dialogs[0].findChild(qt().QPushButton).click()  # what the artist's click does
         self.later(100, self.step_cancel_wait)
 
     def step_cancel_wait(self):
@@ -273,9 +292,8 @@ class Driver(Extension):
         self.doc.waitForDone()
         nodes = self.doc.rootNode().childNodes()
         self.results["layers_after_undo"] = [n.name() for n in nodes]
-        from PyQt5.QtGui import QImage
-
-        image = QImage(self.cfg["image"]).convertToFormat(QImage.Format_ARGB32)
+        QImage = qt().QImage
+        image = QImage(self.cfg["image"]).convertToFormat(QImage.Format.Format_ARGB32)
         ptr = image.constBits()
         ptr.setsize(image.sizeInBytes())
         self.results["background_is_the_image"] = (

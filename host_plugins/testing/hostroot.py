@@ -1,0 +1,158 @@
+"""Run a host program (Krita, GIMP) in a root: this machine's own ``/`` or a Debian root.
+
+Not installed with the plug-ins. A root from ``roots.py`` is entered with a plain
+``chroot ROOT /usr/bin/env -i ...``: no /proc or /dev mounts are needed at run time, and the
+root shares this machine's network namespace, so a server the tests start on 127.0.0.1 is
+reachable from inside. Files the host reads or writes live under the root; ``inside`` and
+``outside`` translate paths between the two views. With ``/`` as the root, commands run
+directly and both views are the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+SYSTEM = Path("/")
+
+
+@dataclass(frozen=True)
+class HostRoot:
+    """A filesystem root that holds a host program."""
+
+    path: Path = SYSTEM
+
+    @property
+    def is_system(self) -> bool:
+        return self.path.resolve() == SYSTEM
+
+    def inside(self, path: Path | str) -> str:
+        """``path`` (on this machine) as the root sees it."""
+        path = Path(path).resolve()
+        if self.is_system:
+            return str(path)
+        return "/" + path.relative_to(self.path.resolve()).as_posix()
+
+    def outside(self, inside: str) -> Path:
+        """A path the root names, on this machine."""
+        return self.path / inside.lstrip("/") if not self.is_system else Path(inside)
+
+    def tempdir(self, prefix: str) -> Path:
+        """A fresh folder under the root's /tmp (so the host can read and write it)."""
+        tmp = self.path / "tmp"
+        tmp.mkdir(exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
+
+    def command(self, argv: Sequence[str], env: Mapping[str, str]) -> tuple[list[str],
+                                                                            dict[str, str]]:
+        """The argv and environment that run ``argv`` in the root with exactly ``env``
+        (plus a plain PATH); for the system root, ``env`` goes to Popen as it is."""
+        if self.is_system:
+            return list(argv), dict(env)
+        environ = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **env}
+        return (["chroot", str(self.path), "/usr/bin/env", "-i",
+                 *[f"{k}={v}" for k, v in environ.items()], *argv], {})
+
+    def popen(self, argv: Sequence[str], env: Mapping[str, str], **kwargs: Any
+              ) -> subprocess.Popen:
+        """Start ``argv`` in the root, in its own process group (a hang is killed whole)."""
+        cmd, environ = self.command(argv, env)
+        return subprocess.Popen(cmd, env=environ or None, start_new_session=True, **kwargs)
+
+    def run(self, argv: Sequence[str], env: Mapping[str, str], timeout: float,
+            log: Optional[Path] = None) -> tuple[int, str]:
+        """Run to the end (or ``timeout``: killed, status -9); returns (status, output),
+        the output also written to ``log``."""
+        proc = self.popen(argv, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace")
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            status = proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            status = -9
+        if log is not None:
+            log.write_text(out)
+        return status, out
+
+    @contextlib.contextmanager
+    def xvfb(self, screen: str = "1280x900x24", tries: int = 4) -> Iterator[str]:
+        """A private Xvfb display started in the root, for as long as the block runs.
+
+        Ready means the server is alive and listens on both its socket file and its
+        abstract socket; a server that lost a race for its number is replaced by one on
+        another number."""
+        for _ in range(tries):
+            number = free_display(self)
+            server = self.popen(["Xvfb", f":{number}", "-ac", "-nolisten", "tcp", "-screen",
+                                 "0", screen], {"HOME": "/tmp"}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+            if _wait_listening(self, number, server):
+                break
+            _stop(server)
+        else:
+            raise RuntimeError(f"Xvfb did not start in {self.path} ({tries} tries)")
+        try:
+            yield f":{number}"
+        finally:
+            _stop(server)
+
+
+def _wait_listening(root: HostRoot, number: int, server: subprocess.Popen,
+                    timeout: float = 15.0) -> bool:
+    socket_file = root.path / "tmp" / ".X11-unix" / f"X{number}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            return False
+        if socket_file.exists() and number in _abstract_x_sockets():
+            time.sleep(0.3)
+            return server.poll() is None
+        time.sleep(0.1)
+    return False
+
+
+def _stop(server: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(10)
+
+
+def _abstract_x_sockets() -> set[int]:
+    """Display numbers whose abstract socket ``@/tmp/.X11-unix/XN`` is bound anywhere in
+    this network namespace (chroots share it; their /tmp does not show these)."""
+    try:
+        text = Path("/proc/net/unix").read_text()
+    except OSError:
+        return set()
+    return {int(n) for n in re.findall(r"@/tmp/\.X11-unix/X(\d+)", text)}
+
+
+def free_display(root: HostRoot, first: int = 90, last: int = 400) -> int:
+    """A display number free in the root's /tmp, in this machine's /tmp and among the
+    abstract sockets: X servers in a chroot collide with the host's on the latter."""
+    taken = _abstract_x_sockets()
+    folders = {root.path / "tmp", SYSTEM / "tmp"}
+    start = first + random.randrange(last - first - 50)
+    for n in list(range(start, last)) + list(range(first, start)):
+        if n in taken:
+            continue
+        if any((d / ".X11-unix" / f"X{n}").exists() or (d / f".X{n}-lock").exists()
+               for d in folders):
+            continue
+        return n
+    raise RuntimeError("no free X display number")
