@@ -368,6 +368,16 @@ def _prune(vendor: Path) -> None:
             path.unlink()
 
 
+def record_server(folder: Path) -> Path:
+    """Record, beside an installed plug-in, how to run this inpaintd (this Python), so the
+    plug-in can start the server itself when none answers on this computer
+    (``inpaintd.protocol.plugin.local_server``). Bundles carry no record: they are for
+    another machine."""
+    from inpaintd.protocol.plugin.local_server import write_record
+
+    return write_record(folder, [sys.executable, "-m", "inpaintd.server.cli"])
+
+
 def enable_in_kritarc(kritarc: Path, name: str = PLUGIN_NAME) -> None:
     """Set ``enable_<name>=true`` in kritarc's ``[python]`` group, touching nothing else.
 
@@ -427,6 +437,7 @@ def install_krita(krita_dir: Optional[Path] = None, target: Optional[Target] = N
     with tempfile.TemporaryDirectory(prefix=".inpaintd-install-", dir=pykrita) as tmp:
         staged = Path(tmp)
         build_tree(target, staged, wheels_dir)
+        record_server(staged / PLUGIN_NAME)
         module = pykrita / PLUGIN_NAME
         if module.exists():
             shutil.rmtree(module)
@@ -823,6 +834,7 @@ def install_gimp(gimp_dir: Union[Path, Sequence[Path], None] = None,
     installed = []
     with tempfile.TemporaryDirectory(prefix="inpaintd-gimp-build-") as build:
         staged = build_gimp_tree(target if vendor_wheels else None, Path(build), wheels_dir)
+        record_server(staged)  # this machine's inpaintd, for the plug-in to start itself
         for plugins in plugin_dirs:
             plugins = plugins.expanduser()
             plugins.mkdir(parents=True, exist_ok=True)

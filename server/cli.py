@@ -305,10 +305,18 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
-    from .weights.importer import fetch_and_import
+    from inpaintd.protocol.errors import FetchError
 
-    dest = fetch_and_import(args.name, url=args.url, progress=not args.quiet)
-    print(f"fetched and imported {args.name!r} -> {dest}")
+    from .weights.fetch import failure_help
+    from .weights.importer import fetch_and_import, fetch_target
+
+    url, dest = fetch_target(args.name, args.url)  # an unknown name: one line, before anything
+    try:
+        imported = fetch_and_import(args.name, url=url, progress=not args.quiet)
+    except FetchError as exc:
+        # Not one line: where the file comes from, how to get it by hand or from a mirror.
+        raise FetchError(failure_help(args.name, url, dest, exc)) from None
+    print(f"fetched and imported {args.name!r} -> {imported}")
     return 0
 
 
@@ -330,9 +338,17 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("path", metavar="PATH")
     imp.add_argument("--name", required=True)
     imp.set_defaults(func=cmd_weights_import)
-    fetch = wsub.add_parser("fetch", help="download official weights (needs internet)")
+    fetch = wsub.add_parser("fetch", help="download official weights (md5-checked, resumable)",
+                            description="Download NAME's known file into $INPAINTD_HOME/models/"
+                            "downloads (a broken download resumes when run again), check its "
+                            "md5 and import it. Offline: download the file elsewhere and give "
+                            "it with --url PATH (or `inpaintd weights import PATH --name NAME`). "
+                            "A mirror: $INPAINTD_FETCH_BASE_URL (http, https, file:// or a "
+                            "folder) replaces everything before the file name.")
     fetch.add_argument("name", metavar="NAME", help="big-lama")
-    fetch.add_argument("--url", help="download from this URL instead of the known source")
+    fetch.add_argument("--url", metavar="URL|PATH",
+                       help="fetch the same file (same md5) from this http(s) URL, file:// URL "
+                       "or local path instead of the known source")
     fetch.set_defaults(func=cmd_weights_fetch)
     ls = wsub.add_parser("list", help="list imported models")
     ls.set_defaults(func=cmd_weights_list)

@@ -53,7 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, log_level=level,
         ray_address=args.ray, gpus_per_worker=args.gpus_per_worker,
         no_workers_timeout_s=args.no_workers_timeout, refine_memory_gib=args.refine_memory,
-        worker_startup_timeout_s=args.worker_startup_timeout)
+        worker_startup_timeout_s=args.worker_startup_timeout,
+        exit_when_idle_s=args.exit_when_idle, exit_with_parent=args.exit_with_parent)
     if config.insecure and config.curve_dir is None:
         log.warning("--insecure: serving %s without encryption or authentication", config.bind)
     server = Server(config)
@@ -120,6 +121,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cancel-grace", type=float, default=10.0, metavar="S",
                    help="kill the worker when a cancelled job has not stopped after S "
                    "seconds (default 10)")
+    p.add_argument("--exit-when-idle", type=float, default=0.0, metavar="S",
+                   help="stop after S seconds with no request and no job (default 0: "
+                   "never); the plug-ins start their local server with it")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop when the process that started the server ends (POSIX); the "
+                   "Krita plug-in starts its local server with it")
     p.add_argument("--max-batch", type=int, default=0, metavar="N",
                    help="run up to N queued jobs of one model and one padded size as one "
                    "forward (0, the default: 4 on CUDA, 1 elsewhere)")

@@ -109,6 +109,13 @@ class ServerConfig:
     #: ``--worker-startup-timeout``: how long a Ray actor may take to start before jobs
     #: waiting for it count as having no worker.
     worker_startup_timeout_s: float = 600.0
+    #: ``--exit-when-idle``: stop after this many seconds without a message and with no
+    #: job (0: never). For servers a plug-in starts on an artist's machine: GIMP runs a
+    #: plug-in per call and can't stop the server when it quits.
+    exit_when_idle_s: float = 0.0
+    #: ``--exit-with-parent``: stop when the process that started the server ends (the
+    #: Krita plug-in's local server: it goes when Krita goes, even if Krita crashes).
+    exit_with_parent: bool = False
 
     @property
     def max_message_bytes(self) -> int:
@@ -332,6 +339,8 @@ class Server:
         self._stop = threading.Event()
         self._closed = False
         self._allow_generation = 0
+        self._last_activity = time.monotonic()
+        self._parent = os.getppid() if config.exit_with_parent else None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -411,6 +420,7 @@ class Server:
     def serve_forever(self) -> None:
         """The loop: requests, worker events, timers, pending replies. Until :meth:`stop`."""
         assert self.router is not None, "call start() first"
+        self._last_activity = time.monotonic()  # a long --preload is not idleness
         try:
             while not self._stop.is_set():
                 wait = getattr(self.engine, "poll_interval_ms", 250)
@@ -429,12 +439,31 @@ class Server:
             self._receive()
         self.engine.handle(events)
         now = time.monotonic()
+        self._exit_when_due(now, busy=self.router in events)
         self.engine.tick(now)
         self._cancel_revoked()
         self._expire_uploads(now)
         self._keepalive(now)
         if self._outbox:
             self._flush_outbox()
+
+    def _exit_when_due(self, now: float, busy: bool) -> None:
+        """``--exit-with-parent``: stop once the parent is gone (POSIX re-parents an
+        orphan); ``--exit-when-idle``: once nothing has come in and no job has existed for
+        that long."""
+        if self._parent is not None and os.getppid() != self._parent:
+            log.info("the process that started this server (pid %d) has ended "
+                     "(--exit-with-parent): shutting down", self._parent)
+            self._parent = None
+            self._stop.set()
+            return
+        if busy or self.jobs:
+            self._last_activity = now
+            return
+        idle = self.config.exit_when_idle_s
+        if idle > 0 and now - self._last_activity > idle:
+            log.info("idle for %.0f s (--exit-when-idle): shutting down", idle)
+            self._stop.set()
 
     # --- receiving ---------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -21,9 +23,11 @@ from inpaintd.server.pipeline import Inpainter
 from inpaintd.server.weights import fetch as fetch_mod
 
 
-def run(*args: str, env_home: Path) -> subprocess.CompletedProcess[str]:
-    import os
+def run(*args: str, env_home: Path, base_url: str | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, INPAINTD_HOME=str(env_home))
+    env.pop(fetch_mod.BASE_URL_ENV, None)
+    if base_url is not None:
+        env[fetch_mod.BASE_URL_ENV] = base_url
     return subprocess.run([sys.executable, "-m", "inpaintd.server.cli", *args],
                           capture_output=True, text=True, timeout=300, env=env)
 
@@ -37,7 +41,6 @@ def test_import_lama_folder_then_fill_by_name(tmp_path: Path, golden: Path) -> N
     listing = run("weights", "list", env_home=home)
     assert "tiny" in listing.stdout
 
-    import os
     os.environ["INPAINTD_HOME"] = str(home)  # the autouse fixture restores it
     imported = load_model("tiny")
     official = load_model(str(golden / "lama-tiny"))
@@ -125,17 +128,105 @@ def test_fetch_verifies_and_imports(tmp_path: Path, http_dir: tuple[Path, str],
     assert model.architecture == "lama" and model.config["ngf"] == 8
 
 
+BIG_LAMA = fetch_mod.KNOWN_SOURCES["big-lama"]
+IMPORT_BY_HAND = "inpaintd weights import /path/to/big-lama.pt --name big-lama"
+
+
+def _says_how_to_go_on(proc: subprocess.CompletedProcess[str], url: str, why: str) -> list[str]:
+    """A failed fetch: exit 3 (fetch_failed), a few plain lines naming the URL, the file
+    and its md5, the import command and the mirror variable; no traceback, no warnings."""
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith(f"inpaintd: error: could not fetch big-lama: {why}"), proc.stderr
+    assert 5 <= len(lines) <= 10, proc.stderr
+    assert "Traceback" not in proc.stderr and "WARNING" not in proc.stderr
+    assert f"It downloads {url}" in proc.stderr
+    assert IMPORT_BY_HAND in proc.stderr
+    assert "inpaintd weights fetch big-lama --url /path/to/big-lama.pt" in proc.stderr
+    assert f"big-lama.pt, md5 {BIG_LAMA.md5}" in proc.stderr
+    assert f"{fetch_mod.BASE_URL_ENV}=https://mirror.example/models inpaintd weights fetch " \
+           "big-lama" in proc.stderr
+    return lines
+
+
+def test_a_404_says_where_it_downloads_from_and_how_to_go_on(
+    tmp_path: Path, http_dir: tuple[Path, str]
+) -> None:
+    _, base = http_dir  # an empty mirror: 404
+    home = tmp_path / "home"
+    proc = run("-q", "weights", "fetch", "big-lama", env_home=home, base_url=base)
+    url = f"{base}/big-lama.pt"
+    lines = _says_how_to_go_on(proc, url, "HTTP 404")
+    assert f"  It downloads {url} (from ${fetch_mod.BASE_URL_ENV})" in lines
+    # The official file, to fetch by hand, since the mirror is not it.
+    assert f"download {BIG_LAMA.url} on any machine" in proc.stderr
+    assert "Run the same command again to retry" in proc.stderr
+    assert not (home / "models" / "big-lama.safetensors").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_refused_connection_keeps_the_partial_download(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    part = home / "models" / "downloads" / "big-lama.pt.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 3 * 1024 * 1024)
+    base = f"http://127.0.0.1:{_closed_port()}"
+    proc = run("weights", "fetch", "big-lama", env_home=home, base_url=base)
+    _says_how_to_go_on(proc, f"{base}/big-lama.pt", f"127.0.0.1:{base.rsplit(':', 1)[1]} refused")
+    assert f"The partial download is kept (3.0 MiB in {part}); run the same command again to " \
+           "resume it." in proc.stderr
+    assert part.stat().st_size == 3 * 1024 * 1024
+
+
+def test_an_unknown_name_is_one_line(tmp_path: Path) -> None:
+    proc = run("weights", "fetch", "no-such-model", env_home=tmp_path / "home")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "big-lama" in proc.stderr
+
+
+def test_fetch_from_a_file_url_or_a_path_checks_and_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inpaintd.server.cli import main
+
+    src = tmp_path / "x.ckpt"  # downloaded elsewhere, under any name
+    _torchscript_lama(src)
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    monkeypatch.setitem(fetch_mod.KNOWN_SOURCES, "big-lama",
+                        fetch_mod.Source("big-lama", BIG_LAMA.url, md5))
+    for i, given in enumerate((src.as_uri(), str(src))):
+        home = tmp_path / f"home{i}"
+        monkeypatch.setenv("INPAINTD_HOME", str(home))
+        assert main(["-q", "weights", "fetch", "big-lama", "--url", given]) == 0, \
+            capsys.readouterr().err
+        assert (home / "models" / "downloads" / "big-lama.pt").read_bytes() == src.read_bytes()
+        assert not (home / "models" / "downloads" / "big-lama.pt.part").exists()
+        model = load_model("big-lama")
+        assert model.architecture == "lama" and model.config["ngf"] == 8
+    assert hashlib.md5(src.read_bytes()).hexdigest() == md5  # the source is left as it was
+
+
 def test_fetch_with_the_wrong_checksum_fails_cleanly(tmp_path: Path, http_dir: tuple[Path, str]
                                                      ) -> None:
     root, base = http_dir
     (root / "big-lama.pt").write_bytes(b"not the real thing")
-    home = tmp_path / "home"
-    proc = run("-q", "weights", "fetch", "big-lama", "--url", f"{base}/big-lama.pt",
-               env_home=home)
-    assert proc.returncode != 0
-    assert "md5" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert not (home / "models" / "big-lama.safetensors").exists()
-    assert not (home / "models" / "downloads" / "big-lama.pt").exists()
+    local = tmp_path / "x.ckpt"
+    local.write_bytes(b"not the real thing")
+    for i, given in enumerate((f"{base}/big-lama.pt", local.as_uri(), str(local))):
+        home = tmp_path / f"home{i}"
+        proc = run("-q", "weights", "fetch", "big-lama", "--url", given, env_home=home)
+        assert proc.returncode == 3, proc.stderr
+        first = proc.stderr.splitlines()[0]
+        assert "md5 mismatch" in first and BIG_LAMA.md5 in first
+        assert IMPORT_BY_HAND in proc.stderr and "Traceback" not in proc.stderr
+        assert not (home / "models" / "big-lama.safetensors").exists()
+        assert [p.name for p in (home / "models" / "downloads").iterdir()] == []
+    assert local.read_bytes() == b"not the real thing"
 
 
 def test_missing_known_model_says_how_to_get_it(tmp_path: Path) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import random
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -159,7 +162,7 @@ def test_broken_connection_then_resume(server: tuple[str, ServerState], tmp_path
     base, state = server
     dest = tmp_path / "big-lama.pt"
     state.cut_after = 1 << 20
-    with pytest.raises(FetchError, match="run again to resume"):
+    with pytest.raises(FetchError, match="download failed"):
         fetch(f"{base}/big-lama.pt", dest, PAYLOAD_MD5, progress=False, retries=0)
     part = tmp_path / "big-lama.pt.part"
     assert not dest.exists() and part.stat().st_size == 1 << 20
@@ -194,16 +197,90 @@ def test_http_error(server: tuple[str, ServerState], tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []
 
 
-def test_unreachable_server(tmp_path: Path) -> None:
-    with pytest.raises(FetchError, match="download failed"):
-        fetch("http://127.0.0.1:9/big-lama.pt", tmp_path / "x.pt", PAYLOAD_MD5, progress=False, retries=0, timeout=5)
+def _closed_port() -> int:
+    """A loopback port nothing listens on: connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def test_only_http(tmp_path: Path) -> None:
-    src = tmp_path / "src.pt"
+def test_refused_connection_fails_at_once_without_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/big-lama.pt"
+    with caplog.at_level(logging.INFO), pytest.raises(FetchError, match="refused the connection") as info:
+        fetch(url, tmp_path / "x.pt", PAYLOAD_MD5, progress=False, retries=2, timeout=5)
+    assert str(info.value).startswith(f"{url}: ")
+    # Nothing was sent, so nothing is retried: no "resuming (try 1 of 2)" lines.
+    assert [r.getMessage() for r in caplog.records if "broke" in r.getMessage()] == []
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_file_url_and_a_plain_path_are_copied_and_checked(tmp_path: Path) -> None:
+    src = tmp_path / "elsewhere" / "big lama.pt"  # a space, so the URL is quoted
+    src.parent.mkdir()
     src.write_bytes(PAYLOAD)
-    with pytest.raises(FetchError, match="only http"):
-        fetch(src.as_uri(), tmp_path / "dest.pt", PAYLOAD_MD5, progress=False)
+    assert "%20" in src.as_uri()
+    out = tmp_path / "models"
+    for given in (src.as_uri(), str(src), f"file://localhost{src.as_uri()[len('file://'):]}"):
+        dest = out / "big-lama.pt"
+        assert fetch(given, dest, PAYLOAD_MD5, progress=True) == dest
+        assert dest.read_bytes() == PAYLOAD and _leftovers(out) == ["big-lama.pt"]
+        dest.unlink()
+    assert src.read_bytes() == PAYLOAD  # the source is never moved or changed
+
+
+def test_a_local_file_with_the_wrong_md5_leaves_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "x.ckpt"
+    src.write_bytes(PAYLOAD)
+    out = tmp_path / "models"
+    with pytest.raises(FetchError, match="md5 mismatch.*the copy was removed") as info:
+        fetch(src.as_uri(), out / "big-lama.pt", "0" * 32, progress=False)
+    assert info.value.code == "fetch_failed" and info.value.exit_status == 3
+    assert _leftovers(out) == []
+    assert src.read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("url, message", [
+    ("ftp://127.0.0.1/big-lama.pt", "only http and https URLs, file:// URLs and local paths"),
+    ("data:application/octet-stream;base64,AAAA", "only http and https URLs"),
+    ("file://fileserver/share/big-lama.pt", "a file:// URL must name a file on this machine"),
+    ("file:///tmp/big-lama.pt?x=1", "no query or fragment"),
+])
+def test_other_schemes_and_remote_file_urls_are_refused(tmp_path: Path, url: str, message: str) -> None:
+    with pytest.raises(FetchError, match=re.escape(message)):
+        fetch(url, tmp_path / "dest" / "x.pt", PAYLOAD_MD5, progress=False)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_missing_file_a_folder_or_a_device_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    cases = [(tmp_path / "nope.pt", "no such file"), (tmp_path, "not a regular file")]
+    if Path(os.devnull).exists():  # /dev/null: a device; /dev/zero would never end
+        cases.append((Path(os.devnull), "not a regular file"))
+    for path, message in cases:
+        with pytest.raises(FetchError, match=message):
+            fetch(str(path), out / "x.pt", PAYLOAD_MD5, progress=False)
+        assert _leftovers(out) == []
+
+
+def test_the_partial_file_itself_is_not_a_source(tmp_path: Path) -> None:
+    part = tmp_path / "x.pt.part"
+    part.write_bytes(PAYLOAD[:100])
+    with pytest.raises(FetchError, match="partial download itself"):
+        fetch(str(part), tmp_path / "x.pt", PAYLOAD_MD5, progress=False)
+    assert part.read_bytes() == PAYLOAD[:100]
+
+
+def test_a_base_url_may_be_a_folder_or_a_file_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "test.pt").write_bytes(PAYLOAD)
+    monkeypatch.setitem(KNOWN_SOURCES, "test-model", Source("test-model", "https://example.invalid/test.pt", PAYLOAD_MD5))
+    for base in (str(mirror), mirror.as_uri() + "/"):
+        path = fetch_known("test-model", tmp_path / "models", base_url=base, progress=False)
+        assert path.read_bytes() == PAYLOAD
+        path.unlink()
 
 
 def test_known_sources_and_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,3 +315,14 @@ def test_fetch_known_into_the_models_dir(
     path = fetch_known("test-model", progress=False)
     assert path == tmp_path / "home" / "models" / "test.pt"
     assert path.read_bytes() == PAYLOAD
+
+
+def test_the_readme_documents_the_mirror_and_the_way_by_hand() -> None:
+    """What a failed fetch points to is written down where the weights CLI is documented."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    weights = readme[readme.index("## Weights"):]
+    weights = weights[: weights.index("\n## ", 1)]
+    big = KNOWN_SOURCES["big-lama"]
+    for needed in (fetch_module.BASE_URL_ENV, big.url, big.md5, "file://",
+                   "inpaintd weights import", "--url /path/to/big-lama.pt", ".part"):
+        assert needed in " ".join(weights.split()), needed

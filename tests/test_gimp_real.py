@@ -7,9 +7,12 @@ the test ids say which (``[gimp-3.0.4]``, ``[gimp-3.2.6]``). Debian 12 packages 
 ``.ci/run`` does, and they are cached in ``/var/cache/inpaintd-roots``). One
 ``gimp-console`` start per GIMP runs every batch scenario in ``gimp_scenarios.py``: fills
 on U8, U16 and float images with known pixels and an elliptical feathered selection (LaMa,
-and PEN-Net once), no selection, no server, and the procedures' registered menu paths. The
-server is a real ``inpaintd serve`` on the host's loopback with tiny random models; the
-expected pixels are what the protocol Client gets from it for the same crop.
+and PEN-Net once), two fills in a row, sample "layer", a transparent context, no selection,
+no server, and the procedures' registered menu paths. The server is a real ``inpaintd
+serve`` on the host's loopback with tiny random models; the expected pixels are what the
+protocol Client gets from it for the same crop of what the fill should have seen: the
+visible image (read in GIMP another way than the plug-in reads it: a duplicate of the image
+with its visible layers merged), or the layer alone with sample "layer".
 
 A GIMP whose root is not built is skipped, saying which root and the command that builds
 it; with ``INPAINTD_REQUIRE_HOSTS=1`` (CI) it fails instead.
@@ -31,7 +34,8 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from inpaintd.protocol.plugin.geometry import Bounds
+from inpaintd.protocol.plugin.errors import EMPTY_CONTEXT, NO_SELECTION
+from inpaintd.protocol.plugin.geometry import Bounds, crop_bounds
 from inpaintd.protocol.plugin.host_pixels import result_layer
 from plugin_testing import gimp_harness, krita_harness, make_studio_lama
 
@@ -46,11 +50,22 @@ pytestmark = [pytest.mark.gimp]
 
 W, H = 160, 120
 ELLIPSE = [50, 40, 40, 30]
+#: The second fill's selection, over part of the first fill.
+ELLIPSE2 = [80, 55, 40, 30]
+#: Opaque squares on "Top" (above the filled layer) in the "two fills" and "sample layer"
+#: images: the first just left of the first hole, the second in the second fill's crop,
+#: both outside the holes. What the artist sees there is not the Background. (The server
+#: gives the model a crop around the hole, so only pixels near it change a fill.)
+PATCHES = [[34, 48, 8, 14], [130, 36, 10, 8]]
 FEATHER = 4
 MARGIN = 16
 DTYPE = {"U8": np.uint8, "U16": np.uint16, "F32": np.float32}
 #: Seconds of each GIMP's batch start, by host id.
 LOG: dict[str, float] = {}
+#: Files a scenario writes for an entry, read before its GIMP home goes away.
+ENTRY_FILES = ("layer", "selection", "source_after", "visible")
+#: Where the dialog test puts its screenshots too (the docs' PNGs), when set.
+SHOTS_ENV = "INPAINTD_GIMP_SHOTS"
 #: The plug-in's defaults (no saved settings here), and the "fill_edited" scenario's values.
 DEFAULT_GROW, DEFAULT_FEATHER = 2, 0
 EDITED = {"grow": 5, "feather": 3, "model": "studio-lama"}
@@ -111,7 +126,8 @@ def run(host: Any, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict[
         shutil.copy2(REPO / "host_plugins" / "gimp" / "testing" / "gimp_scenarios.py",
                      home.path / "gimp_scenarios.py")
         config = {"out": f"{home.inside}/out", "width": W, "height": H, "pixels": files,
-                  "ellipse": ELLIPSE, "feather": FEATHER, "margin": MARGIN,
+                  "ellipse": ELLIPSE, "ellipse2": ELLIPSE2, "patches": PATCHES,
+                  "feather": FEATHER, "margin": MARGIN,
                   "endpoint": server.endpoint, "edited": EDITED,
                   "dead_endpoint": f"tcp://127.0.0.1:{servers.free_port()}"}
         (home.path / "config.json").write_text(json.dumps(config))
@@ -127,8 +143,8 @@ def run(host: Any, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict[
         assert not crashed, crashed
         assert results["_gimp"]["version"] == host.version, results["_gimp"]
         for entry in results.values():  # the files, read now: the home goes away after
-            for key in ("layer", "selection", "source_after"):
-                if key in entry:
+            for key in ENTRY_FILES:
+                if isinstance(entry, dict) and key in entry:
                     entry[key] = home.host_path(entry[key]).read_bytes()
         results["_output"] = output
         results["_status"] = status
@@ -138,15 +154,19 @@ def run(host: Any, server: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict[
 
 
 @pytest.fixture(scope="module")
-def dialog(host: Any, server: Any, pixels: dict[str, np.ndarray]
-           ) -> Iterator[dict[str, Any]]:
-    """A second GIMP start, on Xvfb: the filter run interactively, its dialog accepted."""
+def dialog(host: Any, server: Any, pixels: dict[str, np.ndarray],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A second GIMP start, on Xvfb: the filter run interactively three times. First its
+    dialog: Test connection (Alt+T), a screenshot once the answer is in, OK (Alt+O). Then
+    with no selection: OK, and the error dialog that follows, screenshot and Return. Last,
+    Inpaint (PEN-Net)'s dialog, closed with Escape."""
     home = gimp.new_home(host)
     try:
         saved = home.path / ".config" / "inpaintd" / "gimp.json"
         saved.parent.mkdir(parents=True)
         # two fields only: the plug-in's own save writes them all
         saved.write_text(json.dumps({"endpoint": server.endpoint, "margin": 8}))
+        log_file = saved.parent / "gimp.log"
         (home.path / "pixels_U8.bin").write_bytes(pixels["U8"].tobytes())
         shutil.copy2(REPO / "host_plugins" / "gimp" / "testing" / "gimp_scenarios.py",
                      home.path / "gimp_scenarios.py")
@@ -154,16 +174,34 @@ def dialog(host: Any, server: Any, pixels: dict[str, np.ndarray]
                   "pixels": {"U8": f"{home.inside}/pixels_U8.bin"}, "ellipse": ELLIPSE,
                   "feather": FEATHER}
         (home.path / "config.json").write_text(json.dumps(config))
-        status, output, seen = gimp.run_accepting_dialog(
-            home, f"exec(open('{home.inside}/gimp_scenarios.py').read())", "Inpaint",
+        shots = tmp_path_factory.mktemp(f"gimp_shots_{host.version}")
+
+        def answered() -> bool:
+            return log_file.is_file() and "the model list shows" in log_file.read_text()
+
+        steps = [gimp.Step("^Inpaint$", ["alt+t", ("wait", answered, 30),
+                                         ("shot", shots / "gimp-settings.png"), "alt+o"]),
+                 gimp.Step("^Inpaint$", ["Return"]),
+                 gimp.Step(r"^Inpaint \(LaMa\)$", [("shot", shots / "gimp-error.png"),
+                                                   "Return"]),
+                 gimp.Step("^Inpaint$", ["Escape"])]
+        status, output = gimp.run_driving_dialogs(
+            home, f"exec(open('{home.inside}/gimp_scenarios.py').read())", steps,
             env={"INPAINTD_GIMP_CONFIG": f"{home.inside}/config.json"})
         results_file = home.path / "out" / "results.json"
         assert results_file.is_file(), f"GIMP exited {status} without results:\n{output}"
         results = json.loads(results_file.read_text())
         assert "crashed" not in results.get("dialog", {}), results
         assert results["_gimp"]["version"] == host.version, results["_gimp"]
-        results.update(_output=output, _status=status, _seen=seen,
-                       _saved=json.loads(saved.read_text()))
+        if os.environ.get(SHOTS_ENV):
+            for step in steps:
+                for shot in step.shots:
+                    dest = Path(os.environ[SHOTS_ENV]) / f"{shot.stem}-{host.version}.png"
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(shot, dest)
+        results.update(_output=output, _status=status, _steps=steps,
+                       _saved=json.loads(saved.read_text()),
+                       _log=log_file.read_text() if log_file.is_file() else "")
         yield results
     finally:
         home.cleanup()
@@ -285,24 +323,37 @@ def test_plugin_killed_mid_job_cancels_it_on_the_server(
                    for line in srv.lines), srv.lines
 
 
+def _crop_of(entry: dict[str, Any], grow: int = DEFAULT_GROW) -> Bounds:
+    """The crop a fill reads, from the selection the scenario saved (shared geometry)."""
+    sel = np.frombuffer(entry["selection"], np.uint8).reshape(H, W)
+    ys, xs = np.nonzero(sel)
+    bbox = Bounds(int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                  int(ys.max() - ys.min() + 1))
+    return crop_bounds(bbox, Bounds(0, 0, W, H), MARGIN + max(grow, 0))
+
+
+def _image(entry: dict[str, Any], key: str, depth: str = "U8") -> np.ndarray:
+    return np.frombuffer(entry[key], DTYPE[depth]).reshape(H, W, 4)
+
+
 def _check_fill(entry: dict[str, Any], source: np.ndarray, depth: str, model: str,
                 layer_name: str, endpoint: str, grow: int = DEFAULT_GROW,
-                feather: int = DEFAULT_FEATHER) -> None:
-    """The layer is the server's fill of the crop (margin + grow) with the hole grown by
-    ``grow``, alpha = the soft selection grown alike and feathered by ``feather``."""
+                feather: int = DEFAULT_FEATHER, layers: list[str] | None = None,
+                context: np.ndarray | None = None) -> None:
+    """The layer is the server's fill of the crop (margin + grow) of ``context`` (what the
+    fill should have seen; by default the visible image the scenario read before the fill)
+    with the hole grown by ``grow``, alpha = the soft selection grown alike and feathered
+    by ``feather``. ``source`` is the Background, which no fill writes."""
     from inpaintd.protocol import Client
-    from inpaintd.protocol.plugin.geometry import crop_bounds
     from inpaintd.protocol.plugin.selection_edit import edited_selection
 
     assert entry["status"] == "success", entry["error"]
     # above the source, under the layer that was above it, named after the model
-    assert entry["layers"] == ["Top", layer_name, "Background"]
+    assert entry["layers"] == (layers or ["Top", layer_name, "Background"])
+    assert entry["name"] == layer_name
     sel = np.frombuffer(entry["selection"], np.uint8).reshape(H, W)
     assert len(np.unique(sel)) > 10  # really feathered
-    ys, xs = np.nonzero(sel)
-    bbox = Bounds(int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-                  int(ys.max() - ys.min() + 1))
-    crop = crop_bounds(bbox, Bounds(0, 0, W, H), MARGIN + max(grow, 0))  # shared geometry
+    crop = _crop_of(entry, grow)
     assert entry["offset"] == [crop.x, crop.y]
     assert entry["size"] == [crop.width, crop.height]
     x, y, w, h = crop.x, crop.y, crop.width, crop.height
@@ -310,8 +361,9 @@ def _check_fill(entry: dict[str, Any], source: np.ndarray, depth: str, model: st
     layer = np.frombuffer(entry["layer"], DTYPE[depth]).reshape(h, w, 4)
     crop_sel = sel[y:y + h, x:x + w]
     hole, alpha = edited_selection(crop_sel, grow, feather)
+    seen = _image(entry, "visible", depth) if context is None else context
     with Client(endpoint) as client:
-        filled = client.inpaint(source[y:y + h, x:x + w], hole, model=model)
+        filled = client.inpaint(seen[y:y + h, x:x + w], hole, model=model)
     # the server's fill, alpha = the edited soft selection, transparent outside: exactly
     np.testing.assert_array_equal(layer, result_layer(filled, alpha))
     assert entry["source_unchanged"]
@@ -322,7 +374,89 @@ def _check_fill(entry: dict[str, Any], source: np.ndarray, depth: str, model: st
 @pytest.mark.parametrize("depth", ["U8", "U16", "F32"])
 def test_fill_at_the_images_precision(run: dict[str, Any], pixels: dict[str, np.ndarray],
                                       server: Any, depth: str) -> None:
-    _check_fill(run[f"fill_{depth}"], pixels[depth], depth, "lama", "LaMa", server.endpoint)
+    """"Top" is transparent here, so what the artist sees is the Background, exactly, at
+    each precision; the fill is the server's fill of it."""
+    entry = run[f"fill_{depth}"]
+    np.testing.assert_array_equal(_image(entry, "visible", depth), pixels[depth])
+    _check_fill(entry, pixels[depth], depth, "lama", "LaMa", server.endpoint)
+
+
+def test_two_fills_in_a_row_fill_from_what_the_artist_sees(
+        run: dict[str, Any], pixels: dict[str, np.ndarray], server: Any) -> None:
+    """An artist fills a spot, then another overlapping it while the first fill's layer is
+    the active one (GIMP leaves it so). Each fill is the server's fill of the visible
+    image's crop: the first sees "Top"'s square in its crop, the second sees the first fill
+    and "Top"'s other square. The second layer lands just above the first and becomes the
+    active one; the Background is never written. (The second fill read from the first
+    fill's layer alone, as before, would have been a fill of almost nothing.)"""
+    from inpaintd.protocol.plugin.selection_edit import edited_selection
+
+    first, second = run["two_fills_1"], run["two_fills_2"]
+    source = pixels["U8"]
+    for entry, patch in ((first, PATCHES[0]), (second, PATCHES[1])):
+        crop = _crop_of(entry)
+        px, py, pw, ph = patch
+        assert crop.x <= px and px + pw <= crop.x + crop.width  # the square is in the crop
+        assert crop.y <= py and py + ph <= crop.y + crop.height
+        hole, _ = edited_selection(np.frombuffer(entry["selection"], np.uint8).reshape(H, W),
+                                   DEFAULT_GROW, DEFAULT_FEATHER)
+        assert not hole[py:py + ph, px:px + pw].any()  # and outside the hole
+        seen = _image(entry, "visible")
+        assert (seen[py:py + ph, px:px + pw] == [230, 20, 180, 255]).all()
+    _check_fill(first, source, "U8", "lama", "LaMa", server.endpoint)
+    assert first["selected"] == ["LaMa"]
+    assert run["two_fills_2_from"] == ["LaMa"]  # the second fill ran from the first's layer
+    _check_fill(second, source, "U8", "lama", "LaMa #1", server.endpoint,
+                layers=["Top", "LaMa #1", "LaMa", "Background"])
+    assert second["selected"] == ["LaMa #1"]
+    # what the second fill saw holds the first fill where the two crops meet
+    seen, crop1 = _image(second, "visible"), _crop_of(first)
+    first_layer = np.frombuffer(first["layer"], np.uint8).reshape(crop1.height, crop1.width, 4)
+    overlap = (slice(crop1.y, crop1.y + crop1.height), slice(crop1.x, crop1.x + crop1.width))
+    shown = first_layer[..., 3] == 255
+    np.testing.assert_array_equal(seen[overlap][shown], first_layer[shown])
+    assert shown.sum() > 500
+
+
+def test_sample_layer_fills_from_the_layer_alone(
+        run: dict[str, Any], pixels: dict[str, np.ndarray], server: Any) -> None:
+    """Sample "Current layer": the fill is the server's fill of the Background's crop, not
+    of the visible image (whose crop has "Top"'s square, and fills otherwise), and the
+    Background stays the active layer, so the next fill reads it again."""
+    from inpaintd.protocol import Client
+    from inpaintd.protocol.plugin.selection_edit import edited_selection
+
+    entry = run["sample_layer"]
+    source = pixels["U8"]
+    _check_fill(entry, source, "U8", "lama", "LaMa", server.endpoint, context=source)
+    assert entry["selected"] == ["Background"]
+    crop = _crop_of(entry)
+    x, y, w, h = crop.x, crop.y, crop.width, crop.height
+    seen = _image(entry, "visible")
+    assert not np.array_equal(seen[y:y + h, x:x + w], source[y:y + h, x:x + w])
+    sel = np.frombuffer(entry["selection"], np.uint8).reshape(H, W)[y:y + h, x:x + w]
+    hole, alpha = edited_selection(sel, DEFAULT_GROW, DEFAULT_FEATHER)
+    with Client(server.endpoint) as client:
+        from_visible = result_layer(client.inpaint(seen[y:y + h, x:x + w], hole), alpha)
+    assert not np.array_equal(np.frombuffer(entry["layer"], np.uint8).reshape(h, w, 4),
+                              from_visible)
+
+
+def test_a_transparent_context_is_never_filled(run: dict[str, Any]) -> None:
+    """Nothing visible around the selection (the only opaque layer hidden), or the same
+    spot filled again from the fill's own layer with sample "layer" (the old black box):
+    the sentence says so, no layer is added."""
+    assert run["empty_layer_first"]["status"] == "success"
+    for key, layers in (("empty_visible", ["Top", "Background"]),
+                        ("empty_layer", ["Top", "LaMa", "Background"])):
+        entry = run[key]
+        assert entry["status"] == "execution-error", entry
+        assert entry["error"] == EMPTY_CONTEXT
+        assert entry["layers"] == layers
+        assert "layer" not in entry
+        assert entry["source_unchanged"]
+    assert run["_output"].count(f"Inpaint (LaMa)-Warning: {EMPTY_CONTEXT}") == 2
+    assert "Traceback" not in run["_output"]
 
 
 def test_fill_with_pennet(run: dict[str, Any], pixels: dict[str, np.ndarray],
@@ -357,7 +491,7 @@ def _one_message(output: str, sentence: str) -> None:
 
 def test_no_selection_gives_the_message(run: dict[str, Any]) -> None:
     entry = run["no_selection"]
-    sentence = "Nothing is selected: select the area to fill first."
+    sentence = NO_SELECTION
     assert entry["status"] == "execution-error"
     assert entry["error"] == sentence  # what a script calling the PDB gets
     assert entry["layers"] == ["Top", "Background"]
@@ -387,12 +521,73 @@ def test_dialog_starts_from_the_saved_settings_and_fills(dialog: dict[str, Any],
                                                          server: Any) -> None:
     """Interactive: the dialog appears; accepted as it opened, it fills from the server
     the saved settings name (GIMP passed no endpoint), and saves the settings back."""
-    assert dialog["_seen"] is not None, dialog["_output"]
+    assert dialog["_steps"][0].seen is not None, dialog["_output"]
     assert dialog["dialog"]["status"] == "success", dialog["_output"]
     assert dialog["dialog"]["layers"] == ["Top", "LaMa", "Background"]
     assert dialog["_saved"]["endpoint"] == server.endpoint
     assert dialog["_saved"]["margin"] == 8
+    assert dialog["_saved"]["sample"] == "visible"
     assert "timeout_s" in dialog["_saved"]  # rewritten by the plug-in, every field
+    assert "Traceback" not in dialog["_output"]
+
+
+def _dialog_labels(log: str) -> list[list[str]]:
+    """The labels (with their mnemonics) of each settings dialog the plug-in opened."""
+    found = re.findall(r"settings dialog: (.*)", log)
+    assert found, log
+    return [line.split(", ") for line in found]
+
+
+def test_dialog_has_one_model_field_and_no_duplicate_mnemonics(dialog: dict[str, Any]
+                                                               ) -> None:
+    """Inpaint (LaMa): one Model field (the LaMa model the server runs), the Sample choice
+    and Test connection; Inpaint (PEN-Net): no model field. Every mnemonic letter once,
+    GIMP's own buttons included, and GIMP prints no mnemonic warning."""
+    lama, _again, pennet = _dialog_labels(dialog["_log"])
+    assert [label for label in lama if "model" in label.lower()] == ["_Model"], lama
+    assert not [label for label in pennet if "model" in label.lower()], pennet
+    for labels in (lama, pennet):
+        for wanted in ("S_ample", "Ser_ver", "_Test connection", "_OK", "_Cancel"):
+            assert wanted in labels, labels
+        letters = [label[label.index("_") + 1].lower() for label in labels]
+        assert len(letters) == len(set(letters)), labels
+    assert dialog["dialog_pennet"]["status"] == "cancel"
+    assert dialog["_steps"][3].seen is not None, dialog["_output"]
+    assert "duplicate mnemonic" not in dialog["_output"], dialog["_output"]
+    assert "no mnemonic" not in dialog["_output"], dialog["_output"]
+
+
+def test_test_connection_lists_the_servers_lama_models(dialog: dict[str, Any],
+                                                       server: Any) -> None:
+    """Test connection answers with the sentence check_connection gives, and the Model
+    list shows the server's LaMa models as the Krita dialog does (model_picker)."""
+    from inpaintd.protocol import Client
+    from inpaintd.protocol.plugin.model_picker import entry_label, lama_entries
+
+    with Client(server.endpoint) as client:
+        welcome = client.hello()
+    log = dialog["_log"]
+    # describe_welcome's sentence (the models' states change as fills load them)
+    assert re.search(rf"test connection: Connected to {re.escape(welcome['server'])}, "
+                     r"protocol .+ models: .*lama", log), log
+    listed = re.findall(r"test connection: the model list shows (.*)", log)
+    assert listed == ["; ".join(entry_label(e) for e in lama_entries(welcome))], log
+    assert EDITED["model"] in listed[0]
+    if dialog["_steps"][0].shots:  # a picture of it, when the root could take one
+        assert dialog["_steps"][0].shots[0].stat().st_size > 1000
+
+
+def test_an_error_comes_in_a_dialog(dialog: dict[str, Any]) -> None:
+    """Run from the menu with nothing selected: after OK, the plug-in's own dialog ("Inpaint
+    (LaMa)") says why, as Krita's does; GIMP's status bar message is not used (nothing on
+    the console), the run ends as cancelled (GIMP adds no message), nothing changes."""
+    entry = dialog["dialog_error"]
+    assert dialog["_steps"][1].seen is not None and dialog["_steps"][2].seen is not None, \
+        dialog["_output"]
+    assert entry["status"] == "cancel"
+    assert entry["layers"] == entry["layers_before"]
+    assert f"shown in a dialog: {NO_SELECTION}" in dialog["_log"]
+    assert "Inpaint (LaMa)-Warning" not in dialog["_output"]
     assert "Traceback" not in dialog["_output"]
 
 
@@ -488,7 +683,7 @@ def vendored(host: Any, server: Any, pixels: dict[str, np.ndarray], bundles: dic
         assert "crashed" not in results.get("vendored_fill", {}), results
         assert results["_gimp"]["version"] == host.version, results["_gimp"]
         entry = results["vendored_fill"]
-        for key in ("layer", "selection", "source_after"):
+        for key in ENTRY_FILES:
             if key in entry:
                 entry[key] = home.host_path(entry[key]).read_bytes()
         yield {**results, "_output": output, "_status": status, "_picked": picked.split(),

@@ -360,7 +360,18 @@ def test_unknown_model_is_a_sentence(server: Any) -> None:
     outcome = FillJob(PluginSettings(endpoint=server.endpoint), plan, rgba, soft, hole,
                       Recorder()).run()
     assert outcome.state is FillState.FAILED
-    assert outcome.message.startswith(f"The server at {server.endpoint} can't use this model")
+    assert outcome.message == (f"The server at {server.endpoint} has no model named nope: "
+                               "pick one it has in Inpaint settings (Test connection lists "
+                               "them).")
+
+
+def test_a_missing_model_is_named_with_its_fix() -> None:
+    """The model the fill asked for, and how to get it or pick another."""
+    text = describe_error(E.ModelMissingError("model 'big-lama' is not installed on this "
+                                              "server"), ENDPOINT, model="big-lama")
+    assert text == (f"The server at {ENDPOINT} has no big-lama yet: pick another LaMa model "
+                    "in Inpaint settings, or get it there with `inpaintd weights fetch "
+                    "big-lama`.")
 
 
 def test_check_connection_shows_the_hello(server: Any) -> None:

@@ -97,7 +97,7 @@ class HostRoot:
             server = self.popen(["Xvfb", f":{number}", "-ac", "-nolisten", "tcp", "-screen",
                                  "0", screen], {"HOME": "/tmp"}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-            if _wait_listening(self, number, server):
+            if _wait_listening(self, number, server) and _accepts_clients(self, number):
                 break
             _stop(server)
         else:
@@ -119,6 +119,22 @@ def _wait_listening(root: HostRoot, number: int, server: subprocess.Popen,
             time.sleep(0.3)
             return server.poll() is None
         time.sleep(0.1)
+    return False
+
+
+def _accepts_clients(root: HostRoot, number: int, timeout: float = 10.0) -> bool:
+    """A real X client connects (xdotool, where the root has it): a display whose sockets
+    exist can still refuse clients (seen when several test runs shared the machine)."""
+    if not (root.path / "usr" / "bin" / "xdotool").exists():
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cmd, env = root.command(["xdotool", "getdisplaygeometry"],
+                                {"DISPLAY": f":{number}", "HOME": "/tmp"})
+        done = subprocess.run(cmd, env=env or None, capture_output=True, timeout=30)
+        if done.returncode == 0:
+            return True
+        time.sleep(0.3)
     return False
 
 

@@ -29,7 +29,7 @@ from .connection import Reach
 
 __all__ = [
     "PluginError", "NO_SELECTION", "NO_LAYER", "DOCUMENT_CLOSED", "LAYER_GONE",
-    "IMAGE_RESIZED", "CANCELLED", "describe_error", "describe_reach", "unsupported_colour",
+    "IMAGE_RESIZED", "CANCELLED", "EMPTY_CONTEXT", "describe_error", "describe_reach", "unsupported_colour",
     "missing_libraries",
 ]
 
@@ -41,6 +41,9 @@ DOCUMENT_CLOSED = "The image was closed before the fill arrived, so nothing was 
 LAYER_GONE = "The layer was removed before the fill arrived, so nothing was changed."
 IMAGE_RESIZED = "The image was resized before the fill arrived, so nothing was changed."
 CANCELLED = "The fill was cancelled."
+EMPTY_CONTEXT = ("There is nothing to fill from: every pixel around the selection is "
+                 "transparent. Make the picture visible there, or pick the layer that holds "
+                 "it and set Sample to \"Current layer\" in Inpaint settings.")
 
 
 class PluginError(Exception):
@@ -88,9 +91,11 @@ def _one_sentence(text: str) -> str:
 
 
 def describe_error(exc: BaseException, endpoint: str,
-                   log_file: Optional[Path] = None, host: str = "krita") -> str:
+                   log_file: Optional[Path] = None, host: str = "krita",
+                   model: Optional[str] = None) -> str:
     """One sentence for any exception a fill or a connection check can raise (``host``
-    names the plug-in to reinstall when its libraries are missing)."""
+    names the plug-in to reinstall when its libraries are missing; ``model`` is the model
+    the fill asked for, named with the fix when the server lacks it)."""
     where = f"the server at {endpoint}"
     if isinstance(exc, PluginError):
         return str(exc)
@@ -104,6 +109,12 @@ def describe_error(exc: BaseException, endpoint: str,
     if isinstance(exc, TooLargeError):
         return (f"The selection is too large for {where} "
                 f"({_one_sentence(exc.message)}); select a smaller area.")
+    if isinstance(exc, ModelMissingError) and model:
+        return (f"{where[0].upper()}{where[1:]} has no {model} yet: pick another LaMa model "
+                f"in Inpaint settings, or get it there with `inpaintd weights fetch {model}`.")
+    if isinstance(exc, UnknownModelError) and model:
+        return (f"{where[0].upper()}{where[1:]} has no model named {model}: pick one it has "
+                f"in Inpaint settings (Test connection lists them).")
     if isinstance(exc, (UnknownModelError, ModelMissingError)):
         return f"{where[0].upper()}{where[1:]} can't use this model: {_one_sentence(exc.message)}."
     if isinstance(exc, CheckpointError):

@@ -29,11 +29,13 @@ from ..errors import CancelledError
 from .geometry import Bounds, crop_bounds
 from .host_pixels import host_to_rgba, result_layer, rgba_to_host, selection_to_mask
 from .selection_edit import edited_selection
-from .errors import NO_SELECTION, PluginError, describe_error, describe_reach
+from .errors import EMPTY_CONTEXT, NO_SELECTION, PluginError, describe_error, describe_reach
 from .settings import PluginSettings
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from .local_server import LocalServer
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,9 @@ def prepare_inputs(plan: FillPlan, pixels: bytes | bytearray | memoryview,
     The hole is the selection grown by ``grow`` px (shrunk when negative); the alpha is the
     soft selection, grown alike and faded over ``feather`` px inside the hole's edge
     (:mod:`.selection_edit`). Raises PluginError(NO_SELECTION) when no pixel of the crop is
-    selected, before or after shrinking.
+    selected, before or after shrinking, and PluginError(EMPTY_CONTEXT) when every pixel
+    outside the hole is fully transparent: the model would fill from nothing (the black box
+    a second fill made from the first fill's own layer used to paint).
     """
     w, h = plan.crop.width, plan.crop.height
     rgba = host_to_rgba(pixels, w, h, plan.depth, plan.order)
@@ -126,7 +130,15 @@ def prepare_inputs(plan: FillPlan, pixels: bytes | bytearray | memoryview,
     hole, alpha = edited_selection(soft, grow, feather)
     if not hole.any():
         raise PluginError(NO_SELECTION)
+    if not context_has_pixels(rgba, hole):  # the model would fill from nothing
+        raise PluginError(EMPTY_CONTEXT)
     return rgba, alpha, hole
+
+
+def context_has_pixels(rgba: "np.ndarray", hole: "np.ndarray") -> bool:
+    """Whether any pixel of the crop outside the hole has some opacity (NaN: none)."""
+    alpha = rgba[..., 3][hole == 0]
+    return bool((alpha > 0).any())
 
 
 def compose_layer(plan: FillPlan, filled: "np.ndarray", soft: "np.ndarray") -> bytes:
@@ -220,8 +232,10 @@ class FillJob:
     def __init__(self, settings: PluginSettings, plan: FillPlan, rgba: "np.ndarray",
                  soft: "np.ndarray", hole: "np.ndarray", on_update: UpdateCallback, *,
                  client_name: str = "inpaintd plug-in", log_file: Optional[Path] = None,
-                 ) -> None:
+                 local_server: Optional["LocalServer"] = None) -> None:
         self.settings = settings
+        #: Starts a server on this computer when none answers there (None: never).
+        self._local_server = local_server
         self.plan = plan
         self._rgba, self._soft, self._hole = rgba, soft, hole
         self._on_update = on_update
@@ -345,6 +359,23 @@ class FillJob:
             t0 = time.perf_counter()
             reach = probe(self.settings)
             self._timings["probe_ms"] = (time.perf_counter() - t0) * 1000
+            server = self._local_server
+            if reach is Reach.UNREACHABLE and server is not None and \
+                    server.can_start(self.settings):
+                from .local_server import STARTING
+
+                if not self._move(FillState.CONNECTING, text=STARTING):
+                    return
+                problem = server.ensure_running(self.settings,
+                                                cancelled=lambda: self._cancel_requested)
+                self._timings["server_start_ms"] = (time.perf_counter() - t0) * 1000
+                if self._cancel_requested:
+                    return
+                if problem:
+                    self._end(FillOutcome(FillState.FAILED, message=problem,
+                                          timings=dict(self._timings)))
+                    return
+                reach = Reach.OK
             if reach is not Reach.OK:
                 self._end(FillOutcome(FillState.FAILED, message=describe_reach(reach, endpoint),
                                       timings=dict(self._timings)))
@@ -382,7 +413,8 @@ class FillJob:
             log.error("fill with %s at %s failed", self.plan.model.name, endpoint,
                       exc_info=True)
             self._end(FillOutcome(FillState.FAILED, error=exc,
-                                  message=describe_error(exc, endpoint, self._log_file),
+                                  message=describe_error(exc, endpoint, self._log_file,
+                                                         model=self.plan.model.name),
                                   timings=dict(self._timings)))
         finally:
             if client is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 __all__ = ["DEFAULT_LAMA_MODEL", "ModelEntry", "models_of", "lama_entries", "entry_label",
-           "usable", "fetch_hint"]
+           "usable", "fetch_hint", "missing_model_sentence"]
 
 #: What "Inpaint (LaMa)" runs until the artist picks another: the bundled model.
 DEFAULT_LAMA_MODEL = "lama"
@@ -79,3 +79,9 @@ def fetch_hint(entries: Sequence[ModelEntry]) -> str:
     return (f"Not on the server yet: {names}. On the machine that runs inpaintd serve, run "
             f"{cmds} (it downloads the official weights and checks them), then open these "
             "settings again: the server lists it without a restart.")
+
+
+def missing_model_sentence(name: str) -> str:
+    """Why ``name`` can't be picked (the server knows of it but has not got it)."""
+    return (f"{name} is not on the server yet, so it can't be picked: get it first "
+            f"(`inpaintd weights fetch {name}` on the machine that runs the server).")

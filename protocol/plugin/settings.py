@@ -32,11 +32,17 @@ from .selection_edit import MAX_FEATHER, MAX_GROW
 #: Grow and feather by default, in pixels: measured, see :class:`PluginSettings`.
 DEFAULT_GROW = 2
 DEFAULT_FEATHER = 0
+#: Where a fill takes its context from (``PluginSettings.sample``): the image as the artist
+#: sees it (every visible layer merged), or the active layer alone. Value -> dialog label.
+SAMPLE_VISIBLE = "visible"
+SAMPLE_LAYER = "layer"
+SAMPLE_CHOICES = {SAMPLE_VISIBLE: "Visible image", SAMPLE_LAYER: "Current layer"}
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_ENDPOINT", "PluginSettings", "config_dir", "settings_path", "log_path",
+    "SAMPLE_VISIBLE", "SAMPLE_LAYER", "SAMPLE_CHOICES",
     "load_settings", "save_settings", "setup_logging",
 ]
 
@@ -90,6 +96,16 @@ class PluginSettings:
     ``lama_model`` is the server's model that "Inpaint (LaMa)" runs (the bundled ``lama``,
     ``big-lama`` once fetched on the server, or an imported name); ``refine`` asks the
     server for LaMa's high-resolution refinement (slow; for large holes in big images).
+
+    ``sample`` is where the context comes from: ``"visible"`` (the default) reads the image
+    as the artist sees it, every visible layer merged, as Photoshop's Content-Aware Fill
+    does, so a second fill made while the first fill's layer is active still sees the
+    picture; ``"layer"`` reads the active layer alone. Either way the new layer goes just
+    above the active one.
+
+    ``start_server``: when the address is this computer's and nothing answers there, start
+    the ``inpaintd serve`` that installed the plug-in (:mod:`.local_server`), so an artist
+    never needs a terminal. A remote address never starts anything.
     """
 
     endpoint: str = DEFAULT_ENDPOINT
@@ -102,6 +118,8 @@ class PluginSettings:
     feather: int = DEFAULT_FEATHER
     lama_model: str = DEFAULT_LAMA_MODEL
     refine: bool = False
+    sample: str = SAMPLE_VISIBLE
+    start_server: bool = True
 
     @property
     def context_margin(self) -> int:
@@ -134,6 +152,9 @@ class PluginSettings:
                        f"{self.feather}.")
         if not self.lama_model.strip() or len(self.lama_model) > 64:
             out.append(f"The LaMa model name {self.lama_model!r} must be 1 to 64 characters.")
+        if self.sample not in SAMPLE_CHOICES:
+            out.append(f"Sample must be one of {', '.join(SAMPLE_CHOICES)}, not "
+                       f"{self.sample!r}.")
         if not 1 <= self.timeout_s <= 3600:
             out.append(f"The timeout must be between 1 and 3600 seconds, not {self.timeout_s:g}.")
         if not 0.2 <= self.connect_timeout_s <= 120:

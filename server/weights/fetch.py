@@ -5,6 +5,13 @@ artists' home connections. A broken transfer resumes from its ``.part`` file wit
 ``Range`` request instead of starting over; the md5 is checked before the file takes its
 final name, so a half or tampered download is never mistaken for a model; and the final
 ``os.replace`` means a reader sees either no file or the whole one.
+
+A machine without internet takes the same path from a local file: a ``file://`` URL or a
+plain path is copied (with the same progress bar, md5 check and atomic rename), so a file
+downloaded elsewhere, or a mirror on a shared folder, is checked exactly as a download is.
+Only http, https and local files are read: other schemes (``ftp:``, ``data:``, ...) and
+``file://`` URLs naming another host are refused, and local files are opened here, never
+handed to ``urlopen``. :func:`failure_help` says all this to a person after a failure.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import http.client
 import logging
 import os
 import re
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,7 +38,8 @@ from .store import models_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BASE_URL_ENV", "KNOWN_SOURCES", "Source", "fetch", "fetch_known", "source_url"]
+__all__ = ["BASE_URL_ENV", "KNOWN_SOURCES", "Source", "failure_help", "fetch", "fetch_known",
+           "local_source", "source_url"]
 
 BASE_URL_ENV = "INPAINTD_FETCH_BASE_URL"
 _CHUNK = 1 << 20
@@ -38,11 +47,16 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Source:
-    """Where a known model comes from, and the md5 its file must have."""
+    """Where a known model comes from, and the md5 its file must have.
+
+    ``size`` (bytes) is only what people are told when they fetch it by hand; None where it
+    has not been measured.
+    """
 
     name: str
     url: str
     md5: str
+    size: int | None = None
 
     @property
     def filename(self) -> str:
@@ -63,7 +77,8 @@ def source_url(name: str, base_url: str | None = None) -> str:
     """The URL to fetch a known model from.
 
     ``base_url`` (or ``$INPAINTD_FETCH_BASE_URL``) replaces everything before the file name,
-    for mirrors, air-gapped installs and tests with a local server.
+    for mirrors, air-gapped installs and tests with a local server. It may be an http(s)
+    URL, a ``file://`` URL or a plain folder path (see :func:`local_source`).
     """
     source = KNOWN_SOURCES.get(name)
     if source is None:
@@ -104,6 +119,69 @@ def _copy(resp: http.client.HTTPResponse, out: BinaryIO, digest: hashlib._Hash, 
         digest.update(block)
         bar.update(len(block))
         written += len(block)
+
+
+def local_source(url: str) -> Path | None:
+    """The local file ``url`` names (a ``file://`` URL or a plain path), or None for http(s).
+
+    Raises FetchError for any other scheme and for a ``file://`` URL naming another host:
+    ``urlopen`` would read those (ftp, data, a share), and nothing here should.
+    """
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        return None
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise FetchError(f"{url}: a file:// URL must name a file on this machine "
+                             f"(file:///path), not one on {parts.netloc!r}")
+        if parts.query or parts.fragment:
+            raise FetchError(f"{url}: a file:// URL takes no query or fragment")
+        return Path(urllib.request.url2pathname(parts.path))
+    path = Path(url).expanduser()
+    if not scheme or (os.name == "nt" and len(scheme) == 1) or path.exists():
+        return path  # a plain path (or a Windows drive letter, or an odd file name that exists)
+    raise FetchError(f"{url}: only http and https URLs, file:// URLs and local paths can be fetched")
+
+
+def _copy_local(src: Path, url: str, part: Path, progress: bool, desc: str) -> hashlib._Hash:
+    """Copy the local file ``src`` (which ``url`` names) into ``part``, from the start.
+    Returns its md5."""
+    try:
+        if not src.is_file():  # a folder, a device (/dev/zero never ends), a FIFO, nothing
+            what = "not a regular file" if src.exists() else "no such file"
+            raise FetchError(f"{url}: {what}")
+        if src.resolve() == part.resolve():
+            raise FetchError(f"{url}: that is the partial download itself; give the file it "
+                             "came from")
+        digest = hashlib.md5(usedforsecurity=False)
+        with src.open("rb") as f, part.open("wb") as out, tqdm(
+            total=os.fstat(f.fileno()).st_size, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=desc, disable=not progress,
+        ) as bar:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                out.write(block)
+                digest.update(block)
+                bar.update(len(block))
+            out.flush()
+            os.fsync(out.fileno())
+        return digest
+    except OSError as err:
+        part.unlink(missing_ok=True)  # a copy that failed half-way resumes nothing
+        raise FetchError(f"{url}: {err.strerror or err}") from err
+
+
+def _why(err: BaseException, url: str, timeout: float) -> str:
+    """A connection failure in words a person can act on."""
+    reason = getattr(err, "reason", None) or err
+    host = urllib.parse.urlsplit(url).netloc or url
+    if isinstance(reason, socket.gaierror):
+        return f"can't look up {host} ({reason.strerror or reason}); is this machine offline?"
+    if isinstance(reason, ConnectionRefusedError):
+        return f"{host} refused the connection"
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"no answer from {host} within {timeout:g} s"
+    return f"download failed ({reason})"
 
 
 def _attempt(url: str, part: Path, timeout: float, progress: bool, desc: str) -> hashlib._Hash:
@@ -166,16 +244,19 @@ def fetch(
 ) -> Path:
     """Download ``url`` to ``dest``, resuming a ``dest.part`` left by an earlier try.
 
+    ``url`` may also be a ``file://`` URL or a local path: the file is copied to
+    ``dest.part`` and then treated as a download. (So a caller passing on a URL from
+    someone else must decide first whether they may name this machine's files.)
+
     The md5 is checked before ``dest`` appears (a mismatch removes the download and raises
     FetchError); ``md5=None`` skips the check, with a warning. If ``dest`` already exists
-    with the right md5 nothing is downloaded. A broken connection is retried ``retries``
-    times, each resuming where the last stopped; after that FetchError, and the ``.part``
-    stays so the next call resumes.
+    with the right md5 nothing is downloaded. A connection that breaks mid-transfer is
+    retried ``retries`` times, each resuming where the last stopped; one that cannot be
+    opened at all (no network, refused, no such host) fails at once. Either way FetchError,
+    whose message is ``"<url>: <why>"``, and the ``.part`` stays so the next call resumes.
     """
     dest = Path(dest)
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in ("http", "https"):
-        raise FetchError(f"{url}: only http and https downloads are supported")
+    local = local_source(url)  # raises FetchError for a scheme we do not read
     expected = md5.lower() if md5 else None
     if expected is None:
         log.warning("downloading %s without a checksum to verify", url)
@@ -187,8 +268,10 @@ def fetch(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
 
+    if local is not None:
+        digest = _copy_local(local, url, part, progress, dest.name)
     attempt = 0
-    while True:
+    while local is None:
         try:
             digest = _attempt(url, part, timeout, progress, dest.name)
             break
@@ -200,21 +283,25 @@ def fetch(
                     attempt += 1
                     continue
             raise FetchError(f"{url}: HTTP {err.code} {err.reason}") from err
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-            # OSError covers timeouts and resets; the .part file is kept for a resume.
+        except urllib.error.URLError as err:
+            # No connection at all (no network, no such host, refused): trying again this
+            # second would only print the same thing again.
+            raise FetchError(f"{url}: {_why(err, url, timeout)}") from err
+        except (http.client.HTTPException, OSError) as err:
+            # Broke mid-transfer (a reset, a timeout, a short body): the .part is kept.
             if attempt < retries:
                 attempt += 1
-                log.warning("download of %s broke (%s); resuming (try %d of %d)", url, err, attempt, retries)
+                log.info("download of %s broke (%s); resuming (try %d of %d)", url, err, attempt, retries)
                 continue
-            reason = getattr(err, "reason", None) or err
-            raise FetchError(f"{url}: download failed ({reason}); run again to resume") from err
+            raise FetchError(f"{url}: {_why(err, url, timeout)}") from err
 
     got = digest.hexdigest()
     if expected is not None and got != expected:
         part.unlink(missing_ok=True)
-        raise FetchError(f"{url}: md5 mismatch (expected {expected}, got {got}); the download was removed")
+        what = "the copy was removed" if local is not None else "the download was removed"
+        raise FetchError(f"{url}: md5 mismatch (expected {expected}, got {got}); {what}")
     os.replace(part, dest)
-    log.info("downloaded %s", dest)
+    log.info("%s %s", "copied" if local is not None else "downloaded", dest)
     return dest
 
 
@@ -230,3 +317,65 @@ def fetch_known(
     source = KNOWN_SOURCES[name]
     folder = Path(dest_dir) if dest_dir is not None else models_dir(create=True)
     return fetch(url, folder / source.filename, source.md5, progress=progress)
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def failure_help(name: str, url: str, dest: str | os.PathLike[str], err: FetchError) -> str:
+    """What ``inpaintd weights fetch NAME`` says when fetching ``url`` into ``dest`` failed.
+
+    A few plain lines: what failed and why, the exact URL, what became of the partial
+    download, how to fetch the file on another machine and import it, and how to use a
+    mirror. Why here: an artist offline, or behind a proxy that blocks GitHub, meets this
+    first, and each of those is a way forward that needs no reading of the code.
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    source = KNOWN_SOURCES.get(name)
+    try:
+        local: bool | None = local_source(url) is not None
+    except FetchError:
+        local = None  # a scheme we refuse: the first line says so, naming the URL
+    # fetch's messages are "<url>: <why>"; the URL gets its own line below.
+    why = str(err) if local is None else str(err).removeprefix(f"{url}: ")
+    lines = [f"could not fetch {name}: {why}"]
+    if local:
+        lines.append(f"  It copies {url}")
+    elif local is not None:
+        mirrored = source is not None and url != source.url and url == source_url(name)
+        lines.append(f"  It downloads {url}" + (f" (from ${BASE_URL_ENV})" if mirrored else ""))
+        try:
+            kept = part.stat().st_size
+        except OSError:
+            kept = 0
+        if kept:
+            lines.append(f"  The partial download is kept ({_size(kept)} in {part}); run the "
+                         "same command again to resume it.")
+        else:
+            lines.append(f"  Run the same command again to retry; a download that breaks off is "
+                         f"kept as {part} and resumed.")
+    if source is not None:
+        facts = ", ".join([source.filename]
+                          + ([f"{source.size:,} bytes"] if source.size else [])
+                          + [f"md5 {source.md5}"])
+        where = "that file" if url == source.url else source.url
+        path = f"/path/to/{source.filename}"
+        lines += [
+            f"  By hand: download {where} on any machine with internet ({facts}), copy it "
+            "here and run",
+            f"    inpaintd weights import {path} --name {name}",
+            f"  or `inpaintd weights fetch {name} --url {path}`, which checks the md5 first.",
+            f"  From a mirror: --url with the file's URL, or a folder holding {source.filename} "
+            "(http, https, file:// or a path) as",
+            f"    {BASE_URL_ENV}=https://mirror.example/models inpaintd weights fetch {name}",
+        ]
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ from inpaintd.protocol.errors import BadInputError, UnknownModelError
 
 from . import store
 from .card import save_ours
-from .fetch import KNOWN_SOURCES, fetch, fetch_known
+from .fetch import KNOWN_SOURCES, fetch, source_url
 from .formats import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,19 @@ def import_checkpoint(path: Path, name: str) -> Path:
     return dest
 
 
+def fetch_target(name: str, url: str | None = None) -> tuple[str, Path]:
+    """Where ``fetch NAME`` reads from (``url``, a mirror from ``$INPAINTD_FETCH_BASE_URL``,
+    or the known source) and the file it downloads to, before the import."""
+    source = KNOWN_SOURCES.get(name)
+    if source is None:
+        raise UnknownModelError(f"no known download for model {name!r} "
+                                f"(known: {', '.join(sorted(KNOWN_SOURCES))})")
+    # --url: the same file (same md5) from another address, a file:// URL or a local path.
+    return url or source_url(name), store.models_dir() / "downloads" / source.filename
+
+
 def fetch_and_import(name: str, url: str | None = None, progress: bool = True) -> Path:
     """Download a known model (md5-checked, resumable) and import it under its own name."""
-    downloads = store.models_dir(create=True) / "downloads"
-    if url:
-        # A mirror: the same file (same md5) from another address.
-        source = KNOWN_SOURCES.get(name)
-        if source is None:
-            raise UnknownModelError(f"no known download for model {name!r} "
-                                    f"(known: {', '.join(sorted(KNOWN_SOURCES))})")
-        downloaded = fetch(url, downloads / source.filename, source.md5, progress=progress)
-    else:
-        downloaded = fetch_known(name, downloads, progress=progress)
+    src, dest = fetch_target(name, url)
+    downloaded = fetch(src, dest, KNOWN_SOURCES[name].md5, progress=progress)
     return import_checkpoint(downloaded, name)

@@ -8,7 +8,7 @@ GIMP glue only, like the Krita plug-in's ``krita_io`` and ``controller``: what a
 shared with the Krita plug-in. ``vendor_path.py``, also put beside this file by the
 installer, picks ``_vendor/pyXY/``: the pyzmq, msgpack and numpy built for the Python this
 GIMP runs (a bundle may carry several). This file only reads the selection and the
-drawable from GIMP, shows progress, and adds the result layer.
+pixels from GIMP, shows the settings dialog, progress and errors, and adds the result layer.
 
 Facts this relies on (checked in GIMP 3.0.4, Debian 13, Python 3.13, and GIMP 3.2.6,
 Debian sid, Python 3.14; see docs/gimp.md):
@@ -18,6 +18,24 @@ Debian sid, Python 3.14; see docs/gimp.md):
   component type and TRC are the image's precision's, so nothing is converted and the
   result layer gets back exactly the bytes the server sent.
 - The selection is a channel: ``"Y u8"`` gives its soft values.
+- ``Gimp.Layer.new_from_visible(image, image, name)`` copies the image's projection (what
+  the canvas shows: every visible layer with its mode, opacity and mask) into a new layer
+  at the image's precision, without adding it to the image: no undo step, the image stays
+  clean, and ``delete()`` frees it. Over a transparent layer it gives the layer below
+  exactly, at U8, U16 and float. The first call renders the whole projection (0.8 s for a
+  24-megapixel image of three layers in batch mode; the GUI has most of it rendered);
+  later ones take about 20 ms.
+- A new layer becomes the image's selected layer; ``set_selected_layers`` changes that
+  (inside the fill's undo group, so the fill stays one undo step).
+- ``GimpUi.ProcedureDialog`` checks mnemonics across its fields and its own buttons
+  (``_Load Saved Settings``, ``_Save Settings``, ``_Help``, ``_Reset``, ``_Cancel``,
+  ``_OK``) and prints a warning for a letter used twice; GIMP 3.2 shows a choice of up to
+  three values as radio buttons under a title that takes no mnemonic ("no mnemonic"
+  warning) unless a combo box is asked for. Its fields sit in one box whose buttons are
+  packed at the end first, so the box's "position" child property, not the order of
+  ``get_children()``, places a widget among them.
+- A plug-in's ``Gimp.message`` shows in the status bar of the window it ran from, where it
+  is easily missed, so errors an artist must see get a dialog of their own.
 - Every PDB call is made from the plug-in's main thread; the network job runs on its own
   thread (``FillJob``) and hands its updates over through a queue.
 - A plug-in is its own process, so GIMP's UI never waits on the network.
@@ -30,6 +48,7 @@ import logging
 import os
 import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,7 +83,9 @@ try:
     if _IMPORT_ERROR is not None:  # the vendored wheels are not for this Python
         raise ImportError(_IMPORT_ERROR)
     from inpaintd.protocol.plugin.geometry import Bounds
+    from inpaintd.protocol.plugin.connection import ConnectionReport, check_connection
     from inpaintd.protocol.plugin.errors import (
+        CANCELLED,
         DOCUMENT_CLOSED,
         IMAGE_RESIZED,
         LAYER_GONE,
@@ -81,7 +102,12 @@ try:
         prepare_inputs,
         resolve_model,
     )
+    from inpaintd.protocol.plugin.local_server import LocalServer, read_record
+    from inpaintd.protocol.plugin.model_picker import entry_label, fetch_hint, lama_entries
     from inpaintd.protocol.plugin.settings import (
+        SAMPLE_CHOICES,
+        SAMPLE_LAYER,
+        SAMPLE_VISIBLE,
         PluginSettings,
         load_settings,
         log_path,
@@ -94,9 +120,22 @@ except ImportError as exc:  # shown as one sentence when the artist runs the fil
         f"The plug-in's libraries could not be loaded ({exc}); reinstall it with "
         f"`inpaintd plugin install gimp`.")
     MODELS = ()
+    CANCELLED = "The fill was cancelled."
+    SAMPLE_VISIBLE, SAMPLE_LAYER = "visible", "layer"
+    SAMPLE_CHOICES = {SAMPLE_VISIBLE: "Visible image", SAMPLE_LAYER: "Current layer"}
 
 HOST = "gimp"
 CLIENT_NAME = "gimp-plugin"
+#: GIMP runs this plug-in once per call, so a server it starts must outlive the call: it is
+#: started detached, the next call finds it answering, and it exits after this long idle.
+SERVER_IDLE_EXIT_S = 900.0
+
+
+def _local_server():
+    """The server this plug-in may start on this computer: the inpaintd the installer
+    recorded beside it (none in a zip for another machine), detached, exiting when idle."""
+    return LocalServer(read_record(Path(_HERE)), log_path(f"{HOST}-server"), detach=True,
+                       exit_when_idle_s=SERVER_IDLE_EXIT_S)
 MENU_PATH = "<Image>/Filters/Enhance"
 #: The menu's procedures: (PDB name, model name, title), from the models both plug-ins
 #: offer; these two when the libraries failed to load, so that GIMP still registers the
@@ -105,6 +144,12 @@ PROCEDURES = tuple((f"plug-in-inpaintd-{m.name}", m.name, m.title) for m in MODE
     ("plug-in-inpaintd-lama", "lama", "LaMa"), ("plug-in-inpaintd-pennet", "pennet", "PEN-Net"))
 #: How often the main thread looks for the job's updates.
 POLL_S = 0.05
+#: The settings dialog's title (GIMP's procedure dialog); an error dialog is titled after
+#: the menu entry, "Inpaint (LaMa)", so the two are told apart.
+DIALOG_TITLE = "Inpaint"
+#: What each sample choice means, for the dialog's tooltip and the PDB's help.
+SAMPLE_HELP = {SAMPLE_VISIBLE: "the image as you see it: every visible layer",
+               SAMPLE_LAYER: "the active layer alone"}
 
 log = logging.getLogger("inpaintd.gimp")
 
@@ -163,8 +208,22 @@ def read_selection(image, crop: "Bounds") -> bytes:
                                                          Gegl.AbyssPolicy.NONE))
 
 
-def read_for_fill(image, drawables, model, margin, refine=False):
-    """Plan the fill and read its crop: (plan, pixels, selection bytes, source, format)."""
+def read_visible(image, crop: "Bounds", fmt: str) -> bytes:
+    """``crop`` of the image as the artist sees it: GIMP's projection (every visible layer,
+    with its mode, opacity and mask), through a layer made from it that never joins the
+    image (no undo step, the image stays clean) and is deleted at once."""
+    visible = Gimp.Layer.new_from_visible(image, image, "inpaintd: visible")
+    try:
+        return read_region(visible, crop, fmt)
+    finally:
+        visible.delete()
+
+
+def read_for_fill(image, drawables, model, margin, refine=False, sample=SAMPLE_VISIBLE):
+    """Plan the fill and read its crop: (plan, pixels, selection bytes, source, format).
+
+    ``sample`` "visible" reads what the canvas shows, "layer" the active drawable; the
+    source (where the new layer goes) is the active drawable either way."""
     source = source_of(drawables)
     base = image.get_base_type()
     depth, fmt = pixel_format(image.get_precision())
@@ -172,15 +231,24 @@ def read_for_fill(image, drawables, model, margin, refine=False):
         raise PluginError(unsupported_colour("Indexed", depth, HOST))
     canvas = Bounds(0, 0, image.get_width(), image.get_height())
     plan = plan_fill(selection_bounds(image), canvas, margin, model, depth, "RGBA", refine)
-    return plan, read_region(source, plan.crop, fmt), read_selection(image, plan.crop), \
-        source, fmt
+    if sample == SAMPLE_LAYER:
+        pixels = read_region(source, plan.crop, fmt)
+    else:
+        pixels = read_visible(image, plan.crop, fmt)
+    return plan, pixels, read_selection(image, plan.crop), source, fmt
 
 
 # --- writing to GIMP ---------------------------------------------------------------------
 
-def insert_result(image, source, plan, layer_bytes: bytes, fmt: str, canvas):
+def insert_result(image, source, plan, layer_bytes: bytes, fmt: str, canvas,
+                  keep_active: bool = False):
     """A new layer with the fill, at the crop's offset, just above the source; one undo
-    group. Returns the layer."""
+    group. Returns the layer.
+
+    The new layer becomes the active one, as any new layer in GIMP does, so the next fill
+    goes above it: a spot filled again shows the newer fill, not the older one over it.
+    With ``keep_active`` (sample "layer": the fill reads the active layer) the source stays
+    active instead, so the next fill reads the artist's picture again, not this fill."""
     if not image.is_valid():
         raise PluginError(DOCUMENT_CLOSED)
     if (image.get_width(), image.get_height()) != canvas:
@@ -204,6 +272,8 @@ def insert_result(image, source, plan, layer_bytes: bytes, fmt: str, canvas):
         buffer.set(Gegl.Rectangle.new(0, 0, crop.width, crop.height), fmt, layer_bytes)
         buffer.flush()
         layer.update(0, 0, crop.width, crop.height)
+        if keep_active and isinstance(source, Gimp.Layer):
+            image.set_selected_layers([source])
     finally:
         image.undo_group_end()
     return layer
@@ -221,7 +291,7 @@ def run_fill(image, drawables, model_name: str, settings, log_file):
         return None, problems[0]
     try:
         plan, pixels, selection, source, fmt = read_for_fill(
-            image, drawables, model, settings.context_margin, refine)
+            image, drawables, model, settings.context_margin, refine, settings.sample)
         rgba, soft, hole = prepare_inputs(plan, pixels, selection, settings.grow,
                                           settings.feather)
     except Exception as exc:  # a sentence for the artist; the traceback to the log
@@ -231,7 +301,7 @@ def run_fill(image, drawables, model_name: str, settings, log_file):
     canvas = (image.get_width(), image.get_height())
     updates: "queue.SimpleQueue" = queue.SimpleQueue()
     job = FillJob(settings, plan, rgba, soft, hole, updates.put, client_name=CLIENT_NAME,
-                  log_file=log_file)
+                  log_file=log_file, local_server=_local_server())
     Gimp.progress_init(f"Inpainting ({model.title})")
     t0 = time.perf_counter()
     job.start()
@@ -255,11 +325,246 @@ def run_fill(image, drawables, model_name: str, settings, log_file):
     if outcome.state is not FillState.DONE:
         return None, outcome.message
     try:
-        return insert_result(image, source, plan, outcome.layer, fmt, canvas), ""
+        return insert_result(image, source, plan, outcome.layer, fmt, canvas,
+                             keep_active=settings.sample == SAMPLE_LAYER), ""
     except Exception as exc:
         if not isinstance(exc, PluginError):
             log.error("inserting the fill into the image failed", exc_info=True)
         return None, describe_error(exc, settings.endpoint, log_file, HOST)
+
+
+# --- the dialogs -------------------------------------------------------------------------
+
+_UI: "tuple | None" = None
+
+
+def _ui():
+    """(GimpUi, Gtk), with GIMP's UI started once in this plug-in process."""
+    global _UI
+    if _UI is None:
+        gi.require_version("GimpUi", "3.0")
+        gi.require_version("Gtk", "3.0")
+        from gi.repository import GimpUi, Gtk
+
+        GimpUi.init("inpaintd-gimp")
+        _UI = (GimpUi, Gtk)
+    return _UI
+
+
+def artist_run(run_mode) -> bool:
+    """Whether an artist started this run, so errors come in a dialog: from the menu
+    (interactive), or Filters > Repeat / Re-Show (last values) in GIMP's window. Scripts and
+    batch runs get the PDB's error instead."""
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        return True
+    return run_mode == Gimp.RunMode.WITH_LAST_VALS and Gimp.default_display() is not None
+
+
+def show_error(title: str, message: str) -> None:
+    """The sentence in a modal dialog over GIMP's window, as the Krita plug-in shows it: a
+    message in the status bar is easy to miss. Its text can be selected and copied (a
+    command it names, say)."""
+    GimpUi, Gtk = _ui()
+    dialog = Gtk.MessageDialog(message_type=Gtk.MessageType.WARNING,
+                               buttons=Gtk.ButtonsType.OK, text=message)
+    dialog.set_title(title)
+    for label in dialog.get_message_area().get_children():
+        if isinstance(label, Gtk.Label):
+            label.set_selectable(True)
+    dialog.set_default_response(Gtk.ResponseType.OK)
+    if Gimp.default_display() is not None:  # over the image window it was started from
+        GimpUi.window_set_transient(dialog)
+    dialog.get_widget_for_response(Gtk.ResponseType.OK).grab_focus()
+    dialog.run()
+    dialog.destroy()
+
+
+def mnemonic_labels(widget) -> list[str]:
+    """The texts of the labels with a mnemonic under ``widget`` ("_Model", "_OK", ...), in
+    order: what the settings dialog offers, for the log."""
+    _GimpUi, Gtk = _ui()
+    out = []
+    if isinstance(widget, Gtk.Label):
+        if widget.get_use_underline() and "_" in widget.get_label():
+            out.append(widget.get_label())
+    elif isinstance(widget, Gtk.Container):
+        for child in widget.get_children():
+            out.extend(mnemonic_labels(child))
+    return out
+
+
+class SettingsDialog:
+    """GIMP's procedure dialog for one filter, plus what GIMP can't make from the PDB
+    arguments: the Model field (Inpaint (LaMa) only), which lists the server's LaMa models,
+    and Test connection.
+
+    The Model field is an editable list bound to the "lama-model" argument: typed names
+    work, and Test connection fills the list from the server's ``welcome`` as the Krita
+    dialog does (``model_picker``), with the hint for a model the server lacks. The check
+    runs on a thread (a server that does not answer takes the connect timeout); its report
+    comes back through a queue that a GLib timeout reads on the dialog's thread, so no GTK
+    call is made off it.
+
+    Mnemonics (one letter each; GIMP warns about a letter used twice, its own buttons
+    "_Load Saved Settings", "_Save Settings", "_Help", "_Reset", "_Cancel" and "_OK"
+    included, so l, s, h, r, c and o are theirs): _Model, S_ample, Ser_ver, _Test
+    connection, Context mar_gin, Gro_w selection, _Feather edge, Refi_ne.
+    """
+
+    def __init__(self, procedure, config, model: str, saved: "PluginSettings") -> None:
+        GimpUi, Gtk = _ui()
+        self.Gtk = Gtk
+        self.config = config
+        self.saved = saved
+        self.closed = False
+        self.reports: "queue.SimpleQueue" = queue.SimpleQueue()
+        self.with_model = model == "lama"
+        fields = ["sample", "endpoint", "margin", "grow", "feather"]
+        if self.with_model:
+            fields.append("refine")
+        self.dialog = GimpUi.ProcedureDialog.new(procedure, config, DIALOG_TITLE)
+        # A list, as in GIMP 3.0: GIMP 3.2 would make radio buttons under a title that
+        # takes no mnemonic (and warns "no mnemonic for property sample").
+        self.dialog.get_widget("sample", Gtk.ComboBox.__gtype__)
+        self.dialog.fill(fields)
+        endpoint = self.dialog.get_widget("endpoint", GObject.TYPE_NONE)
+        # the box GIMP filled (the content area, or a box of its own in it)
+        content = endpoint.get_parent() or self.dialog.get_content_area()
+        labels = Gtk.SizeGroup.new(Gtk.SizeGroupMode.HORIZONTAL)
+        for name in fields:
+            widget = self.dialog.get_widget(name, GObject.TYPE_NONE)
+            if isinstance(widget, GimpUi.Labeled):
+                labels.add_widget(widget.get_label())
+        if self.with_model:
+            self.models = Gtk.ListStore(str, str)  # (name, what the list shows)
+            current = config.get_property("lama-model")
+            self.models.append([current, current])
+            self.combo = Gtk.ComboBox.new_with_model_and_entry(self.models)
+            self.combo.set_entry_text_column(0)
+            self.combo.clear()  # the list shows the labels; the field keeps the name
+            cell = Gtk.CellRendererText()
+            self.combo.pack_start(cell, True)
+            self.combo.add_attribute(cell, "text", 1)
+            entry = self.combo.get_child()
+            entry.set_activates_default(True)
+            config.bind_property("lama-model", entry, "text",
+                                 GObject.BindingFlags.BIDIRECTIONAL
+                                 | GObject.BindingFlags.SYNC_CREATE)
+            self.combo.set_tooltip_text(
+                "The server's model that Inpaint (LaMa) runs: lama (bundled), big-lama once "
+                "the server has it, or an imported name. Test connection lists them.")
+            label = Gtk.Label.new_with_mnemonic("_Model")
+            label.set_mnemonic_widget(entry)
+            label.set_xalign(0.0)
+            labels.add_widget(label)
+            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+            row.pack_start(label, False, False, 0)
+            row.pack_start(self.combo, True, True, 0)
+            self.hint = self._wrapping_label()
+            first = self.dialog.get_widget(fields[0], GObject.TYPE_NONE)
+            self._place(content, row, first, after=False)
+            self._place(content, self.hint, row, after=True)
+            self.hint.hide()  # shown with a hint only
+        self.button = Gtk.Button.new_with_mnemonic("_Test connection")
+        self.button.set_tooltip_text("Ask the server whether it answers, and which models "
+                                     "it has")
+        self.button.connect("clicked", self._test)
+        self.status = self._wrapping_label()
+        row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        row.pack_start(self.button, False, False, 0)
+        self._place(content, row, endpoint, after=True)
+        self._place(content, self.status, row, after=True)
+        self.status.hide()
+
+    def _wrapping_label(self):
+        Gtk = self.Gtk
+        label = Gtk.Label()
+        label.set_line_wrap(True)
+        label.set_max_width_chars(56)
+        label.set_width_chars(56)
+        label.set_xalign(0.0)
+        label.set_selectable(True)
+        label.set_can_focus(False)  # selectable by mouse, never the dialog's first focus
+        return label
+
+    @staticmethod
+    def _place(box, widget, anchor, after: bool) -> None:
+        """Add ``widget`` to ``box`` just before or after ``anchor``. The box's "position"
+        child property, not the order of ``get_children()``: GIMP packs its buttons at the
+        box's end first, so the two orders differ."""
+        box.pack_start(widget, False, False, 0)
+        position = box.child_get_property(anchor, "position")
+        box.reorder_child(widget, position + 1 if after else position)
+        widget.show_all()
+
+    def run(self) -> bool:
+        log.info("settings dialog: %s", ", ".join(mnemonic_labels(self.dialog)))
+        try:
+            return bool(self.dialog.run())
+        finally:
+            self.closed = True
+            self.dialog.destroy()
+
+    # --- Test connection ---
+
+    def settings(self) -> "PluginSettings":
+        """The saved settings with the dialog's server (keys and timeouts are the saved
+        ones, as for a fill)."""
+        return PluginSettings.from_dict({**self.saved.to_dict(),
+                                         "endpoint": self.config.get_property("endpoint")})
+
+    def _test(self, _button) -> None:
+        settings = self.settings()
+        self.button.set_sensitive(False)
+        self._say(f"Connecting to {settings.endpoint}...")
+
+        def check() -> None:
+            try:
+                report = check_connection(settings, CLIENT_NAME)
+            except Exception:  # check_connection catches what it expects; this is a bug
+                log.exception("the connection test failed")
+                report = ConnectionReport(False, "The connection test failed (details in "
+                                                 f"{log_path(HOST)}).")
+            self.reports.put(report)
+
+        threading.Thread(target=check, name="inpaintd-test-connection", daemon=True).start()
+        GLib.timeout_add(int(POLL_S * 1000), self._poll)
+
+    def _poll(self) -> bool:
+        if self.closed:
+            return False
+        try:
+            report = self.reports.get_nowait()
+        except queue.Empty:
+            return True  # ask again
+        self.button.set_sensitive(True)
+        self._say(report.sentence)
+        log.info("test connection: %s", report.sentence)
+        if report.welcome is not None and self.with_model:
+            self.show_models(report.welcome)
+        return False
+
+    def _say(self, text: str) -> None:
+        self.status.set_text(text)
+        self.status.show()
+
+    def show_models(self, welcome) -> None:
+        """List the server's LaMa models, keep the current pick, and say how to get the
+        ones the server knows of but lacks."""
+        current = self.config.get_property("lama-model")
+        entries = lama_entries(welcome)
+        rows = [(e.name, entry_label(e)) for e in entries]
+        if current not in (name for name, _ in rows):
+            rows.append((current, current))
+        self.models.clear()
+        for row in rows:
+            self.models.append(list(row))
+        self.combo.set_active([name for name, _ in rows].index(current))
+        hint = fetch_hint(entries)
+        self.hint.set_text(hint)
+        self.hint.set_visible(bool(hint))
+        log.info("test connection: the model list shows %s",
+                 "; ".join(label for _, label in rows))
 
 
 # --- the plug-in -------------------------------------------------------------------------
@@ -291,16 +596,30 @@ class InpaintPlugIn(Gimp.PlugIn):
         procedure.add_menu_path(MENU_PATH)
         procedure.set_documentation(
             f"Fill the selection with {title} (inpaintd)",
-            "Sends the selection's area plus a context margin to an inpaintd server "
-            "(`inpaintd serve`) and adds the fill as a new layer above the active one, "
-            "with the selection as its alpha.", name)
+            "Sends the selection's area plus a context margin, as the image shows it (or "
+            "the active layer alone: sample \"layer\"), to an inpaintd server (`inpaintd "
+            "serve`) and adds the fill as a new layer above the active one, with the "
+            "selection as its alpha.", name)
         procedure.set_attribution("inpaintd", "inpaintd", "2026")
         saved = _saved_settings()
+        defaults = saved or (PluginSettings() if _IMPORT_ERROR is None else None)
+        # The filter's model, for scripts (the menu entry sets it; the dialog leaves it out).
         choice = Gimp.Choice.new()
         for i, (_name, m, t) in enumerate(PROCEDURES):
             choice.add(m, i, t, f"the {t} model")
-        procedure.add_choice_argument("model", "_Model", "The server's model", choice,
-                                      model, GObject.ParamFlags.READWRITE)
+        procedure.add_choice_argument("model", "Filter model", "The filter's model (lama or "
+                                      "pennet); Inpaint (LaMa) runs the LaMa model that "
+                                      "\"lama-model\" names", choice, model,
+                                      GObject.ParamFlags.READWRITE)
+        sample = Gimp.Choice.new()
+        for i, (value, label) in enumerate(SAMPLE_CHOICES.items()):
+            sample.add(value, i, label, f"Fill from {SAMPLE_HELP.get(value, label)}")
+        procedure.add_choice_argument(
+            "sample", "S_ample", "What the fill sees around the selection: the visible "
+            "image (every visible layer, as you see it) or the current layer alone",
+            sample, defaults.sample if defaults and defaults.sample in SAMPLE_CHOICES
+            else SAMPLE_VISIBLE,
+            GObject.ParamFlags.READWRITE)
         procedure.add_string_argument(
             "endpoint", "Ser_ver", "The inpaintd server, tcp://HOST:PORT",
             saved.endpoint if saved else "tcp://127.0.0.1:5557",
@@ -308,9 +627,8 @@ class InpaintPlugIn(Gimp.PlugIn):
         procedure.add_int_argument(
             "margin", "Context mar_gin", "Least context around the selection, in pixels",
             0, 4096, saved.margin if saved else 32, GObject.ParamFlags.READWRITE)
-        defaults = saved or (PluginSettings() if _IMPORT_ERROR is None else None)
         procedure.add_int_argument(
-            "grow", "_Grow selection", "Widen the hole by this many pixels before the fill "
+            "grow", "Gro_w selection", "Widen the hole by this many pixels before the fill "
             "(negative: shrink), so an object's rim is filled too",
             -256, 256, defaults.grow if defaults else 2, GObject.ParamFlags.READWRITE)
         procedure.add_int_argument(
@@ -319,34 +637,36 @@ class InpaintPlugIn(Gimp.PlugIn):
             GObject.ParamFlags.READWRITE)
         if model == "lama":
             procedure.add_string_argument(
-                "lama-model", "LaMa mo_del", "The server's LaMa model: lama (bundled), "
-                "big-lama (on the server: inpaintd weights fetch big-lama) or an imported "
-                "name; `inpaintd status` lists them",
+                "lama-model", "_Model", "The server's LaMa model: lama (bundled), big-lama "
+                "(on the server: inpaintd weights fetch big-lama) or an imported name; Test "
+                "connection in the dialog, or `inpaintd status`, lists them",
                 defaults.lama_model if defaults else "lama", GObject.ParamFlags.READWRITE)
             procedure.add_boolean_argument(
-                "refine", "_Refine (slow)", "LaMa's high-resolution refinement: large holes "
+                "refine", "Refi_ne (slow)", "LaMa's high-resolution refinement: large holes "
                 "in big images keep their structure; about 30 times slower",
                 defaults.refine if defaults else False, GObject.ParamFlags.READWRITE)
         return procedure
 
     def run(self, procedure, run_mode, image, drawables, config, model):
+        title = next((t for _n, m, t in PROCEDURES if m == model), model)
         if _IMPORT_ERROR is not None:
-            return self._fail(procedure, run_mode, _IMPORT_ERROR)
+            return self._fail(procedure, run_mode, _IMPORT_ERROR, title)
         log_file = log_path(HOST)
         try:
             setup_logging(log_file)
         except OSError:
             pass
+        saved = _saved_settings() or PluginSettings()
         if run_mode == Gimp.RunMode.INTERACTIVE:
-            if not self._dialog(procedure, config):
+            if not SettingsDialog(procedure, config, model, saved).run():
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, None)
         # The PDB arguments override the saved settings; the key files and timeouts are
         # the saved ones (docs/gimp.md).
-        saved = _saved_settings() or PluginSettings()
         given = {"endpoint": config.get_property("endpoint"),
                  "margin": config.get_property("margin"),
                  "grow": config.get_property("grow"),
-                 "feather": config.get_property("feather")}
+                 "feather": config.get_property("feather"),
+                 "sample": config.get_property("sample")}
         if model == "lama":
             given.update({"lama_model": config.get_property("lama-model"),
                           "refine": config.get_property("refine")})
@@ -363,29 +683,27 @@ class InpaintPlugIn(Gimp.PlugIn):
             log.error("the fill failed", exc_info=True)
             layer, message = None, describe_error(exc, settings.endpoint, log_file, HOST)
         if layer is None:
-            return self._fail(procedure, run_mode, message)
+            return self._fail(procedure, run_mode, message, title)
         Gimp.displays_flush()
         return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, None)
 
     @staticmethod
-    def _dialog(procedure, config) -> bool:
-        gi.require_version("GimpUi", "3.0")
-        from gi.repository import GimpUi
-
-        GimpUi.init("inpaintd-gimp")
-        dialog = GimpUi.ProcedureDialog.new(procedure, config, "Inpaint")
-        dialog.fill(None)
-        ok = dialog.run()
-        dialog.destroy()
-        return bool(ok)
-
-    @staticmethod
-    def _fail(procedure, run_mode, message: str):
-        """One message through GIMP's message API. A script also gets the error status
-        (with the same sentence); an artist gets only the message."""
-        Gimp.message(message)
-        if run_mode == Gimp.RunMode.INTERACTIVE:
+    def _fail(procedure, run_mode, message: str, title: str):
+        """One message. An artist's run (the menu, Filters > Repeat) shows it in a dialog
+        over GIMP's window, as Krita does (GIMP puts a plug-in's ``Gimp.message`` in the
+        status bar, where it is easily missed), and ends as cancelled, so GIMP adds no
+        message of its own; a cancel the artist made shows nothing. A script gets the
+        message through GIMP's message API and the error status with the same sentence."""
+        if artist_run(run_mode):
+            if message != CANCELLED:
+                log.info("shown in a dialog: %s", message)
+                try:
+                    show_error(f"Inpaint ({title})", message)
+                except Exception:  # no display after all: GIMP's message API it is
+                    log.warning("could not show the error dialog", exc_info=True)
+                    Gimp.message(message)
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, None)
+        Gimp.message(message)
         return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR,
                                            GLib.Error(message))
 

@@ -44,8 +44,10 @@ def _save(name, data):
     return path
 
 
-def make_image(depth):
-    """Background with the known pixels, and a layer "Top" above it; Background active."""
+def make_image(depth, patches=False):
+    """Background with the known pixels, and a layer "Top" above it; Background active.
+    With ``patches``, "Top" holds the config's opaque squares (transparent elsewhere), so
+    the visible image differs from the Background there."""
     w, h = CONFIG["width"], CONFIG["height"]
     image = Gimp.Image.new_with_precision(w, h, Gimp.ImageBaseType.RGB, PRECISION[depth])
     background = Gimp.Layer.new(image, "Background", w, h, Gimp.ImageType.RGBA_IMAGE, 100.0,
@@ -58,12 +60,31 @@ def make_image(depth):
     top = Gimp.Layer.new(image, "Top", w, h, Gimp.ImageType.RGBA_IMAGE, 100.0,
                          Gimp.LayerMode.NORMAL)
     image.insert_layer(top, None, 0)
+    if patches:
+        buf = top.get_buffer()
+        for x, y, pw, ph in CONFIG["patches"]:
+            pixel = bytes([230, 20, 180, 255])
+            buf.set(Gegl.Rectangle.new(x, y, pw, ph), "R'G'B'A u8", pixel * (pw * ph))
+        buf.flush()
+        top.update(0, 0, w, h)
     image.set_selected_layers([background])
     return image, background
 
 
-def select_ellipse(image):
-    x, y, w, h = CONFIG["ellipse"]
+def visible(image, fmt):
+    """The image as it shows, read another way than the plug-in does: a duplicate of the
+    image with its visible layers merged."""
+    copy = image.duplicate()
+    try:
+        merged = copy.merge_visible_layers(Gimp.MergeType.CLIP_TO_IMAGE)
+        ox, oy = _last(merged.get_offsets(), 2)
+        return _get(merged, fmt, -ox, -oy, image.get_width(), image.get_height())
+    finally:
+        copy.delete()
+
+
+def select_ellipse(image, ellipse=None):
+    x, y, w, h = ellipse or CONFIG["ellipse"]
     image.select_ellipse(Gimp.ChannelOps.REPLACE, x, y, w, h)
     Gimp.Selection.feather(image, CONFIG["feather"])
 
@@ -89,26 +110,85 @@ def names(image):
     return [layer.get_name() for layer in image.get_layers()]
 
 
-def scenario_fill(key, depth, model, extra=None):
-    image, background = make_image(depth)
-    select_ellipse(image)
-    source_before = _get(background, FORMAT[depth])
-    status, error = call(image, background, model, CONFIG["endpoint"], extra)
+def selected(image):
+    return [layer.get_name() for layer in image.get_selected_layers()]
+
+
+def fill_once(key, image, drawable, background, depth, model, extra=None):
+    """One PDB fill from ``drawable``; the entry the tests check: status, the layer stack,
+    the new layer's pixels and place, the selection, the visible image the fill should
+    have seen (read before it), the Background after, and the layers selected after."""
+    fmt = FORMAT[depth]
+    source_before = _get(background, fmt)
+    seen = visible(image, fmt)
+    ids = {layer.get_id() for layer in image.get_layers()}
+    status, error = call(image, drawable, model, CONFIG["endpoint"], extra)
     entry = {"status": status.value_nick, "error": str(error) if error else None,
-             "layers": names(image)}
-    layers = image.get_layers()
-    new = next((layer for layer in layers if layer.get_name() not in ("Top", "Background")),
-               None)
+             "layers": names(image), "selected": selected(image)}
+    new = next((layer for layer in image.get_layers() if layer.get_id() not in ids), None)
     if new is not None:
         entry["offset"] = list(_last(new.get_offsets(), 2))
         entry["size"] = [new.get_width(), new.get_height()]
-        entry["layer"] = _save(f"{key}_layer.bin", _get(new, FORMAT[depth]))
+        entry["layer"] = _save(f"{key}_layer.bin", _get(new, fmt))
         entry["has_alpha"] = new.has_alpha()
+        entry["name"] = new.get_name()
     entry["selection"] = _save(f"{key}_selection.bin", _get(image.get_selection(), "Y u8"))
-    after = _get(background, FORMAT[depth])
+    entry["visible"] = _save(f"{key}_visible.bin", seen)
+    after = _get(background, fmt)
     entry["source_unchanged"] = after == source_before
     entry["source_after"] = _save(f"{key}_source_after.bin", after)
+    entry["dirty"] = image.is_dirty()
     RESULTS[key] = entry
+    return new
+
+
+def scenario_fill(key, depth, model, extra=None):
+    image, background = make_image(depth)
+    select_ellipse(image)
+    fill_once(key, image, background, background, depth, model, extra)
+    image.delete()
+
+
+def scenario_two_fills():
+    """An artist's two fills in a row, sample "visible" (the default): the second made
+    with the first fill's layer active, as GIMP leaves it, over a selection that overlaps
+    the first fill. "Top" holds opaque squares, one in each crop."""
+    image, background = make_image("U8", patches=True)
+    select_ellipse(image)
+    fill_once("two_fills_1", image, background, background, "U8", "lama")
+    select_ellipse(image, CONFIG["ellipse2"])
+    active = image.get_selected_layers()
+    RESULTS["two_fills_2_from"] = [layer.get_name() for layer in active]
+    fill_once("two_fills_2", image, active[0], background, "U8", "lama")
+    image.delete()
+
+
+def scenario_sample_layer():
+    """Sample "layer": the fill reads the Background alone, not "Top"'s square in the
+    crop; the Background stays the active layer."""
+    image, background = make_image("U8", patches=True)
+    select_ellipse(image)
+    fill_once("sample_layer", image, background, background, "U8", "lama",
+              {"sample": "layer"})
+    image.delete()
+
+
+def scenario_empty_visible():
+    """Nothing visible around the selection (the Background hidden): no fill from nothing."""
+    image, background = make_image("U8")
+    background.set_visible(False)
+    select_ellipse(image)
+    fill_once("empty_visible", image, background, background, "U8", "lama")
+    image.delete()
+
+
+def scenario_empty_layer():
+    """The old black box: fill, then fill the same spot again from the fill's own layer with
+    sample "layer". The layer is transparent outside the hole: no fill from nothing."""
+    image, background = make_image("U8")
+    select_ellipse(image)
+    first = fill_once("empty_layer_first", image, background, background, "U8", "lama")
+    fill_once("empty_layer", image, first, background, "U8", "lama", {"sample": "layer"})
     image.delete()
 
 
@@ -168,18 +248,33 @@ def scenario_menu():
     RESULTS["menu"] = entry
 
 
-def scenario_dialog():
-    """Run from the "menu" (interactive): the dialog opens with the saved settings, the
-    test presses Return (OK), and the fill goes to the server the dialog showed."""
-    image, background = make_image("U8")
-    select_ellipse(image)
-    proc = Gimp.get_pdb().lookup_procedure("plug-in-inpaintd-lama")
+def _interactive(image, drawable, model="lama"):
+    proc = Gimp.get_pdb().lookup_procedure(f"plug-in-inpaintd-{model}")
     config = proc.create_config()
     config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
     config.set_property("image", image)
-    config.set_core_object_array("drawables", [background])
-    result = proc.run(config)
+    config.set_core_object_array("drawables", [drawable])
+    return proc.run(config)
+
+
+def scenario_dialog():
+    """Run from the "menu" (interactive), three times. First the dialog opens with the
+    saved settings, the test presses Test connection, then OK, and the fill goes to the
+    server the dialog showed. Then with nothing selected: the test presses OK, and the
+    plug-in shows why it can't fill in a dialog of its own, which the test closes. Last,
+    Inpaint (PEN-Net)'s dialog, closed with Escape."""
+    image, background = make_image("U8")
+    select_ellipse(image)
+    result = _interactive(image, background)
     RESULTS["dialog"] = {"status": result.index(0).value_nick, "layers": names(image)}
+    Gimp.Selection.none(image)
+    before = names(image)
+    result = _interactive(image, background)
+    RESULTS["dialog_error"] = {"status": result.index(0).value_nick, "layers": names(image),
+                               "layers_before": before}
+    select_ellipse(image)
+    result = _interactive(image, background, "pennet")
+    RESULTS["dialog_pennet"] = {"status": result.index(0).value_nick, "layers": names(image)}
     image.delete()
 
 
@@ -261,7 +356,10 @@ def main():
                                               "feather": edited["feather"],
                                               "lama-model": edited["model"]})))
         jobs.append(("gray", scenario_gray))
-        jobs += [("no_selection", scenario_no_selection), ("no_server", scenario_no_server)]
+        jobs += [("no_selection", scenario_no_selection), ("no_server", scenario_no_server),
+                 ("two_fills", scenario_two_fills), ("sample_layer", scenario_sample_layer),
+                 ("empty_visible", scenario_empty_visible),
+                 ("empty_layer", scenario_empty_layer)]
     else:
         jobs = [(mode, {"dialog": scenario_dialog, "undo": scenario_undo,
                         "killed": scenario_killed, "vendored": scenario_vendored}[mode])]

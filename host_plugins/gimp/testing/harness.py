@@ -16,7 +16,8 @@ python3-msgpack and python3-numpy stand in for the vendored wheels).
 - :func:`run_batch` runs a script in ``gimp-console`` batch mode and returns its output;
   :func:`start_batch` starts it and returns the process.
 - :func:`run_accepting_dialog` does the same on an Xvfb display, pressing Return in the
-  plug-in's dialog when it appears (``xdotool``, inside the root).
+  plug-in's dialog when it appears (``xdotool``, inside the root); :func:`run_driving_dialogs`
+  goes through several dialogs in turn (:class:`Step`: keys, waits, screenshots).
 - :func:`run_gui_pressing` runs a script in GIMP's full GUI on Xvfb and presses a key in
   an image window when the script says it is ready (Ctrl+Z: the PDB has no undo).
 """
@@ -29,9 +30,9 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence, Union
 
 HERE = Path(__file__).resolve().parent
 TESTING = HERE.parents[1] / "testing"  # host_plugins/testing: roots.py, hostroot.py
@@ -225,6 +226,86 @@ def run_accepting_dialog(home: GimpHome, code: str, title: str,
             time.sleep(0.3)
         status, out = _finish(gimp, t0 + timeout)
     return status, out, found
+
+
+#: A :class:`Step` action: a key for ``xdotool key`` ("Return", "alt+t"); ("wait", a
+#: function that says when to go on, seconds at most); ("shot", a PNG path on this machine).
+Action = Union[str, tuple]
+
+#: Runs in the root: a PNG of one X window (GTK's own GdkX11, which the root's GIMP pulls in).
+_SHOT = ("import sys, gi; gi.require_version('Gdk', '3.0'); gi.require_version('GdkX11', "
+         "'3.0'); from gi.repository import Gdk, GdkX11; "
+         "w = GdkX11.X11Window.foreign_new_for_display(Gdk.Display.get_default(), "
+         "int(sys.argv[1])); "
+         "Gdk.pixbuf_get_from_window(w, 0, 0, w.get_width(), w.get_height())"
+         ".savev(sys.argv[2], 'png', [], [])")
+
+
+@dataclass
+class Step:
+    """One window a test waits for (``title``: a regular expression for its name) and what
+    it does there, in order. The next step starts once this window is gone (X reuses a
+    closed client's window ids, so a new dialog may have the old one's id)."""
+
+    title: str
+    actions: Sequence[Action] = ("Return",)
+    #: Filled in by :func:`run_driving_dialogs`: seconds from the start until the window
+    #: appeared (None: it never did), and the screenshots taken.
+    seen: Optional[float] = None
+    shots: list = field(default_factory=list)
+
+
+def _screenshot(home: GimpHome, env: dict[str, str], window: str, path: Path) -> bool:
+    inside = home.path / "shot.png"
+    cmd, environ = home.root.command(["python3", "-c", _SHOT, window,
+                                      home.root.inside(inside)], env)
+    done = subprocess.run(cmd, env=environ or None, capture_output=True, timeout=60)
+    if done.returncode != 0 or not inside.is_file():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(inside), str(path))
+    return True
+
+
+def run_driving_dialogs(home: GimpHome, code: str, steps: Sequence[Step],
+                        env: Optional[dict[str, str]] = None, timeout: float = 150
+                        ) -> tuple[int, str]:
+    """Run CODE in ``gimp-console`` on a private Xvfb display and go through ``steps``: for
+    each, wait for its window, then do its actions there (keys through XTEST, as a person
+    presses them). Returns (exit status, output); each step records when its window came
+    and its screenshots."""
+    with home.root.xvfb() as display:
+        xenv = home.env({**(env or {}), "DISPLAY": display})
+        t0 = time.monotonic()
+        gimp = home.root.popen(batch_argv(code), xenv, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, errors="replace")
+        for step in steps:
+            window = None
+            while window is None and gimp.poll() is None and time.monotonic() - t0 < timeout:
+                found = _windows(home, xenv, step.title)
+                if found:
+                    window = found[0]
+                    break
+                time.sleep(0.3)
+            if window is None:
+                break
+            step.seen = time.monotonic() - t0
+            time.sleep(1.0)  # let GTK finish mapping it
+            for action in step.actions:
+                if isinstance(action, str):
+                    _press(home, xenv, window, action)
+                elif action[0] == "wait":
+                    until = time.monotonic() + action[2]
+                    while not action[1]() and time.monotonic() < until:
+                        time.sleep(0.2)
+                    time.sleep(0.5)  # the dialog redraws after what it waited for
+                elif action[0] == "shot" and _screenshot(home, xenv, window, action[1]):
+                    step.shots.append(action[1])
+            while window in _windows(home, xenv, step.title) and gimp.poll() is None and \
+                    time.monotonic() - t0 < timeout:
+                time.sleep(0.3)
+        status, out = _finish(gimp, t0 + timeout)
+    return status, out
 
 
 def run_gui_pressing(home: GimpHome, code: str, ready: str, window: str, key: str,

@@ -19,6 +19,7 @@ import logging
 import queue
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from inpaintd.protocol.plugin.errors import PluginError, describe_error
@@ -32,6 +33,7 @@ from inpaintd.protocol.plugin.fill import (
     prepare_inputs,
     resolve_model,
 )
+from inpaintd.protocol.plugin.local_server import LocalServer, read_record
 from inpaintd.protocol.plugin.settings import (
     PluginSettings,
     load_settings,
@@ -47,6 +49,23 @@ log = logging.getLogger("inpaintd.krita")
 
 HOST = "krita"
 CLIENT_NAME = "krita-plugin"
+_LOCAL_SERVER: Optional[LocalServer] = None
+
+
+def local_server() -> LocalServer:
+    """The one server this Krita may start on this computer (see ``local_server``); its
+    command is what the installer recorded beside the plug-in (a bundle has none)."""
+    global _LOCAL_SERVER
+    if _LOCAL_SERVER is None:
+        _LOCAL_SERVER = LocalServer(read_record(Path(__file__).resolve().parent),
+                                    log_path(f"{HOST}-server"), exit_with_parent=True)
+    return _LOCAL_SERVER
+
+
+def stop_local_server() -> None:
+    """Krita is quitting: stop the server this plug-in started (never another one)."""
+    if _LOCAL_SERVER is not None:
+        _LOCAL_SERVER.stop()
 
 
 @dataclass
@@ -107,7 +126,7 @@ class FillController(QObject):
                 raise PluginError(problems[0])
             model, refine = resolve_model(self.model.name, self.settings)
             plan, pixels, mask, source = krita_io.read_for_fill(
-                doc, node, model, self.settings.context_margin, refine)
+                doc, node, model, self.settings.context_margin, refine, self.settings.sample)
             rgba, soft, hole = prepare_inputs(plan, pixels, mask, self.settings.grow,
                                               self.settings.feather)
         except Exception as exc:  # a sentence for the artist; the traceback to the log
@@ -119,7 +138,8 @@ class FillController(QObject):
         self._timings["read_ms"] = (time.perf_counter() - self._t0) * 1000
         self._source, self._plan = source, plan
         self.job = FillJob(self.settings, plan, rgba, soft, hole, self._updates.put,
-                           client_name=CLIENT_NAME, log_file=self.log_file)
+                           client_name=CLIENT_NAME, log_file=self.log_file,
+                           local_server=local_server())
         self._timer.start()
         self.job.start()
 
@@ -141,7 +161,8 @@ class FillController(QObject):
             result.crop = self._plan.crop
         self.result = result
         if result.message and not result.ok:
-            log.info("fill with %s ended: %s", self.model.name, result.message)
+            asked = self._plan.model.name if self._plan is not None else self.model.name
+            log.info("fill with %s ended: %s", asked, result.message)
         self.finished.emit(result)
 
     def _drain(self) -> None:

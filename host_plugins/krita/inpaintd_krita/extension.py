@@ -7,6 +7,7 @@ enabled-only-with-a-selection rule is in ``inpaintd_krita.action`` (activationFl
 
 from __future__ import annotations
 
+import atexit
 import logging
 from typing import Any, Optional
 
@@ -65,6 +66,17 @@ class InpaintExtension(Extension):
 
         if VENDOR_PROBLEM:
             log.error("inpaintd: %s", VENDOR_PROBLEM)
+            return
+        # A server this plug-in starts stops when Krita quits (never one it did not start).
+        try:
+            from .controller import stop_local_server
+        except ImportError as exc:
+            log.warning("inpaintd: no local server management: %s", exc)
+            return
+        notifier = Krita.instance().notifier()
+        notifier.setActive(True)  # its signals are off until asked for
+        notifier.applicationClosing.connect(stop_local_server)
+        atexit.register(stop_local_server)  # kritarunner ends without applicationClosing
 
     def createActions(self, window: Any) -> None:
         try:

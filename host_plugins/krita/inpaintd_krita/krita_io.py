@@ -4,8 +4,11 @@ Facts this relies on (checked in Krita 5.1.5, see docs/krita.md):
 
 - ``pixelData`` is B,G,R,A for 8- and 16-bit integer RGBA and R,G,B,A for 32-bit float.
 - ``doc.selection()`` is live: it is duplicated before use. It may be None or empty.
-- A group (or vector, file, clone, fill) layer has no pixels of its own: its projection is
-  what the artist sees, so that is what is read.
+- ``doc.pixelData`` is the image's projection: every visible layer merged, what the artist
+  sees. It is what a fill reads by default (the settings' "sample: visible image"), so a
+  second fill made while the first fill's layer is active still sees the picture.
+- With "sample: current layer", a group (or vector, file, clone, fill) layer has no pixels of
+  its own: its projection is what the artist sees of it, so that is what is read.
 - ``setPixelData`` on a layer in the image is not undoable, ``addChildNode`` is: the result
   is written into a fresh node *before* it is inserted, so one undo removes the fill and the
   artist's layer is never written.
@@ -37,6 +40,7 @@ from inpaintd.protocol.plugin.errors import (
     unsupported_colour,
 )
 from inpaintd.protocol.plugin.fill import FillPlan, ModelChoice, plan_fill
+from inpaintd.protocol.plugin.settings import SAMPLE_VISIBLE
 
 log = logging.getLogger("inpaintd.krita")
 
@@ -56,14 +60,19 @@ class Source:
     """What a fill read, captured on the GUI thread when the fill started."""
 
     doc: Any              # krita.Document
-    node_id: Any          # QUuid of the source layer; None: the image's root
+    node_id: Any          # QUuid of the layer the result goes above; None: the image's root
     canvas: Bounds
-    colour: tuple[str, str, str]  # the source's (model, depth, profile)
+    colour: tuple[str, str, str]  # the (model, depth, profile) of the pixels read
     converted: bool       # True when the pixels were converted to RGBA for the server
 
 
 def colour_of(node: Any) -> tuple[str, str, str]:
     return node.colorModel(), node.colorDepth(), node.colorProfile()
+
+
+def document_colour(doc: Any) -> tuple[str, str, str]:
+    """The colour space of the document's projection (what ``doc.pixelData`` returns)."""
+    return doc.colorModel(), doc.colorDepth(), doc.colorProfile()
 
 
 def source_layer(node: Any) -> Any:
@@ -104,9 +113,13 @@ def _scratch(doc: Any, colour: tuple[str, str, str]) -> Any:
     return node
 
 
-def read_for_fill(doc: Any, node: Any, model: ModelChoice, margin: int, refine: bool = False
-                  ) -> tuple[FillPlan, bytes, bytes, Source]:
-    """Plan the fill and read the crop's pixels (host order) and selection (1 byte/pixel)."""
+def read_for_fill(doc: Any, node: Any, model: ModelChoice, margin: int, refine: bool = False,
+                  sample: str = SAMPLE_VISIBLE) -> tuple[FillPlan, bytes, bytes, Source]:
+    """Plan the fill and read the crop's pixels (host order) and selection (1 byte/pixel).
+
+    ``sample``: ``"visible"`` reads the image as shown (the document's projection),
+    ``"layer"`` the active layer alone; the result goes above the active layer either way.
+    """
     if doc is None:
         raise PluginError(NO_LAYER)
     node = source_layer(node)
@@ -114,7 +127,8 @@ def read_for_fill(doc: Any, node: Any, model: ModelChoice, margin: int, refine: 
         raise PluginError(NO_LAYER)
     selection, bounds = selection_bounds(doc)
     canvas = Bounds(0, 0, doc.width(), doc.height())
-    colour = colour_of(node)
+    visible = sample == SAMPLE_VISIBLE
+    colour = document_colour(doc) if visible else colour_of(node)
     cmodel, depth, _profile = colour
     direct = cmodel == "RGBA" and depth in ORDER
     send_depth = depth if direct else _CONVERT_DEPTH.get(depth)
@@ -122,7 +136,11 @@ def read_for_fill(doc: Any, node: Any, model: ModelChoice, margin: int, refine: 
         raise PluginError(unsupported_colour(cmodel, depth))
     plan = plan_fill(bounds, canvas, margin, model, send_depth, ORDER[send_depth], refine)
     crop = plan.crop
-    pixels = _raw_pixels(node, crop)
+    if visible:
+        doc.waitForDone()  # strokes still being applied reach the projection first
+        pixels = bytes(doc.pixelData(crop.x, crop.y, crop.width, crop.height))
+    else:
+        pixels = _raw_pixels(node, crop)
     if not direct:
         scratch = _scratch(doc, colour)
         scratch.setPixelData(pixels, crop.x, crop.y, crop.width, crop.height)

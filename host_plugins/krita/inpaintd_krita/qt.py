@@ -53,6 +53,7 @@ QHBoxLayout = QtWidgets.QHBoxLayout
 QLabel = QtWidgets.QLabel
 QLineEdit = QtWidgets.QLineEdit
 QMessageBox = QtWidgets.QMessageBox
+QProgressBar = QtWidgets.QProgressBar
 QProgressDialog = QtWidgets.QProgressDialog
 QPushButton = QtWidgets.QPushButton
 QSpinBox = QtWidgets.QSpinBox
@@ -63,4 +64,4 @@ __all__ = ["QT_MAJOR", "QtCore", "QtGui", "QtWidgets", "QAction", "Qt", "QByteAr
            "QEventLoop", "QObject", "QTimer", "pyqtSignal", "QImage", "QApplication",
            "QCheckBox", "QComboBox", "QDialog", "QDialogButtonBox", "QDoubleSpinBox",
            "QFileDialog", "QFormLayout", "QHBoxLayout", "QLabel", "QLineEdit", "QMessageBox",
-           "QProgressDialog", "QPushButton", "QSpinBox", "QVBoxLayout", "QWidget"]
+           "QProgressBar", "QProgressDialog", "QPushButton", "QSpinBox", "QVBoxLayout", "QWidget"]

@@ -16,8 +16,16 @@ import threading
 from typing import Any, Mapping, Optional
 
 from inpaintd.protocol.plugin.connection import ConnectionReport, check_connection
-from inpaintd.protocol.plugin.model_picker import entry_label, fetch_hint, lama_entries
+from inpaintd.protocol.plugin.model_picker import (
+    ModelEntry,
+    entry_label,
+    fetch_hint,
+    lama_entries,
+    DEFAULT_LAMA_MODEL,
+    missing_model_sentence,
+)
 from inpaintd.protocol.plugin.settings import (
+    SAMPLE_CHOICES,
     PluginSettings,
     load_settings,
     save_settings,
@@ -25,6 +33,7 @@ from inpaintd.protocol.plugin.settings import (
 )
 
 from .qt import (
+    Qt,
     QCheckBox,
     QComboBox,
     QDialog,
@@ -35,6 +44,7 @@ from .qt import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QSpinBox,
     QTimer,
@@ -90,6 +100,24 @@ class SettingsDialog(QDialog):
         self.model_hint = QLabel("")
         self.model_hint.setObjectName("inpaintd_model_hint")
         self.model_hint.setWordWrap(True)
+        self.model_hint.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.sample = QComboBox()
+        self.sample.setObjectName("inpaintd_sample")
+        for value, label in SAMPLE_CHOICES.items():
+            self.sample.addItem(label, value)
+        self.sample.setCurrentIndex(max(0, self.sample.findData(current.sample)))
+        self.sample.setToolTip("Visible image: fill from the picture as you see it, every "
+                               "visible layer merged. Current layer: from the active layer "
+                               "alone. The fill always goes just above the active layer.")
+        #: The server's LaMa models from the last Test connection (None: not tested).
+        self._entries: Optional[list[ModelEntry]] = None
+        self.start_server = QCheckBox("Start the server on this computer when none is running")
+        self.start_server.setObjectName("inpaintd_start_server")
+        self.start_server.setChecked(current.start_server)
+        self.start_server.setToolTip("With a 127.0.0.1 address: the first fill starts the "
+                                     "inpaintd that installed this plug-in, and Krita stops "
+                                     "it when it quits. A remote address never starts "
+                                     "anything.")
         self.refine = QCheckBox("Refine large holes (LaMa's high-resolution mode; slow)")
         self.refine.setChecked(current.refine)
         self.timeout = QDoubleSpinBox()
@@ -102,9 +130,26 @@ class SettingsDialog(QDialog):
         self.status.setWordWrap(True)
         self.test_button = QPushButton("Test connection")
         self.test_button.clicked.connect(self.test_connection)
+        # "Download NAME" for a model the server on this computer lacks (hidden otherwise)
+        self.download_button = QPushButton("Download")
+        self.download_button.setObjectName("inpaintd_download")
+        self.download_button.setVisible(False)
+        self.download_button.clicked.connect(self.toggle_download)
+        self.download_progress = QProgressBar()
+        self.download_progress.setObjectName("inpaintd_download_progress")
+        self.download_progress.setRange(0, 100)
+        self.download_progress.setVisible(False)
+        self._download: Any = None
+        self._download_name = ""
+        self._select_after_test: Optional[str] = None
+        self._download_events: "queue.SimpleQueue[tuple[str, Any]]" = queue.SimpleQueue()
+        self._download_poll = QTimer(self)
+        self._download_poll.setInterval(100)
+        self._download_poll.timeout.connect(self._check_download)
 
         form = QFormLayout()
         form.addRow("Server address", self.endpoint)
+        form.addRow("", self.start_server)
         form.addRow("Server key file",
                     self._with_browse(self.server_key, "Server key (server.key)"))
         form.addRow("Client key file", self._with_browse(self.client_key,
@@ -112,6 +157,7 @@ class SettingsDialog(QDialog):
         form.addRow("Context margin", self.margin)
         form.addRow("Grow selection", self.grow)
         form.addRow("Feather edge", self.feather)
+        form.addRow("Sample", self.sample)
         form.addRow("LaMa model", self.lama_model)
         form.addRow("", self.model_hint)
         form.addRow("", self.refine)
@@ -124,10 +170,13 @@ class SettingsDialog(QDialog):
         layout.addLayout(form)
         row = QHBoxLayout()
         row.addWidget(self.test_button)
+        row.addWidget(self.download_button)
+        row.addWidget(self.download_progress, 1)
         row.addStretch(1)
         layout.addLayout(row)
         layout.addWidget(self.status)
         layout.addWidget(buttons)
+        self.setMinimumWidth(520)  # room for the hint and the test's sentence, wrapped
         self._reports: "queue.SimpleQueue[ConnectionReport]" = queue.SimpleQueue()
         self._poll = QTimer(self)
         self._poll.setInterval(50)
@@ -159,7 +208,9 @@ class SettingsDialog(QDialog):
                               connect_timeout_s=self._connect_timeout,
                               grow=int(self.grow.value()), feather=int(self.feather.value()),
                               lama_model=self._picked_model(),
-                              refine=bool(self.refine.isChecked()))
+                              refine=bool(self.refine.isChecked()),
+                              sample=str(self.sample.currentData() or "visible"),
+                              start_server=bool(self.start_server.isChecked()))
 
     def _picked_model(self) -> str:
         """The combo's model name (its item data; typed text when edited by hand)."""
@@ -173,15 +224,97 @@ class SettingsDialog(QDialog):
         ones the server knows of but lacks."""
         current = self._picked_model()
         entries = lama_entries(welcome)
+        self._entries = entries
         self.lama_model.clear()
         for entry in entries:
             self.lama_model.addItem(entry_label(entry), entry.name)
+        hint = fetch_hint(entries)
+        if any(m.name == current and m.missing for m in entries):
+            # A model the server lacks is never kept picked: the bundled one runs instead.
+            hint = missing_model_sentence(current) + " " + hint
+            current = DEFAULT_LAMA_MODEL
         index = self.lama_model.findData(current)
         if index < 0:
             self.lama_model.addItem(current, current)
             index = self.lama_model.count() - 1
         self.lama_model.setCurrentIndex(index)
-        self.model_hint.setText(fetch_hint(entries))
+        self._offer_download(entries, settings_local=self.settings())
+        if not self.download_button.isHidden():  # (the dialog itself may not be shown yet)
+            hint = (f"{self._download_name} is not on this computer's server yet: Download "
+                    f"gets it (the official weights, checked against their md5; Cancel keeps "
+                    f"what came, and Download again resumes).")
+        self.model_hint.setText(hint.strip())
+        self.adjustSize()  # the whole hint, however many lines it wraps to
+
+    def _offer_download(self, entries: list[ModelEntry], settings_local: PluginSettings
+                        ) -> None:
+        """Show "Download NAME" when the server is this computer's and lacks a model the
+        plug-in's inpaintd can fetch; a remote server's admin gets the command instead."""
+        from inpaintd.protocol.plugin.local_server import is_local
+
+        from .controller import local_server
+
+        missing = [m.name for m in entries if m.missing]
+        command = local_server().command
+        offer = bool(missing) and command is not None and is_local(settings_local.endpoint)
+        if offer and self._download is None:
+            self._download_name = missing[0]
+            self.download_button.setText(f"Download {missing[0]}")
+        self.download_button.setVisible(offer or self._download is not None)
+
+    def toggle_download(self) -> None:
+        """Start the download, or cancel the one running (its partial file is kept)."""
+        if self._download is not None:
+            self._download.cancel()
+            return
+        from inpaintd.protocol.plugin.model_download import ModelDownload
+        from inpaintd.protocol.plugin.settings import log_path
+
+        from .controller import local_server
+
+        command = local_server().command
+        if command is None:
+            return
+        events = self._download_events
+        self._download = ModelDownload(
+            command, self._download_name, log_path("krita-download"),
+            lambda fraction, text: events.put(("progress", (fraction, text))))
+        self._download.start()
+        download = self._download
+
+        def wait() -> None:
+            events.put(("done", download.wait()))
+
+        threading.Thread(target=wait, name="inpaintd-download-wait", daemon=True).start()
+        self.download_button.setText("Cancel download")
+        self.download_progress.setValue(0)
+        self.download_progress.setVisible(True)
+        self._show(f"Downloading {self._download_name}...", True)
+        self._download_poll.start()
+
+    def _check_download(self) -> None:
+        while True:
+            try:
+                kind, value = self._download_events.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "progress":
+                fraction, text = value
+                self.download_progress.setValue(int(round(fraction * 100)))
+                self._show(text, True)
+                continue
+            self._download_poll.stop()
+            self._download = None
+            self.download_progress.setVisible(False)
+            name = self._download_name
+            self.download_button.setText(f"Download {name}")
+            if value is None:
+                self._show(f"{name} is on this computer's server now.", True)
+                self._select_after_test = name
+                self.test_connection()  # the server lists it without a restart
+            else:
+                self._show(value, False)
+            return
 
     def _show(self, text: str, ok: bool) -> None:
         self.status.setStyleSheet("" if ok else "color: #c0392b;")
@@ -215,10 +348,17 @@ class SettingsDialog(QDialog):
         self._show(report.sentence, report.ok)
         if report.welcome is not None:
             self.show_models(report.welcome)
+            pick = self._select_after_test
+            if pick and self.lama_model.findData(pick) >= 0:
+                self.lama_model.setCurrentIndex(self.lama_model.findData(pick))
+            self._select_after_test = None
 
     def save_and_close(self) -> None:
         settings = self.settings()
         problems = settings.problems()
+        if self._entries is not None and any(m.name == settings.lama_model and m.missing
+                                             for m in self._entries):
+            problems.insert(0, missing_model_sentence(settings.lama_model))
         if problems:
             self._show(problems[0], False)
             return

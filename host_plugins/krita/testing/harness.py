@@ -326,9 +326,12 @@ def run_gui(home: KritaHome, config: dict[str, Any], timeout: float = 300.0,
     cfg_path.write_text(json.dumps(_to_inside(home, config)))
     add_driver(home)
     log = out / "krita-gui.log"
-    with home.host.root.xvfb(screen) as display:
-        env = home.env(INPAINTD_KRITA_GUI_TEST=home.inside(cfg_path), DISPLAY=display,
-                       PYTHONFAULTHANDLER="1")
-        env.pop("QT_QPA_PLATFORM", None)
-        rc, _ = home.host.root.run(["krita", "--nosplash"], env, timeout, log)
+    for _ in range(3):  # again on a fresh display if this one went away under Krita
+        with home.host.root.xvfb(screen) as display:
+            env = home.env(INPAINTD_KRITA_GUI_TEST=home.inside(cfg_path), DISPLAY=display,
+                           PYTHONFAULTHANDLER="1")
+            env.pop("QT_QPA_PLATFORM", None)
+            rc, output = home.host.root.run(["krita", "--nosplash"], env, timeout, log)
+        if (out / "gui.json").is_file() or "could not connect to display" not in output:
+            break
     return _results(home, out / "gui.json", rc, log, "Krita's GUI")

@@ -54,7 +54,9 @@ class Scenarios:
                                  "pyqt": qt.QtCore.__name__.split(".")[0],
                                  "python": sys.version.split()[0]}
         self.settings = PluginSettings(endpoint=config["endpoint"], margin=config["margin"])
-        self.dead = PluginSettings(endpoint=config["dead_endpoint"], margin=config["margin"])
+        # nothing there, and the plug-in told not to start a server of its own
+        self.dead = PluginSettings(endpoint=config["dead_endpoint"], margin=config["margin"],
+                                   start_server=False)
 
     # --- helpers ---
 
@@ -66,15 +68,16 @@ class Scenarios:
         doc.waitForDone()
         return doc
 
-    def select_ellipse(self, doc: Any) -> None:
+    def select_ellipse(self, doc: Any, box: Any = None) -> None:
         from krita import Selection
         from inpaintd_krita.qt import QByteArray  # PyQt5 or PyQt6, as this Krita has
 
         sel = Selection()
-        sel.setPixelData(QByteArray(_ellipse(self.w, self.h, self.cfg["ellipse"])), 0, 0,
-                         self.w, self.h)
+        sel.setPixelData(QByteArray(_ellipse(self.w, self.h, box or self.cfg["ellipse"])),
+                         0, 0, self.w, self.h)
         sel.feather(self.cfg["feather"])
         doc.setSelection(sel)
+        doc.refreshProjection()  # pixels a script set reach what the artist would see
         doc.waitForDone()
 
     def dump(self, name: str, data: Any) -> str:
@@ -154,8 +157,159 @@ class Scenarios:
         doc.waitForDone()
         self.select_ellipse(doc)
         t = time.perf_counter()
-        result = self.controller.fill(doc, group, "lama", self.settings)
+        from dataclasses import replace  # the group alone: what it shows of itself
+
+        result = self.controller.fill(doc, group, "lama", replace(self.settings, sample="layer"))
         self.record("group", doc, group, result, t)
+
+    def two_fills(self) -> None:
+        """An artist's second fill: the first fill's layer is active (Krita makes a new
+        layer active), another area is selected, and Inpaint runs again."""
+        doc = self.document("two_fills")
+        background = doc.rootNode().childNodes()[0]
+        background.setPixelData(self.pixels("U8"), 0, 0, self.w, self.h)
+        self.select_ellipse(doc)
+        first = self.controller.fill(doc, background, "lama", self.settings)
+        entry: dict[str, Any] = {"first_ok": first.ok, "first_message": first.message}
+        if first.ok:
+            # headless Krita has no view, so no active node: the fill is handed the node
+            # a GUI Krita makes active after a fill, the first fill's layer
+            self.select_ellipse(doc, self.cfg["ellipse2"])
+            entry["active"] = first.node.name()
+            entry["visible_before"] = self.dump("two_visible", doc.pixelData(
+                0, 0, self.w, self.h))
+            entry["selection"] = self.dump("two_selection", doc.selection().pixelData(
+                0, 0, self.w, self.h))
+            t = time.perf_counter()
+            second = self.controller.fill(doc, first.node, "lama", self.settings)
+            entry.update(ok=second.ok, message=second.message,
+                         seconds=time.perf_counter() - t,
+                         crop=list(second.crop) if second.crop is not None else None,
+                         layers=[n.name() for n in doc.rootNode().childNodes()])
+            if second.ok:
+                entry["layer"] = self.dump("two_layer", second.node.pixelData(
+                    0, 0, self.w, self.h))
+                entry["first_layer_after"] = self.dump("two_first", first.node.pixelData(
+                    0, 0, self.w, self.h))
+            # the same, reading the current layer alone: nothing around the hole to use
+            from dataclasses import replace
+
+            self.select_ellipse(doc, self.cfg["ellipse3"])  # away from the first fill
+            alone = self.controller.fill(doc, first.node, "lama",
+                                         replace(self.settings, sample="layer"))
+            entry.update(layer_sample_ok=alone.ok, layer_sample_message=alone.message,
+                         layers_after=[n.name() for n in doc.rootNode().childNodes()])
+        self.results["two_fills"] = entry
+
+    def sample_layer(self) -> None:
+        """Sample "current layer": the layer's own pixels, not what is above it."""
+        from dataclasses import replace
+
+        doc = self.document("sample_layer")
+        root = doc.rootNode()
+        background = root.childNodes()[0]
+        background.setPixelData(self.pixels("U8"), 0, 0, self.w, self.h)
+        cover = doc.createNode("Cover", "paintlayer")
+        cover.setPixelData(bytes([0, 0, 255, 255]) * (self.w * self.h), 0, 0, self.w, self.h)
+        root.addChildNode(cover, background)
+        doc.waitForDone()
+        self.select_ellipse(doc)
+        t = time.perf_counter()
+        result = self.controller.fill(doc, background, "lama",
+                                      replace(self.settings, sample="layer"))
+        self.record("sample_layer", doc, background, result, t)
+
+    def empty_context(self) -> None:
+        """Nothing visible around the selection: say so, add nothing."""
+        doc = self.document("empty_context")
+        background = doc.rootNode().childNodes()[0]
+        background.setPixelData(bytes(4 * self.w * self.h), 0, 0, self.w, self.h)
+        self.select_ellipse(doc)
+        t = time.perf_counter()
+        result = self.controller.fill(doc, background, "lama", self.settings)
+        self.record("empty_context", doc, background, result, t)
+
+    def autostart(self) -> None:
+        """No server at this computer's address: the first fill starts the one the
+        installer recorded, and fills; the second reuses it. A remote address starts
+        nothing. Krita's exit stops it (the test checks the pid afterwards)."""
+        from dataclasses import replace
+
+        started = self.controller.local_server()
+        entry: dict[str, Any] = {"recorded": started.command is not None}
+        settings = replace(self.settings, endpoint=self.cfg["autostart_endpoint"])
+        doc = self.document("autostart")
+        background = doc.rootNode().childNodes()[0]
+        background.setPixelData(self.pixels("U8"), 0, 0, self.w, self.h)
+        self.select_ellipse(doc)
+        for key in ("first", "second"):
+            t = time.perf_counter()
+            result = self.controller.fill(doc, background, "lama", settings)
+            entry[key] = {"ok": result.ok, "message": result.message,
+                          "seconds": time.perf_counter() - t, "timings": result.timings}
+            if result.ok:
+                entry[key]["layer"] = self.dump(f"autostart_{key}", result.node.pixelData(
+                    0, 0, self.w, self.h))
+                entry[key]["crop"] = list(result.crop)
+                result.node.remove()
+                doc.waitForDone()
+        entry["selection"] = self.dump("autostart_selection", doc.selection().pixelData(
+            0, 0, self.w, self.h))
+        process = started.started
+        entry["pid"] = process.pid if process is not None else None
+        remote = replace(self.settings, endpoint="tcp://192.0.2.1:5557", connect_timeout_s=0.5)
+        t = time.perf_counter()
+        result = self.controller.fill(doc, background, "lama", remote)
+        entry["remote"] = {"ok": result.ok, "message": result.message,
+                           "seconds": time.perf_counter() - t}
+        after = started.started
+        entry["pid_after_remote"] = after.pid if after is not None else None
+        self.results["autostart"] = entry
+
+    def download_dialog(self) -> None:
+        """Inpaint settings against this computer's server, which lacks big-lama: the
+        dialog offers "Download big-lama" (this machine's Krita only: a Krita in a Debian
+        root has no inpaintd to run), shows progress, cancels, resumes, and says why the
+        stand-in file the test mirror serves is refused."""
+        os.environ["INPAINTD_FETCH_BASE_URL"] = self.cfg["mirror"]
+        os.environ["INPAINTD_HOME"] = self.cfg["download_home"]
+        from inpaintd.protocol.plugin.connection import check_connection
+        from inpaintd_krita.qt import QApplication
+        from inpaintd_krita.settings_dialog import SettingsDialog
+
+        def spin(until: Any, timeout: float) -> bool:
+            deadline = time.monotonic() + timeout
+            while not until():
+                if time.monotonic() > deadline:
+                    return False
+                QApplication.processEvents()
+                time.sleep(0.02)
+            return True
+
+        dialog = SettingsDialog(None)
+        dialog.endpoint.setText(self.cfg["endpoint"])
+        report = check_connection(dialog.settings(), "krita-plugin")
+        dialog.show_models(report.welcome or {})
+        button = dialog.download_button
+        entry: dict[str, Any] = {"visible": button.isVisible() or not button.isHidden(),
+                                 "text": button.text(),
+                                 "hint": dialog.model_hint.text()}
+        if not button.isHidden():
+            seen: list[int] = []
+            button.click()
+            spin(lambda: (seen.append(dialog.download_progress.value()) or
+                          dialog.download_progress.value() >= 20), 60)
+            entry["status_while"] = dialog.status.text()
+            button.click()  # Cancel
+            spin(lambda: dialog._download is None, 30)
+            entry["cancelled"] = dialog.status.text()
+            entry["progress_seen"] = max(seen) if seen else 0
+            button.click()  # Download again: resumes
+            spin(lambda: dialog._download is None, 120)
+            entry["final"] = dialog.status.text()
+            entry["button_after"] = button.text()
+        dialog.reject()
+        self.results["download_dialog"] = entry
 
     def selection_mask(self) -> None:
         """A scripted selection leaves the global "Selection Mask" node under the root (in
