@@ -300,18 +300,24 @@ def test_active_selection_mask_fills_from_the_image(headless: dict[str, Any],
     assert entry["ok"], entry["message"]
     assert entry["children"][-1] == "LaMa" or entry["children"][-2:] == ["LaMa",
                                                                        "Selection Mask"]
-    x, y, w, h = entry["crop"]
+    _assert_servers_fill(entry, _read(entry, "projection", "U8"), server.endpoint)
+    np.testing.assert_array_equal(_read(entry, "source_after", "U8"), pixels["U8"])
+
+
+def _assert_servers_fill(entry: dict[str, Any], image: np.ndarray, endpoint: str) -> np.ndarray:
+    """The U8 layer equals, where it shows, the server's fill of ``image``'s crop with the
+    default grow and feather; returns those pixels (RGB)."""
     from inpaintd.protocol import Client
     from inpaintd.protocol.plugin.selection_edit import edited_selection
 
-    projection = _read(entry, "projection", "U8")
+    x, y, w, h = entry["crop"]
     hole, alpha = edited_selection(_selection(entry)[y:y + h, x:x + w], DEFAULT_GROW,
                                    DEFAULT_FEATHER)
-    with Client(server.endpoint) as client:
-        expected = client.inpaint(projection[y:y + h, x:x + w], hole, model="lama")
+    with Client(endpoint) as client:
+        expected = client.inpaint(image[y:y + h, x:x + w], hole, model="lama")
     got = _read(entry, "layer", "U8")[y:y + h, x:x + w]
     np.testing.assert_array_equal(got[alpha > 0][:, :3], expected[alpha > 0][:, :3])
-    np.testing.assert_array_equal(_read(entry, "source_after", "U8"), pixels["U8"])
+    return got[alpha > 0][:, :3]
 
 
 def test_second_fill_in_a_row_fills_from_the_visible_image(headless: dict[str, Any],
@@ -320,24 +326,16 @@ def test_second_fill_in_a_row_fills_from_the_visible_image(headless: dict[str, A
     the image as shown (background + first fill), equal to the server's fill of that crop,
     and lands above the first; reading that layer alone where it is transparent says there
     is nothing to fill from, and adds nothing (no black box)."""
-    from inpaintd.protocol import Client
     from inpaintd.protocol.plugin.errors import EMPTY_CONTEXT
-    from inpaintd.protocol.plugin.selection_edit import edited_selection
 
     entry = headless["two_fills"]
     assert entry["first_ok"], entry["first_message"]
     assert entry["active"] == "LaMa"
     assert entry["ok"], entry["message"]
     assert entry["layers"][:3] == ["Background", "LaMa", "LaMa"]
-    x, y, w, h = entry["crop"]
-    visible = _read(entry, "visible_before", "U8")
-    hole, alpha = edited_selection(_selection(entry)[y:y + h, x:x + w], DEFAULT_GROW,
-                                   DEFAULT_FEATHER)
-    with Client(server.endpoint) as client:
-        expected = client.inpaint(visible[y:y + h, x:x + w], hole, model="lama")
-    got = _read(entry, "layer", "U8")[y:y + h, x:x + w]
-    np.testing.assert_array_equal(got[alpha > 0][:, :3], expected[alpha > 0][:, :3])
-    assert got[alpha > 0][:, :3].mean() > 20  # not the black box of old
+    filled = _assert_servers_fill(entry, _read(entry, "visible_before", "U8"),
+                                  server.endpoint)
+    assert filled.mean() > 20  # not the black box of old
     assert not entry["layer_sample_ok"]
     assert entry["layer_sample_message"] == EMPTY_CONTEXT
     assert entry["layers_after"] == entry["layers"]
@@ -388,6 +386,9 @@ def test_no_server_the_first_fill_starts_one(headless: dict[str, Any], host: Any
     assert "server_start_ms" in entry["first"]["timings"]
     assert "server_start_ms" not in entry["second"]["timings"]
     assert entry["pid"] is not None and entry["pid_after_remote"] == entry["pid"]
+    print(f"{host.name}: no server running; first fill {entry['first']['seconds']:.1f} s "
+          f"(server start {entry['first']['timings']['server_start_ms'] / 1000:.1f} s), "
+          f"second {entry['second']['seconds']:.1f} s")
     import time
 
     deadline = time.monotonic() + 30  # Krita quit at the end of the run: its server goes
@@ -504,6 +505,8 @@ def gui(tmp: Path, host: Any, headless: dict[str, Any], server: Any) -> dict[str
     if keep and results.get("screenshot"):
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy2(results["screenshot"], Path(keep) / f"{host.name}.png")
+        if results.get("settings_screenshot"):
+            shutil.copy2(results["settings_screenshot"], Path(keep) / f"{host.name}-settings.png")
     return results
 
 

@@ -244,7 +244,15 @@ class SettingsDialog(QDialog):
                     f"gets it (the official weights, checked against their md5; Cancel keeps "
                     f"what came, and Download again resumes).")
         self.model_hint.setText(hint.strip())
-        self.adjustSize()  # the whole hint, however many lines it wraps to
+        self._fit_hint()
+
+    def _fit_hint(self) -> None:
+        """Show the whole hint, however many lines it wraps to: a word-wrapped label in a
+        form row gets one line's height unless told its height for the row's width."""
+        width = max(self.model_hint.width(), self.lama_model.width(), 360)
+        self.model_hint.setMinimumHeight(self.model_hint.heightForWidth(width)
+                                         + self.model_hint.fontMetrics().height() // 2)
+        self.adjustSize()
 
     def _offer_download(self, entries: list[ModelEntry], settings_local: PluginSettings
                         ) -> None:

@@ -190,6 +190,8 @@ class Driver(Extension):
             if index >= 0:
                 combo.setCurrentIndex(index)
             self.results["picked_model"] = self.dialog.settings().lama_model
+            self.dialog.grab().save(str(self.out / "settings.png"))
+            self.results["settings_screenshot"] = str(self.out / "settings.png")
             self.dialog.reject()
             self.later(100, self.step_dead_server)
         else:
