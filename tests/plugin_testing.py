@@ -49,3 +49,18 @@ def make_studio_lama(home: Path, name: str) -> None:
     save_ours(g.state_dict(), {"format_version": 1, "architecture": "lama",
                                "config": cfg.to_dict(), "training": {}, "scores": {}},
               home / "models" / f"{name}.safetensors")
+
+
+def run_plugin_start(python: Path, plugin: Path, host: str, then: str = ""
+                     ) -> "subprocess.CompletedProcess[str]":
+    """Run, in a real ``python`` without site-packages, what an installed plug-in's first
+    lines do (``plugin``: the folder holding ``vendor_path.py`` and ``_vendor/``): put the
+    vendored folder for that Python on the path and print ``use_vendored``'s answer (None,
+    or the sentence); then ``then``, a Python statement (imports from the vendored tree)."""
+    import subprocess
+
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "import vendor_path; print(vendor_path.use_vendored(Path(sys.argv[1]) / "
+            f"'_vendor', {host!r}))" + (f"; {then}" if then else ""))
+    return subprocess.run([str(python), "-s", "-c", code, str(plugin)], capture_output=True,
+                          text=True, cwd=plugin.parent)

@@ -26,6 +26,7 @@ from inpaintd.host_plugins.installer import GIMP_PLUGIN, PluginInstallError, mak
 from inpaintd.host_plugins.plugin_cli import main as plugin_main
 from inpaintd.protocol.plugin.errors import describe_error, unsupported_colour
 from inpaintd.protocol.plugin.vendor_path import folder_name
+from plugin_testing import run_plugin_start
 
 from test_krita_installer import (  # noqa: E402  (tests/ is on sys.path)
     LOCAL, PY, _fetch, protocol_sources)
@@ -240,14 +241,11 @@ def test_install_tree_executable_and_reinstall(tmp_path: Path, wheels: Path,
     assert [p.name for p in plugins.iterdir()] == [GIMP_PLUGIN]  # nothing left staged
 
 
-#: What the plug-in's first lines do, run by a real Python on an installed tree
-#: (argv[1]: the plug-in's folder): pick the vendored folder, then import from it.
-_PICK = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-         "import vendor_path; print(vendor_path.use_vendored(Path(sys.argv[1]) / '_vendor', "
-         "'gimp')); import zmq, msgpack; "
-         "from inpaintd.protocol.plugin.fill import FillJob, plan_fill, prepare_inputs; "
-         "print(Path(zmq.__file__).parent.parent.name, "
-         "Path(msgpack.__file__).parent.parent.name)")
+#: After the plug-in's first lines: import from the vendored tree, say from which folder.
+_IMPORTS = ("import zmq, msgpack; "
+            "from inpaintd.protocol.plugin.fill import FillJob, plan_fill, prepare_inputs; "
+            "print(Path(zmq.__file__).parent.parent.name, "
+            "Path(msgpack.__file__).parent.parent.name)")
 
 
 def test_vendored_tree_imports_in_a_bare_python(tmp_path: Path, wheels: Path) -> None:
@@ -256,8 +254,7 @@ def test_vendored_tree_imports_in_a_bare_python(tmp_path: Path, wheels: Path) ->
     if not python.is_file():
         pytest.skip(f"no system Python {PY} to stand in for GIMP's")
     [folder] = installer.install_gimp(tmp_path / "plug-ins", LOCAL, wheels)
-    proc = subprocess.run([str(python), "-s", "-c", _PICK, str(folder)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = run_plugin_start(python, folder, "gimp", _IMPORTS)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["None", folder_name(PY), folder_name(PY)]
 
@@ -344,8 +341,7 @@ def test_bundle_for_two_pythons_carries_both_and_picks_this_ones(tmp_path: Path)
         extensions = [n for n in natives if ".cpython-" in n]
         assert extensions and all(tag in n for n in extensions), extensions
     assert len(list(vendor.rglob("codec.py"))) == 1  # the protocol once, not per Python
-    proc = subprocess.run([str(python), "-s", "-c", _PICK, str(plugin)], capture_output=True,
-                          text=True, cwd=tmp_path)
+    proc = run_plugin_start(python, plugin, "gimp", _IMPORTS)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["None", "py311", "py311"]
 
@@ -355,11 +351,7 @@ def test_bundle_without_this_python_says_which_command_fixes_it(tmp_path: Path) 
     command, which the plug-in shows when the filter runs (tests/test_gimp_real.py)."""
     python = _system_python_311()
     plugin = _bundle(tmp_path, ["3.14"])
-    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-            "import vendor_path; print(vendor_path.use_vendored(Path(sys.argv[1]) / "
-            "'_vendor', 'gimp'))")
-    proc = subprocess.run([str(python), "-s", "-c", code, str(plugin)], capture_output=True,
-                          text=True, cwd=tmp_path)
+    proc = run_plugin_start(python, plugin, "gimp")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == (
         "This inpaint plug-in carries libraries for Python 3.14, but this GIMP runs Python "

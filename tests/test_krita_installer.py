@@ -27,6 +27,7 @@ from inpaintd.host_plugins.installer import (
     make_target,
 )
 from inpaintd.host_plugins.plugin_cli import main as plugin_main
+from plugin_testing import run_plugin_start
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -304,11 +305,6 @@ def _unzip(bundle: Path, dest: Path) -> Path:
     return dest / PLUGIN_NAME
 
 
-_PICK = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-         "import vendor_path; print(vendor_path.use_vendored(Path(sys.argv[1]) / '_vendor', "
-         "'krita')); import zmq, msgpack; print(Path(zmq.__file__).parent.parent.name)")
-
-
 def test_bundle_for_two_pythons_picks_this_ones(two_python_bundle: Path, tmp_path: Path
                                                 ) -> None:
     """A real Python 3.11 (this machine's Krita's) loads the 3.11 build from the zip."""
@@ -316,8 +312,8 @@ def test_bundle_for_two_pythons_picks_this_ones(two_python_bundle: Path, tmp_pat
     if not python.is_file():
         pytest.skip("no /usr/bin/python3.11 to stand in for Krita 5.1's Python")
     module = _unzip(two_python_bundle, tmp_path)
-    proc = subprocess.run([str(python), "-s", "-c", _PICK, str(module)], capture_output=True,
-                          text=True, cwd=tmp_path)
+    proc = run_plugin_start(python, module, "krita",
+                            "import zmq, msgpack; print(Path(zmq.__file__).parent.parent.name)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["None", "py311"]
 
@@ -331,11 +327,7 @@ def test_bundle_without_this_python_says_which_command_fixes_it(tmp_path: Path) 
     out = installer.bundle_krita(tmp_path / "only314.zip", make_target("3.14", "linux_x86_64"),
                                  tmp_path / "wheels")
     module = _unzip(out, tmp_path / "unzipped")
-    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-            "import vendor_path; print(vendor_path.use_vendored(Path(sys.argv[1]) / '_vendor', "
-            "'krita'))")
-    proc = subprocess.run([str(python), "-s", "-c", code, str(module)], capture_output=True,
-                          text=True, cwd=tmp_path)
+    proc = run_plugin_start(python, module, "krita")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == (
         "This inpaint plug-in carries libraries for Python 3.14, but this Krita runs Python "

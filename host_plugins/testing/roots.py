@@ -14,6 +14,7 @@ Run as a script (stdlib only, so ``.ci/run`` can call it before anything is inst
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -87,8 +88,7 @@ def build_problem(root: Root) -> Optional[str]:
         return None
     if os.geteuid() != 0:
         return f"the {root.name} root needs root (debootstrap and chroot)"
-    if not root.complete() and not any(
-            (Path(p) / "debootstrap").exists() for p in os.environ.get("PATH", "").split(":")):
+    if not root.complete() and shutil.which("debootstrap") is None:
         return (f"debootstrap is not installed (apt-get install debootstrap) and no "
                 f"{root.name} root is cached at {root.path}")
     return None
