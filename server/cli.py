@@ -344,8 +344,11 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
                             "md5 and import it. Offline: download the file elsewhere and give "
                             "it with --url PATH (or `inpaintd weights import PATH --name NAME`). "
                             "A mirror: $INPAINTD_FETCH_BASE_URL (http, https, file:// or a "
-                            "folder) replaces everything before the file name.")
-    fetch.add_argument("name", metavar="NAME", help="big-lama")
+                            "folder) replaces everything before the file name. A studio adds "
+                            "its own downloads in $INPAINTD_HOME/sources.json (README, "
+                            "Weights).")
+    fetch.add_argument("name", metavar="NAME",
+                       help="big-lama, or a name from $INPAINTD_HOME/sources.json")
     fetch.add_argument("--url", metavar="URL|PATH",
                        help="fetch the same file (same md5) from this http(s) URL, file:// URL "
                        "or local path instead of the known source")

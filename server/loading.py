@@ -22,7 +22,7 @@ from . import DEFAULT_MODEL
 from .models import build_generator
 from .models.lama import LamaConfig
 from .weights import store
-from .weights.fetch import KNOWN_SOURCES
+from .weights.fetch import known_sources
 from .weights.formats import RawCheckpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def resolve(spec: str) -> Path:
     installed = store.installed_models()
     if spec in installed:
         return installed[spec]
-    if spec in KNOWN_SOURCES:
+    if spec in known_sources():
         raise ModelMissingError(
             f"model {spec!r} is not installed; run `inpaintd weights fetch {spec}` on a machine "
             "with internet, or `inpaintd weights import PATH --name NAME`")
@@ -65,7 +65,7 @@ def resolve(spec: str) -> Path:
     if spec == DEFAULT_MODEL or spec == "pennet":
         raise ModelMissingError(
             f"the bundled model {spec!r} is missing from this installation ({what})")
-    close = difflib.get_close_matches(spec, sorted(set(installed) | set(KNOWN_SOURCES)), n=1)
+    close = difflib.get_close_matches(spec, sorted(set(installed) | set(known_sources())), n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise UnknownModelError(f"unknown model {spec!r}; {hint}{what}")
 
@@ -73,7 +73,7 @@ def resolve(spec: str) -> Path:
 def models_on_offer(installed: dict[str, Path]) -> str:
     """Which models are installed, which can be fetched and how, and what else ``--model``
     takes: the tail of every unknown-model error."""
-    fetchable = sorted(set(KNOWN_SOURCES) - set(installed))
+    fetchable = sorted(set(known_sources()) - set(installed))
     parts = [f"installed: {', '.join(sorted(installed)) or 'none'}"]
     if fetchable:
         parts.append(f"can be fetched: {', '.join(fetchable)} (`inpaintd weights fetch NAME`)")

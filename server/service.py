@@ -241,10 +241,13 @@ class ModelCatalog:
         return self._installed
 
     @staticmethod
-    def _known_missing() -> set[str]:
-        from .weights.fetch import KNOWN_SOURCES
+    def _known_missing() -> dict[str, str]:
+        """Models the server can name before it has them, with their architecture: the
+        bundled ones and every known download (the studio's ``sources.json`` included)."""
+        from .weights.fetch import known_sources
 
-        return set(KNOWN_SOURCES) | {"lama", "pennet"}
+        known = {name: s.architecture for name, s in known_sources().items()}
+        return {**known, "lama": "lama", "pennet": "pennet"}
 
     def _architecture(self, path: Path) -> str:
         """From our card when there is one, else from the kind of file."""
@@ -271,9 +274,9 @@ class ModelCatalog:
         out = [{"name": name, "architecture": self._architecture(path),
                 "state": "loaded" if name in loaded else "available"}
                for name, path in sorted(installed.items()) if len(name) <= 64]
-        for name in sorted(self._known_missing() - set(installed)):
-            out.append({"name": name, "architecture": "pennet" if name == "pennet" else "lama",
-                        "state": "missing"})
+        for name, arch in sorted(self._known_missing().items()):
+            if name not in installed:
+                out.append({"name": name, "architecture": arch, "state": "missing"})
         return out[:256]
 
     def architecture(self, name: str) -> str:

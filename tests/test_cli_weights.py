@@ -237,3 +237,52 @@ def test_missing_known_model_says_how_to_get_it(tmp_path: Path) -> None:
                "--model", "big-lama", env_home=tmp_path / "home")
     assert proc.returncode == 2
     assert "inpaintd weights fetch big-lama" in proc.stderr
+
+
+def test_a_studio_adds_its_own_download_in_sources_json(tmp_path: Path) -> None:
+    """`$INPAINTD_HOME/sources.json` names the studio's model: the server lists it as
+    missing (with its architecture) until `weights fetch` downloads it, checks its md5 and
+    imports it; then it fills as the file it came from. Bad entries are skipped, logged."""
+    import json
+
+    from inpaintd.server.service import ModelCatalog
+    from inpaintd.server.weights.store import bundled_dir
+
+    home = tmp_path / "home"
+    home.mkdir()
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    # the studio's file as inpaintd writes one: the bundled LaMa with its card inside
+    from inpaintd.server.weights.card import load_ours, save_ours
+
+    save_ours(*load_ours(bundled_dir() / "lama.safetensors"), mirror / "studio-lama.safetensors")
+    (mirror / "studio-lama.json").unlink()  # the download is the one file
+    payload = (mirror / "studio-lama.safetensors").read_bytes()
+    (home / "sources.json").write_text(json.dumps({
+        "studio-lama": {"url": "https://models.studio.invalid/studio-lama.safetensors",
+                        "md5": hashlib.md5(payload).hexdigest(), "architecture": "lama"},
+        "big-lama": {"url": "https://elsewhere.invalid/big-lama.pt", "md5": "0" * 32},
+        "no-md5": {"url": "https://x.invalid/y.pt"},
+    }))
+    os.environ["INPAINTD_HOME"] = str(home)  # the autouse fixture restores it
+    listed = {m["name"]: m for m in ModelCatalog(set).models()}
+    assert listed["studio-lama"] == {"name": "studio-lama", "architecture": "lama",
+                                     "state": "missing"}
+    assert "no-md5" not in listed
+    assert fetch_mod.known_sources()["big-lama"] == BIG_LAMA  # built-ins are not replaced
+
+    offline = run("weights", "fetch", "studio-lama", env_home=home)
+    assert offline.returncode == 3
+    assert "https://models.studio.invalid/studio-lama.safetensors" in offline.stderr
+    assert "skipping 'no-md5': no md5" in offline.stderr
+    fetched = run("weights", "fetch", "studio-lama", env_home=home, base_url=str(mirror))
+    assert fetched.returncode == 0, fetched.stderr
+    assert "studio-lama" in run("weights", "list", env_home=home).stdout
+    assert {m["name"]: m["state"] for m in ModelCatalog(set).models()}["studio-lama"] \
+        == "available"
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:40, 20:44] = 255
+    np.testing.assert_array_equal(Inpainter(load_model("studio-lama")).fill(image, mask),
+                                  Inpainter(load_model("lama")).fill(image, mask))

@@ -14,6 +14,12 @@ protocol Client gets from it for the same crop of what the fill should have seen
 visible image (read in GIMP another way than the plug-in reads it: a duplicate of the image
 with its visible layers merged), or the layer alone with sample "layer".
 
+Two starts run with this machine's inpaintd shown in the root (``HostRoot.this_inpaintd``),
+as an artist's GIMP sees the one installed beside it: fills with no server running (the
+first starts the recorded ``inpaintd serve``, detached), and the settings dialog's
+Download of a studio's model named in ``sources.json`` (``studio_download``), with
+progress, Cancel, resume, and OK refused while the model is missing.
+
 A GIMP whose root is not built is skipped, saying which root and the command that builds
 it; with ``INPAINTD_REQUIRE_HOSTS=1`` (CI) it fails instead.
 """
@@ -589,6 +595,302 @@ def test_an_error_comes_in_a_dialog(dialog: dict[str, Any]) -> None:
     assert f"shown in a dialog: {NO_SELECTION}" in dialog["_log"]
     assert "Inpaint (LaMa)-Warning" not in dialog["_output"]
     assert "Traceback" not in dialog["_output"]
+
+
+# --- the server on this computer: started by the first fill, and Download in the dialog --
+
+#: The studio's file in the download test comes in pieces this big every 50 ms (about
+#: 640 kB/s: 15 s for the bundled LaMa's 9.6 MB), slow enough that the test sees the
+#: progress pass 20 %, takes a screenshot and presses Cancel (each xdotool press waits half
+#: a second) before the end.
+DOWNLOAD_CHUNK = 32 << 10
+#: The plug-in's log lines a fill writes: its state, milliseconds and timings.
+FILL_LINE = re.compile(r"fill with lama: (\w+) in (\d+) ms (\{.*\})")
+STARTED_LINE = re.compile(r"started the local server: (.*) \(pid (\d+), log ")
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie left for init to reap counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _stop_started_server(pid: int, endpoint: str) -> None:
+    """Stop the server the plug-in started (only that process: its command line names the
+    endpoint and ``serve``), SIGTERM first."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    if b"serve" not in cmdline or endpoint.encode() not in cmdline:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _running(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def autostart(host: Any, pixels: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+    """Nothing answers at this computer's address: a GIMP start whose two PDB fills go
+    there. The root sees this machine's inpaintd at the paths the installer recorded
+    (``HostRoot.this_inpaintd``), as an artist's GIMP sees the one installed beside it, so
+    the plug-in can start it. The server it started is stopped here, after the checks of
+    whether it outlived GIMP."""
+    endpoint = f"tcp://127.0.0.1:{servers.free_port()}"
+    home = _home_with(host, pixels, mode="autostart", endpoint=endpoint)
+    log_file = home.path / ".config" / "inpaintd" / "gimp.log"
+    pids: list[int] = []
+    try:
+        code, env = _script(home)
+        with home.root.this_inpaintd():
+            try:
+                status, output = gimp.run_batch(home, code, env, timeout=300)
+                log = log_file.read_text() if log_file.is_file() else ""
+                pids = [int(pid) for _argv, pid in STARTED_LINE.findall(log)]
+                alive = [_running(pid) for pid in pids]  # GIMP has exited by now
+            finally:
+                for pid in pids:
+                    _stop_started_server(pid, endpoint)
+        results = {key: _results(home, key, status, output)
+                   for key in ("autostart_first", "autostart_second")}
+        for entry in results.values():
+            for key in ENTRY_FILES:
+                if key in entry:
+                    entry[key] = home.host_path(entry[key]).read_bytes()
+        server_log = log_file.with_name("gimp-server.log")
+        yield {**results, "_output": output, "_status": status, "_log": log,
+               "_endpoint": endpoint, "_pids": pids, "_alive_after_gimp": alive,
+               "_server_log": server_log.read_text() if server_log.is_file() else ""}
+    finally:
+        home.cleanup()
+
+
+def test_no_server_the_first_fill_starts_one(autostart: dict[str, Any], host: Any,
+                                            pixels: dict[str, np.ndarray],
+                                            tmp_path: Path) -> None:
+    """With nothing at this computer's address, the first fill starts the inpaintd that
+    installed the plug-in (bundled LaMa preloaded; detached, with ``--exit-when-idle``,
+    since GIMP runs the plug-in once per call) and fills with it; the second fill finds
+    it running and starts nothing; the server is still there after GIMP quit."""
+    first, second = autostart["autostart_first"], autostart["autostart_second"]
+    for entry in (first, second):
+        assert entry["status"] == "success", (entry["error"], autostart["_log"][-3000:],
+                                              autostart["_server_log"][-3000:])
+    started = STARTED_LINE.findall(autostart["_log"])
+    assert len(started) == 1, autostart["_log"]
+    argv = started[0][0].split()
+    assert argv[argv.index("--bind") + 1] == autostart["_endpoint"]
+    assert argv[argv.index("--exit-when-idle") + 1] == "900"
+    assert argv[argv.index("--preload") + 1] == "lama"
+    assert "--exit-with-parent" not in argv
+    assert autostart["_alive_after_gimp"] == [True]  # detached: it outlived the call
+    fills = FILL_LINE.findall(autostart["_log"])
+    assert [state for state, _ms, _t in fills] == ["done", "done"], fills
+    assert "server_start_ms" in fills[0][2] and "server_start_ms" not in fills[1][2]
+    start_ms = float(re.search(r"'server_start_ms': ([\d.]+)", fills[0][2]).group(1))
+    print(f"{host.id}: no server running; first fill {first['seconds']:.1f} s (server "
+          f"start {start_ms / 1000:.1f} s), second {second['seconds']:.1f} s")
+    # each layer is what the bundled LaMa gives for that crop, as a server of ours says
+    with servers.serve(tmp_path / "bundled_only") as bundled:
+        for entry in (first, second):
+            _check_fill(entry, pixels["U8"], "U8", "lama", "LaMa", bundled.endpoint)
+    assert "Traceback" not in autostart["_output"]
+
+
+@pytest.fixture(scope="module")
+def download(host: Any, pixels: dict[str, np.ndarray],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A server on this computer whose INPAINTD_HOME (in the GIMP home, where the plug-in's
+    download writes too) names the studio's model in sources.json and holds only the
+    bundled ones; GIMP on Xvfb in the root, with this machine's inpaintd shown there. The
+    filter run from the menu twice, its dialog driven with keys as an artist would.
+    First: Test connection; type studio-lama into Model ("Download studio-lama" offered);
+    OK, refused (a screenshot); Download; at 20 % or more a screenshot, then Escape (the
+    dialog's Cancel): the download ends with the dialog. Second: Test connection, type
+    studio-lama, Download (it resumes), Cancel download after one more step of progress,
+    Download again, to the end (the dialog tests the connection again and picks it); a
+    screenshot; OK: the fill."""
+    import studio_download
+
+    home = _home_with(host, pixels, mode="download", margin=MARGIN)
+    store = home.path / "inpaintd_home"
+    log_file = home.path / ".config" / "inpaintd" / "gimp.log"
+    shots = tmp_path_factory.mktemp(f"gimp_download_shots_{host.version}")
+
+    def text() -> str:
+        return log_file.read_text() if log_file.is_file() else ""
+
+    def logged(pattern: str, count: int = 1) -> Any:
+        return lambda: len(re.findall(pattern, text())) >= count
+
+    def progress(least: int) -> Any:
+        def seen() -> bool:
+            found = re.findall(r"download: Downloading studio-lama: (\d+)%", text())
+            return bool(found) and int(found[-1]) >= least
+        return seen
+
+    def progressed(start: int, steps: int) -> Any:
+        """``steps`` progress lines logged since download number ``start`` began."""
+        def seen() -> bool:
+            parts = re.split(r"downloading studio-lama: ", text())
+            return len(parts) > start and len(re.findall(
+                r"download: Downloading studio-lama: \d+%", parts[start])) >= steps
+        return seen
+
+    def pick_studio_lama(tests: int) -> list[Any]:
+        return ["alt+t", ("wait", logged("the model list shows", tests), 30),
+                "alt+m", "ctrl+a", ("type", studio_download.NAME),
+                ("wait", logged("download offered: Download studio-lama", tests), 15)]
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(studio_download, "CHUNK", DOWNLOAD_CHUNK)
+            with studio_download.studio_source(store), servers.serve(store) as srv:
+                config = json.loads((home.path / "config.json").read_text())
+                (home.path / "config.json").write_text(json.dumps(
+                    {**config, "endpoint": srv.endpoint}))
+                saved = log_file.with_name("gimp.json")
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                saved.write_text(json.dumps({"endpoint": srv.endpoint, "margin": MARGIN}))
+                steps = [gimp.Step("^Inpaint$", [
+                    *pick_studio_lama(1),
+                    "alt+o", ("wait", logged("OK refused"), 15),
+                    ("shot", shots / "gimp-missing-refused.png"),
+                    "alt+d", ("wait", progress(20), 90),
+                    ("shot", shots / "gimp-download.png"),
+                    "Escape"]),
+                    gimp.Step("^Inpaint$", [
+                        *pick_studio_lama(2),
+                        "alt+d", ("wait", progressed(2, 2), 60),
+                        "alt+d", ("wait", logged("was stopped"), 30),
+                        "alt+d", ("wait", logged("picked, and OK keeps it"), 180),
+                        ("shot", shots / "gimp-downloaded.png"),
+                        "alt+o"])]
+                code, env = _script(home)
+                env["INPAINTD_HOME"] = home.root.inside(store)
+                with home.root.this_inpaintd():
+                    status, output = gimp.run_driving_dialogs(home, code, steps, env=env,
+                                                              timeout=400)
+                jobs = srv.job_lines()
+        results = {key: _results(home, key, status, output)
+                   for key in ("download_closed", "download_dialog", "download_lama")}
+        for item in results.values():
+            if "layer" in item:
+                item["layer"] = home.host_path(item["layer"]).read_bytes()
+        if os.environ.get(SHOTS_ENV):
+            for step in steps:
+                for shot in step.shots:
+                    dest = Path(os.environ[SHOTS_ENV]) / f"{shot.stem}-{host.version}.png"
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(shot, dest)
+        fetch_log = log_file.with_name("gimp-download.log")
+        yield {"closed": results["download_closed"], "dialog": results["download_dialog"],
+               "lama": results["download_lama"], "_output": output, "_status": status,
+               "_steps": steps, "_log": text(),
+               "_fetch_log": fetch_log.read_text() if fetch_log.is_file() else "",
+               "_saved": json.loads(saved.read_text()), "_jobs": jobs,
+               "_stored": sorted(p.name for p in (store / "models").glob("*"))}
+    finally:
+        home.cleanup()
+
+
+def _log_times(log: str, pattern: str) -> list[float]:
+    """The times (seconds) of the log lines matching ``pattern``."""
+    from datetime import datetime
+
+    out = []
+    for line in log.splitlines():
+        if re.search(pattern, line):
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            out.append(stamp.timestamp())
+    return out
+
+
+def _percents(log: str) -> list[int]:
+    return [int(p) for p in re.findall(r"download: Downloading studio-lama: (\d+)%", log)]
+
+
+def test_settings_download_a_missing_model(download: dict[str, Any]) -> None:
+    """Against this computer's server, which lacks the studio's model: typing it into
+    Model offers "Download studio-lama" (big-lama, listed first, was offered before); the
+    progress passes 20 %; closing the dialog ends the download, keeping the partial file;
+    in the next dialog Download resumes it, Cancel download stops it, Download again
+    resumes to the end (md5-checked); the dialog tests the connection again, lists the
+    model and keeps it picked, and OK fills with it: the bundled LaMa's pixels, as the
+    file is that model."""
+    log = download["_log"]
+    assert [step.seen is not None for step in download["_steps"]] == [True, True], \
+        download["_output"]
+    listed = re.findall(r"test connection: the model list shows (.*)", log)
+    assert len(listed) == 3, log  # two by hand, one after the download
+    for before in listed[:2]:
+        assert "studio-lama: not on the server" in before, listed
+    assert listed[-1].split("; ")[:2] == ["lama (bundled)", "studio-lama"], listed
+    offers = re.findall(r"download offered: Download (\S+)", log)
+    # big-lama (the first missing) until the artist typed studio-lama, in each dialog;
+    # big-lama again once studio-lama is in (as in Krita)
+    assert offers == ["big-lama", "studio-lama"] * 2 + ["big-lama"], offers
+    # three runs of weights fetch: each goes on where the last stopped
+    tries = log.split("downloading studio-lama: ")[1:]
+    assert len(tries) == 3, log
+    firsts = [_percents(t)[0] for t in tries]
+    lasts = [_percents(t)[-1] for t in tries]
+    assert lasts[0] >= 20 and firsts[1] >= lasts[0] and firsts[2] >= lasts[1] > firsts[1], \
+        (firsts, lasts)
+    assert lasts[2] == 100
+    assert ("download: the dialog closed; the download of studio-lama is cancelled "
+            "(Download resumes it)") in tries[0]
+    assert ("download: The download of studio-lama was stopped; Download again resumes it "
+            "where it stopped.") in tries[1]
+    assert "download: studio-lama is on this computer's server now" in tries[2]
+    assert ("download: studio-lama is on this computer's server now: picked, and OK keeps "
+            "it.") in tries[2]
+    assert download["closed"]["status"] == "cancel"
+    assert download["closed"]["layers"] == ["Top", "Background"]
+    assert "studio-lama.safetensors" in download["_stored"], download["_stored"]
+    starts = _log_times(log, r"downloading studio-lama: ")
+    done = _log_times(log, r"studio-lama is on this computer's server now$")[0]
+    print(f"download: percent at each try's start and end {list(zip(firsts, lasts))}; the "
+          f"last try took {done - starts[2]:.1f} s, all three "
+          f"{done - starts[0]:.1f} s with the pauses between (served at about "
+          f"{DOWNLOAD_CHUNK * 20 / 1e6:.2f} MB/s)")
+    # OK kept the picked model: saved, and the fill ran it
+    assert download["_saved"]["lama_model"] == "studio-lama"
+    entry, lama = download["dialog"], download["lama"]
+    assert entry["status"] == "success", download["_output"]
+    assert entry["layers"] == ["Top", "studio-lama", "Background"]  # named after it
+    assert any(" model studio-lama " in line for line in download["_jobs"]), download["_jobs"]
+    assert lama["status"] == "success", lama["error"]
+    assert entry["offset"] == lama["offset"]
+    assert entry["layer"] == lama["layer"]  # the same file: pixel for pixel
+    assert "Traceback" not in download["_output"]
+    assert "duplicate mnemonic" not in download["_output"]
+    shots = [shot for step in download["_steps"] for shot in step.shots]
+    assert [s.name for s in shots] == ["gimp-missing-refused.png", "gimp-download.png",
+                                       "gimp-downloaded.png"], shots
+    assert all(s.stat().st_size > 1000 for s in shots)
+
+
+def test_ok_with_a_missing_model_keeps_the_dialog(download: dict[str, Any]) -> None:
+    """OK with a model the server lists as missing (after Test connection) does not close
+    the dialog: it says why, and the same dialog goes on (the download that follows starts
+    in it: the first dialog is one settings dialog in the log, closed by Escape)."""
+    from inpaintd.protocol.plugin.model_picker import missing_model_sentence
+
+    log = download["_log"]
+    assert f"settings dialog: OK refused: {missing_model_sentence('studio-lama')}" in log
+    opened = _log_times(log, r"settings dialog: (?!OK refused)")
+    assert len(opened) == 2, log  # the two runs from the menu, no more
+    refused = _log_times(log, "OK refused")
+    assert len(refused) == 1 and opened[0] < refused[0] < opened[1]
+    assert opened[0] < refused[0] < _log_times(log, r"downloading studio-lama: ")[0] < opened[1]
+    assert download["closed"]["status"] == "cancel"  # Escape, not the refused OK, closed it
 
 
 def test_gimp_ran_cleanly(run: dict[str, Any], host: Any) -> None:

@@ -16,7 +16,9 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,42 @@ class HostRoot:
         return status, out
 
     @contextlib.contextmanager
+    def this_inpaintd(self) -> Iterator[None]:
+        """While the block runs, the root sees this machine's inpaintd at the same paths
+        (its Python, its virtual environment, its source folder, and /proc: read-only bind
+        mounts), so
+        the ``inpaintd serve`` an installer recorded can be started by a plug-in in the
+        root, as on an artist's machine. Nothing to do for the system root. Mounts are
+        counted, so nested blocks share them, and lazily unmounted at the end."""
+        if self.is_system:
+            yield
+            return
+        with _MOUNTS_LOCK:
+            mounted = []
+            try:
+                # /proc too: torch reads /proc/cpuinfo when it starts
+                for folder in [*inpaintd_folders(), Path("/proc")]:
+                    target = self.path / str(folder).lstrip("/")
+                    key = str(target)
+                    if _MOUNTS.get(key, 0) == 0:
+                        target.mkdir(parents=True, exist_ok=True)
+                        done = subprocess.run(["mount", "--bind", "-o", "ro", str(folder),
+                                               str(target)], capture_output=True, text=True)
+                        if done.returncode != 0:
+                            raise RuntimeError(f"can't show {folder} in {self.path} "
+                                               f"(mount --bind: {done.stderr.strip()})")
+                    _MOUNTS[key] = _MOUNTS.get(key, 0) + 1
+                    mounted.append(key)
+            except BaseException:
+                _unmount(mounted)
+                raise
+        try:
+            yield
+        finally:
+            with _MOUNTS_LOCK:
+                _unmount(mounted)
+
+    @contextlib.contextmanager
     def xvfb(self, screen: str = "1280x900x24", tries: int = 4) -> Iterator[str]:
         """A private Xvfb display started in the root, for as long as the block runs.
 
@@ -106,6 +144,35 @@ class HostRoot:
             yield f":{number}"
         finally:
             _stop(server)
+
+
+_MOUNTS: dict[str, int] = {}
+_MOUNTS_LOCK = threading.Lock()
+
+
+def _unmount(targets: Sequence[str]) -> None:
+    for key in reversed(targets):
+        _MOUNTS[key] -= 1
+        if _MOUNTS[key] == 0:
+            del _MOUNTS[key]
+            subprocess.run(["umount", "-l", key], capture_output=True)
+
+
+def inpaintd_folders() -> list[Path]:
+    """Where this machine's inpaintd runs from: the Python's prefix, the virtual
+    environment's, and the project folder of an editable install; none inside another."""
+    import importlib.util
+
+    found = [Path(sys.base_prefix), Path(sys.prefix)]
+    spec = importlib.util.find_spec("inpaintd.server")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        found.append(Path(location).resolve().parent)
+    found = sorted({f.resolve() for f in found}, key=lambda f: len(f.parts))
+    out: list[Path] = []
+    for folder in found:
+        if not any(folder == o or o in folder.parents for o in out):
+            out.append(folder)
+    return out
 
 
 def _wait_listening(root: HostRoot, number: int, server: subprocess.Popen,

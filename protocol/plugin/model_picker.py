@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 __all__ = ["DEFAULT_LAMA_MODEL", "ModelEntry", "models_of", "lama_entries", "entry_label",
-           "usable", "fetch_hint", "missing_model_sentence"]
+           "usable", "fetch_hint", "download_hint", "missing_model_sentence"]
 
 #: What "Inpaint (LaMa)" runs until the artist picks another: the bundled model.
 DEFAULT_LAMA_MODEL = "lama"
@@ -79,6 +79,13 @@ def fetch_hint(entries: Sequence[ModelEntry]) -> str:
     return (f"Not on the server yet: {names}. On the machine that runs inpaintd serve, run "
             f"{cmds} (it downloads the official weights and checks them), then open these "
             "settings again: the server lists it without a restart.")
+
+
+def download_hint(name: str) -> str:
+    """Under the model list when the settings offer Download (a server on this computer)."""
+    return (f"{name} is not on this computer's server yet: Download gets it (checked "
+            f"against its md5 before the server lists it; Cancel keeps what came, and "
+            f"Download again resumes).")
 
 
 def missing_model_sentence(name: str) -> str:

@@ -17,6 +17,7 @@ handed to ``urlopen``. :func:`failure_help` says all this to a person after a fa
 from __future__ import annotations
 
 import hashlib
+import json
 import http.client
 import logging
 import os
@@ -34,14 +35,16 @@ from tqdm import tqdm
 from inpaintd.protocol.errors import FetchError, UnknownModelError
 from inpaintd.protocol.version import __version__
 
-from .store import models_dir
+from .store import inpaintd_home, models_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BASE_URL_ENV", "KNOWN_SOURCES", "Source", "failure_help", "fetch", "fetch_known",
-           "local_source", "source_url"]
+__all__ = ["BASE_URL_ENV", "KNOWN_SOURCES", "SOURCES_FILE", "Source", "failure_help", "fetch",
+           "fetch_known", "known_sources", "local_source", "source_url", "sources_file"]
 
 BASE_URL_ENV = "INPAINTD_FETCH_BASE_URL"
+#: The studio's own downloads, beside the model store: ``$INPAINTD_HOME/sources.json``.
+SOURCES_FILE = "sources.json"
 _CHUNK = 1 << 20
 
 
@@ -57,6 +60,8 @@ class Source:
     url: str
     md5: str
     size: int | None = None
+    #: What the server lists the model as before it is fetched (``welcome.models``).
+    architecture: str = "lama"
 
     @property
     def filename(self) -> str:
@@ -73,6 +78,71 @@ KNOWN_SOURCES: dict[str, Source] = {
 }
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
+_studio_cache: tuple[tuple[str, int], dict[str, Source]] | None = None
+
+
+def sources_file() -> Path:
+    return inpaintd_home() / SOURCES_FILE
+
+
+def _studio_sources() -> dict[str, Source]:
+    """The downloads a studio adds in ``sources.json``: its own models (a fine-tuned LaMa
+    on its file server, say), offered by ``weights fetch`` and by the plug-ins' Download
+    button exactly as big-lama is. Read again when the file changes; a bad entry is
+    skipped with a warning, never fatal (the built-in downloads still work)::
+
+        {"studio-lama": {"url": "https://models.studio.lan/studio-lama.safetensors",
+                         "md5": "0123456789abcdef0123456789abcdef",
+                         "architecture": "lama", "size": 205669692}}
+    """
+    global _studio_cache
+    path = sources_file()
+    try:
+        stat = path.stat()
+    except OSError:
+        return {}
+    key = (str(path), stat.st_mtime_ns)
+    if _studio_cache is not None and _studio_cache[0] == key:
+        return _studio_cache[1]
+    out: dict[str, Source] = {}
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(entries, dict):
+            raise ValueError("not a JSON object of name: {url, md5}")
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        entries = {}
+    for name, entry in entries.items():
+        problem = None
+        if not isinstance(name, str) or not _NAME.match(name):
+            problem = "not a model name (letters, digits, . _ -, at most 64)"
+        elif name in KNOWN_SOURCES:
+            problem = f"{name} is built in (a mirror: ${BASE_URL_ENV})"
+        elif not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            problem = "no url"
+        elif not isinstance(entry.get("md5"), str) or not _MD5.match(entry["md5"]):
+            problem = "no md5 (32 hex digits)"
+        elif not isinstance(entry.get("architecture", "lama"), str):
+            problem = "architecture is not a name"
+        if problem:
+            log.warning("%s: skipping %r: %s", path, name, problem)
+            continue
+        size = entry.get("size")
+        out[name] = Source(name, entry["url"], entry["md5"].lower(),
+                           size if isinstance(size, int) and size > 0 else None,
+                           entry.get("architecture", "lama")[:64])
+    _studio_cache = (key, out)
+    return out
+
+
+def known_sources() -> dict[str, Source]:
+    """Every model ``weights fetch`` can download: the built-in ones and the studio's
+    (:func:`_studio_sources`)."""
+    return {**_studio_sources(), **KNOWN_SOURCES}
+
+
 def source_url(name: str, base_url: str | None = None) -> str:
     """The URL to fetch a known model from.
 
@@ -80,9 +150,10 @@ def source_url(name: str, base_url: str | None = None) -> str:
     for mirrors, air-gapped installs and tests with a local server. It may be an http(s)
     URL, a ``file://`` URL or a plain folder path (see :func:`local_source`).
     """
-    source = KNOWN_SOURCES.get(name)
+    source = known_sources().get(name)
     if source is None:
-        raise UnknownModelError(f"no known download for model {name!r} (known: {', '.join(sorted(KNOWN_SOURCES))})")
+        raise UnknownModelError(f"no known download for model {name!r} "
+                                f"(known: {', '.join(sorted(known_sources()))})")
     base = base_url or os.environ.get(BASE_URL_ENV)
     if base:
         return f"{base.rstrip('/')}/{source.filename}"
@@ -314,7 +385,7 @@ def fetch_known(
 ) -> Path:
     """Download a model from :data:`KNOWN_SOURCES` into ``dest_dir`` (default: the models dir)."""
     url = source_url(name, base_url)  # raises UnknownModelError for an unknown name
-    source = KNOWN_SOURCES[name]
+    source = known_sources()[name]
     folder = Path(dest_dir) if dest_dir is not None else models_dir(create=True)
     return fetch(url, folder / source.filename, source.md5, progress=progress)
 
@@ -340,7 +411,7 @@ def failure_help(name: str, url: str, dest: str | os.PathLike[str], err: FetchEr
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    source = KNOWN_SOURCES.get(name)
+    source = known_sources().get(name)
     try:
         local: bool | None = local_source(url) is not None
     except FetchError:

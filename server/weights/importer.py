@@ -14,7 +14,7 @@ from inpaintd.protocol.errors import BadInputError, UnknownModelError
 
 from . import store
 from .card import save_ours
-from .fetch import KNOWN_SOURCES, fetch, source_url
+from .fetch import fetch, known_sources, source_url
 from .formats import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ def import_checkpoint(path: Path, name: str) -> Path:
                      **(raw.card or {}).get("training", {})},
         "scores": (raw.card or {}).get("scores", {}),
     }
+    # How the model was meant to be run (colour matching, texture transfer) travels with
+    # it: a studio's trained model fills the same after `weights import` or `fetch`.
+    if isinstance((raw.card or {}).get("inference"), dict):
+        card["inference"] = dict(raw.card["inference"])
     dest = store.models_dir(create=True) / f"{name}.safetensors"
     save_ours(model.module.state_dict(), card, dest)
     log.info("imported %s (%s) as %s", path, raw.format, dest)
@@ -47,10 +51,10 @@ def import_checkpoint(path: Path, name: str) -> Path:
 def fetch_target(name: str, url: str | None = None) -> tuple[str, Path]:
     """Where ``fetch NAME`` reads from (``url``, a mirror from ``$INPAINTD_FETCH_BASE_URL``,
     or the known source) and the file it downloads to, before the import."""
-    source = KNOWN_SOURCES.get(name)
+    source = known_sources().get(name)
     if source is None:
         raise UnknownModelError(f"no known download for model {name!r} "
-                                f"(known: {', '.join(sorted(KNOWN_SOURCES))})")
+                                f"(known: {', '.join(sorted(known_sources()))})")
     # --url: the same file (same md5) from another address, a file:// URL or a local path.
     return url or source_url(name), store.models_dir() / "downloads" / source.filename
 
@@ -58,5 +62,5 @@ def fetch_target(name: str, url: str | None = None) -> tuple[str, Path]:
 def fetch_and_import(name: str, url: str | None = None, progress: bool = True) -> Path:
     """Download a known model (md5-checked, resumable) and import it under its own name."""
     src, dest = fetch_target(name, url)
-    downloaded = fetch(src, dest, KNOWN_SOURCES[name].md5, progress=progress)
+    downloaded = fetch(src, dest, known_sources()[name].md5, progress=progress)
     return import_checkpoint(downloaded, name)

@@ -34,6 +34,9 @@ Debian sid, Python 3.14; see docs/gimp.md):
   warning) unless a combo box is asked for. Its fields sit in one box whose buttons are
   packed at the end first, so the box's "position" child property, not the order of
   ``get_children()``, places a widget among them.
+- ``GimpUi.ProcedureDialog.run()`` may be called again on a dialog it returned from (GIMP
+  does so itself after Reset); the window stays up between the calls. That is how OK with
+  a model the server lacks keeps the dialog open.
 - A plug-in's ``Gimp.message`` shows in the status bar of the window it ran from, where it
   is easily missed, so errors an artist must see get a dialog of their own.
 - Every PDB call is made from the plug-in's main thread; the network job runs on its own
@@ -102,8 +105,15 @@ try:
         prepare_inputs,
         resolve_model,
     )
-    from inpaintd.protocol.plugin.local_server import LocalServer, read_record
-    from inpaintd.protocol.plugin.model_picker import entry_label, fetch_hint, lama_entries
+    from inpaintd.protocol.plugin.local_server import LocalServer, is_local, read_record
+    from inpaintd.protocol.plugin.model_picker import (
+        DEFAULT_LAMA_MODEL,
+        download_hint,
+        entry_label,
+        fetch_hint,
+        lama_entries,
+        missing_model_sentence,
+    )
     from inpaintd.protocol.plugin.settings import (
         SAMPLE_CHOICES,
         SAMPLE_LAYER,
@@ -396,7 +406,7 @@ def mnemonic_labels(widget) -> list[str]:
 class SettingsDialog:
     """GIMP's procedure dialog for one filter, plus what GIMP can't make from the PDB
     arguments: the Model field (Inpaint (LaMa) only), which lists the server's LaMa models,
-    and Test connection.
+    Test connection, and Download for a model this computer's server lacks.
 
     The Model field is an editable list bound to the "lama-model" argument: typed names
     work, and Test connection fills the list from the server's ``welcome`` as the Krita
@@ -405,10 +415,22 @@ class SettingsDialog:
     comes back through a queue that a GLib timeout reads on the dialog's thread, so no GTK
     call is made off it.
 
+    Download (as in Krita's settings): when the server tested is this computer's, the
+    installer recorded the inpaintd to run, and the server lists a LaMa model as missing,
+    "Download NAME" runs ``inpaintd weights fetch NAME`` in a subprocess
+    (``model_download.ModelDownload``) for the model highlighted in the list, else the
+    first missing one; a progress bar shows the percentage, the button becomes "Cancel
+    download" (the partial file stays; Download again resumes), and once it is in, Test
+    connection runs again and the model is picked. Its progress comes through a queue read
+    by a GLib timeout too. GIMP runs a plug-in per call, so a download still running when
+    the dialog closes is cancelled there. OK with a model the last Test connection listed
+    as missing keeps the dialog open and says why (``missing_model_sentence``).
+
     Mnemonics (one letter each; GIMP warns about a letter used twice, its own buttons
     "_Load Saved Settings", "_Save Settings", "_Help", "_Reset", "_Cancel" and "_OK"
     included, so l, s, h, r, c and o are theirs): _Model, S_ample, Ser_ver, _Test
-    connection, Context mar_gin, Gro_w selection, _Feather edge, Refi_ne.
+    connection, _Download (and Cancel _download), Context mar_gin, Gro_w selection,
+    _Feather edge, Refi_ne.
     """
 
     def __init__(self, procedure, config, model: str, saved: "PluginSettings") -> None:
@@ -419,6 +441,21 @@ class SettingsDialog:
         self.closed = False
         self.reports: "queue.SimpleQueue" = queue.SimpleQueue()
         self.with_model = model == "lama"
+        #: The server's LaMa models from the last Test connection (None: not tested), and
+        #: the address that test asked.
+        self._entries: "list | None" = None
+        self._tested_endpoint = ""
+        #: The inpaintd the installer recorded beside this file (None in a zip for another
+        #: machine): what Download runs.
+        self._command = _local_server().command
+        self._download = None  # the ModelDownload running, if any
+        self._download_name = ""
+        self._download_waiter: "threading.Thread | None" = None
+        self._download_events: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._logged_percent = -1
+        self._offered = ""
+        #: The model to pick once the Test connection after a download has listed it.
+        self._select_after_test: "str | None" = None
         fields = ["sample", "endpoint", "margin", "grow", "feather"]
         if self.with_model:
             fields.append("refine")
@@ -453,6 +490,8 @@ class SettingsDialog:
             self.combo.set_tooltip_text(
                 "The server's model that Inpaint (LaMa) runs: lama (bundled), big-lama once "
                 "the server has it, or an imported name. Test connection lists them.")
+            # after GTK's own handler, which puts a picked row's name into the entry
+            self.combo.connect("changed", self._model_highlighted)
             label = Gtk.Label.new_with_mnemonic("_Model")
             label.set_mnemonic_widget(entry)
             label.set_xalign(0.0)
@@ -472,9 +511,25 @@ class SettingsDialog:
         self.status = self._wrapping_label()
         row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
         row.pack_start(self.button, False, False, 0)
+        if self.with_model:
+            # "Download NAME" for a model the server on this computer lacks (hidden else)
+            self.download_button = Gtk.Button.new_with_mnemonic("_Download")
+            self.download_button.set_tooltip_text(
+                "Get the model for the server on this computer: the inpaintd that installed "
+                "this plug-in downloads it (inpaintd weights fetch) and checks its md5. "
+                "Cancel keeps what came; Download again resumes.")
+            self.download_button.connect("clicked", self._toggle_download)
+            self.progress = Gtk.ProgressBar()
+            self.progress.set_show_text(True)  # the percentage
+            self.progress.set_valign(Gtk.Align.CENTER)
+            row.pack_start(self.download_button, False, False, 0)
+            row.pack_start(self.progress, True, True, 0)
         self._place(content, row, endpoint, after=True)
         self._place(content, self.status, row, after=True)
         self.status.hide()
+        if self.with_model:
+            self.download_button.hide()
+            self.progress.hide()
 
     def _wrapping_label(self):
         Gtk = self.Gtk
@@ -498,12 +553,33 @@ class SettingsDialog:
         widget.show_all()
 
     def run(self) -> bool:
+        """Show the dialog until OK with settings that can be kept, or Cancel. OK with a
+        model the server lacks says why and goes on (GIMP's own dialog runs again the same
+        way after Reset); a download still running when it closes is cancelled."""
         log.info("settings dialog: %s", ", ".join(mnemonic_labels(self.dialog)))
         try:
-            return bool(self.dialog.run())
+            while True:
+                if not self.dialog.run():
+                    return False
+                refused = self._refusal()
+                if refused is None:
+                    return True
+                log.info("settings dialog: OK refused: %s", refused)
+                self._say(refused)
         finally:
             self.closed = True
+            self._end_download()
             self.dialog.destroy()
+
+    def _refusal(self) -> "str | None":
+        """Why OK can't keep these settings (a model the server lists as missing), or
+        None."""
+        if not self.with_model or self._entries is None:
+            return None
+        name = (self.config.get_property("lama-model") or "").strip()
+        if any(e.name == name and e.missing for e in self._entries):
+            return missing_model_sentence(name)
+        return None
 
     # --- Test connection ---
 
@@ -525,7 +601,7 @@ class SettingsDialog:
                 log.exception("the connection test failed")
                 report = ConnectionReport(False, "The connection test failed (details in "
                                                  f"{log_path(HOST)}).")
-            self.reports.put(report)
+            self.reports.put((settings.endpoint, report))
 
         threading.Thread(target=check, name="inpaintd-test-connection", daemon=True).start()
         GLib.timeout_add(int(POLL_S * 1000), self._poll)
@@ -534,14 +610,20 @@ class SettingsDialog:
         if self.closed:
             return False
         try:
-            report = self.reports.get_nowait()
+            endpoint, report = self.reports.get_nowait()
         except queue.Empty:
             return True  # ask again
         self.button.set_sensitive(True)
         self._say(report.sentence)
         log.info("test connection: %s", report.sentence)
+        pick, self._select_after_test = self._select_after_test, None
         if report.welcome is not None and self.with_model:
+            self._tested_endpoint = endpoint
             self.show_models(report.welcome)
+            if pick and report.ok and self._choose(pick):
+                sentence = f"{pick} is on this computer's server now: picked, and OK keeps it."
+                self._say(sentence)
+                log.info("download: %s", sentence)
         return False
 
     def _say(self, text: str) -> None:
@@ -549,10 +631,16 @@ class SettingsDialog:
         self.status.show()
 
     def show_models(self, welcome) -> None:
-        """List the server's LaMa models, keep the current pick, and say how to get the
-        ones the server knows of but lacks."""
+        """List the server's LaMa models, keep the current pick (a model the server lacks
+        is never kept picked: the bundled one instead, as in Krita), offer Download for a
+        missing one when the server is this computer's, else say how to get it."""
         current = self.config.get_property("lama-model")
         entries = lama_entries(welcome)
+        self._entries = entries
+        note = ""
+        if any(e.name == current and e.missing for e in entries):
+            note = missing_model_sentence(current)
+            current = DEFAULT_LAMA_MODEL
         rows = [(e.name, entry_label(e)) for e in entries]
         if current not in (name for name, _ in rows):
             rows.append((current, current))
@@ -560,11 +648,145 @@ class SettingsDialog:
         for row in rows:
             self.models.append(list(row))
         self.combo.set_active([name for name, _ in rows].index(current))
-        hint = fetch_hint(entries)
-        self.hint.set_text(hint)
-        self.hint.set_visible(bool(hint))
+        self._offer_download()
+        self._show_hint(note)
         log.info("test connection: the model list shows %s",
                  "; ".join(label for _, label in rows))
+
+    def _show_hint(self, note: str = "") -> None:
+        """Under the list: Download's offer, or how the server's admin gets what the
+        server lacks (after ``note``)."""
+        if self._entries is None:
+            return
+        if self.download_button.get_visible():
+            hint = download_hint(self._download_name)
+        else:
+            hint = fetch_hint(self._entries)
+        hint = f"{note} {hint}".strip()
+        self.hint.set_text(hint)
+        self.hint.set_visible(bool(hint))
+
+    def _choose(self, name: str) -> bool:
+        """Pick ``name`` in the list, when the server has it."""
+        names = [row[0] for row in self.models]
+        if name not in names or any(e.name == name and e.missing
+                                    for e in self._entries or ()):
+            return False
+        self.combo.set_active(names.index(name))
+        return True
+
+    # --- Download ---
+
+    def _highlighted(self) -> str:
+        """The model the list highlights (a typed name when there is none)."""
+        found = self.combo.get_active_iter()
+        if found is not None:
+            return self.models[found][0]
+        return self.combo.get_child().get_text().strip()
+
+    def _offer_download(self) -> None:
+        """Show "Download NAME" when the server tested is this computer's and lacks a
+        model the recorded inpaintd can fetch; a remote server's admin gets the command in
+        the hint instead."""
+        missing = [e.name for e in self._entries or () if e.missing]
+        offer = (bool(missing) and self._command is not None
+                 and is_local(self._tested_endpoint))
+        if offer and self._download is None:
+            picked = self._highlighted()
+            # the model the artist highlights in the list, else the first one missing
+            self._download_name = picked if picked in missing else missing[0]
+            self.download_button.set_label(f"_Download {self._download_name}")
+            if self._offered != self._download_name:
+                self._offered = self._download_name
+                log.info("download offered: Download %s", self._download_name)
+        self.download_button.set_visible(offer or self._download is not None)
+
+    def _model_highlighted(self, _combo) -> None:
+        """Picking (or typing) a model the server lacks offers Download for it."""
+        if self._entries is not None and self._download is None and not self.closed:
+            self._offer_download()
+            self._show_hint()
+
+    def _toggle_download(self, _button) -> None:
+        """Start the download, or cancel the one running (its partial file is kept)."""
+        if self._download is not None:
+            log.info("download: cancel pressed for %s", self._download.name)
+            self._download.cancel()
+            return
+        if self._command is None or not self._download_name:
+            return
+        from inpaintd.protocol.plugin.model_download import ModelDownload
+
+        events = self._download_events
+        download = ModelDownload(self._command, self._download_name,
+                                 log_path(f"{HOST}-download"),
+                                 lambda fraction, text: events.put(("progress",
+                                                                    (fraction, text))))
+        try:
+            download.start()
+        except OSError as exc:
+            self._say(f"The download of {download.name} could not start ({exc}); reinstall "
+                      f"the plug-in with `inpaintd plugin install gimp`.")
+            return
+        self._download = download
+
+        def wait() -> None:
+            events.put(("done", download.wait()))
+
+        self._download_waiter = threading.Thread(target=wait, name="inpaintd-download-wait",
+                                                 daemon=True)
+        self._download_waiter.start()
+        self._logged_percent = -1
+        self.download_button.set_label("Cancel _download")
+        self.progress.set_fraction(0.0)
+        self.progress.show()
+        self._say(f"Downloading {download.name}...")
+        GLib.timeout_add(100, self._check_download)
+
+    def _check_download(self) -> bool:
+        if self.closed:
+            return False
+        while True:
+            try:
+                kind, value = self._download_events.get_nowait()
+            except queue.Empty:
+                return True  # ask again
+            if kind == "progress":
+                fraction, text = value
+                self.progress.set_fraction(fraction)
+                self._say(text)
+                percent = int(round(fraction * 100))
+                if percent // 10 > self._logged_percent // 10:  # every 10 %, for the log
+                    self._logged_percent = percent
+                    log.info("download: %s", text)
+                continue
+            name = self._download.name if self._download is not None else self._download_name
+            self._download = None
+            self._download_waiter = None
+            self.progress.hide()
+            self.download_button.set_label(f"_Download {name}")
+            if value is None:
+                log.info("download: %s is on this computer's server now", name)
+                self._say(f"{name} is on this computer's server now.")
+                self._select_after_test = name
+                self._test(None)  # the server lists it without a restart
+            else:
+                log.info("download: %s", value)
+                self._say(value)
+            return False
+
+    def _end_download(self) -> None:
+        """The dialog closed: GIMP ends this plug-in after the call, so a download still
+        running is cancelled now (the partial file stays, the next Download resumes)."""
+        download, waiter = self._download, self._download_waiter
+        self._download = None
+        if download is None:
+            return
+        log.info("download: the dialog closed; the download of %s is cancelled (Download "
+                 "resumes it)", download.name)
+        download.cancel()
+        if waiter is not None:
+            waiter.join(30)
 
 
 # --- the plug-in -------------------------------------------------------------------------

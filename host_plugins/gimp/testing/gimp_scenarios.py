@@ -339,6 +339,52 @@ def scenario_vendored():
     image.delete()
 
 
+def scenario_autostart():
+    """No server at this computer's address (the config's endpoint): the first fill starts
+    the inpaintd the installer recorded (the test shows it in the root) and fills; the
+    second finds it running. The layer of the first is taken out before the second, so
+    both fill the same picture."""
+    import time
+
+    image, background = make_image("U8")
+    select_ellipse(image)
+    for key in ("autostart_first", "autostart_second"):
+        t0 = time.monotonic()
+        new = fill_once(key, image, background, background, "U8", "lama")
+        RESULTS[key]["seconds"] = time.monotonic() - t0
+        if new is not None:
+            image.remove_layer(new)
+    image.delete()
+
+
+def scenario_download():
+    """Run from the "menu" (interactive) twice against this computer's server, which lacks
+    the studio's model; the test drives the settings dialog. First: pick studio-lama, OK
+    (refused), Download, then Cancel the dialog mid-download (the download ends with it).
+    Second: Download (it resumes), Cancel download, Download again to the end, OK: the fill
+    runs with the model the dialog kept picked. Then a script's fill with lama-model
+    "lama" on a fresh copy of the image: the same file, so the same pixels."""
+    image, background = make_image("U8")
+    select_ellipse(image)
+    result = _interactive(image, background)
+    RESULTS["download_closed"] = {"status": result.index(0).value_nick,
+                                  "layers": names(image)}
+    ids = {layer.get_id() for layer in image.get_layers()}
+    result = _interactive(image, background)
+    entry = {"status": result.index(0).value_nick, "layers": names(image)}
+    new = next((layer for layer in image.get_layers() if layer.get_id() not in ids), None)
+    if new is not None:
+        entry["layer"] = _save("download_dialog_layer.bin", _get(new, FORMAT["U8"]))
+        entry["offset"] = list(_last(new.get_offsets(), 2))
+    RESULTS["download_dialog"] = entry
+    image.delete()
+    image, background = make_image("U8")
+    select_ellipse(image)
+    fill_once("download_lama", image, background, background, "U8", "lama",
+              {"lama-model": "lama"})
+    image.delete()
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     mode = CONFIG.get("mode", "dialog" if CONFIG.get("dialog") else "batch")
@@ -362,7 +408,9 @@ def main():
                  ("empty_layer", scenario_empty_layer)]
     else:
         jobs = [(mode, {"dialog": scenario_dialog, "undo": scenario_undo,
-                        "killed": scenario_killed, "vendored": scenario_vendored}[mode])]
+                        "killed": scenario_killed, "vendored": scenario_vendored,
+                        "autostart": scenario_autostart,
+                        "download": scenario_download}[mode])]
     # which GIMP ran these (the tests check it is the one the root should hold)
     RESULTS["_gimp"] = {"version": Gimp.version()}
     for key, job in jobs:

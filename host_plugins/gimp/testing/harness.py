@@ -17,7 +17,8 @@ python3-msgpack and python3-numpy stand in for the vendored wheels).
   :func:`start_batch` starts it and returns the process.
 - :func:`run_accepting_dialog` does the same on an Xvfb display, pressing Return in the
   plug-in's dialog when it appears (``xdotool``, inside the root); :func:`run_driving_dialogs`
-  goes through several dialogs in turn (:class:`Step`: keys, waits, screenshots).
+  goes through several dialogs in turn (:class:`Step`: keys, typed text, waits,
+  screenshots).
 - :func:`run_gui_pressing` runs a script in GIMP's full GUI on Xvfb and presses a key in
   an image window when the script says it is ready (Ctrl+Z: the PDB has no undo).
 """
@@ -194,6 +195,13 @@ def _press(home: GimpHome, env: dict[str, str], window: str, key: str) -> None:
     subprocess.run(cmd, env=environ or None, capture_output=True, timeout=30)
 
 
+def _type(home: GimpHome, env: dict[str, str], window: str, text: str) -> None:
+    """Focus ``window`` and type ``text`` into its focused field, key by key."""
+    cmd, environ = home.root.command(["xdotool", "windowfocus", "--sync", window, "sleep",
+                                      "0.3", "type", "--delay", "40", text], env)
+    subprocess.run(cmd, env=environ or None, capture_output=True, timeout=60)
+
+
 def _finish(proc: subprocess.Popen, deadline: float) -> tuple[int, str]:
     try:
         out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
@@ -228,8 +236,9 @@ def run_accepting_dialog(home: GimpHome, code: str, title: str,
     return status, out, found
 
 
-#: A :class:`Step` action: a key for ``xdotool key`` ("Return", "alt+t"); ("wait", a
-#: function that says when to go on, seconds at most); ("shot", a PNG path on this machine).
+#: A :class:`Step` action: a key for ``xdotool key`` ("Return", "alt+t"); ("type", text
+#: typed into the focused field); ("wait", a function that says when to go on, seconds at
+#: most); ("shot", a PNG path on this machine).
 Action = Union[str, tuple]
 
 #: Runs in the root: a PNG of one X window (GTK's own GdkX11, which the root's GIMP pulls in).
@@ -294,6 +303,8 @@ def run_driving_dialogs(home: GimpHome, code: str, steps: Sequence[Step],
             for action in step.actions:
                 if isinstance(action, str):
                     _press(home, xenv, window, action)
+                elif action[0] == "type":
+                    _type(home, xenv, window, action[1])
                 elif action[0] == "wait":
                     until = time.monotonic() + action[2]
                     while not action[1]() and time.monotonic() < until:

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 from inpaintd.protocol.plugin.connection import ConnectionReport, check_connection
 from inpaintd.protocol.plugin.model_picker import (
     ModelEntry,
+    download_hint,
     entry_label,
     fetch_hint,
     lama_entries,
@@ -97,6 +98,7 @@ class SettingsDialog(QDialog):
         self.lama_model.addItem(current.lama_model, current.lama_model)
         self.lama_model.setToolTip("The server's model that Inpaint (LaMa) runs; Test "
                                    "connection lists the ones the server has.")
+        self.lama_model.currentIndexChanged.connect(self._model_highlighted)
         self.model_hint = QLabel("")
         self.model_hint.setObjectName("inpaintd_model_hint")
         self.model_hint.setWordWrap(True)
@@ -240,9 +242,7 @@ class SettingsDialog(QDialog):
         self.lama_model.setCurrentIndex(index)
         self._offer_download(entries, settings_local=self.settings())
         if not self.download_button.isHidden():  # (the dialog itself may not be shown yet)
-            hint = (f"{self._download_name} is not on this computer's server yet: Download "
-                    f"gets it (the official weights, checked against their md5; Cancel keeps "
-                    f"what came, and Download again resumes).")
+            hint = download_hint(self._download_name)
         self.model_hint.setText(hint.strip())
         self._fit_hint()
 
@@ -266,9 +266,19 @@ class SettingsDialog(QDialog):
         command = local_server().command
         offer = bool(missing) and command is not None and is_local(settings_local.endpoint)
         if offer and self._download is None:
-            self._download_name = missing[0]
-            self.download_button.setText(f"Download {missing[0]}")
+            picked = self.lama_model.currentData()
+            # the model the artist highlights in the list, else the first one missing
+            self._download_name = picked if picked in missing else missing[0]
+            self.download_button.setText(f"Download {self._download_name}")
         self.download_button.setVisible(offer or self._download is not None)
+
+    def _model_highlighted(self, _index: int) -> None:
+        """Picking "NAME: not on the server" offers Download NAME (a local server)."""
+        if self._entries is not None and self._download is None:
+            self._offer_download(self._entries, settings_local=self.settings())
+            if not self.download_button.isHidden():  # the hint names the model offered
+                self.model_hint.setText(download_hint(self._download_name))
+                self._fit_hint()
 
     def toggle_download(self) -> None:
         """Start the download, or cancel the one running (its partial file is kept)."""
@@ -359,6 +369,9 @@ class SettingsDialog(QDialog):
             pick = self._select_after_test
             if pick and self.lama_model.findData(pick) >= 0:
                 self.lama_model.setCurrentIndex(self.lama_model.findData(pick))
+                if pick in self.lama_model.currentText() and report.ok:
+                    self._show(f"{pick} is on this computer's server now: picked, and OK "
+                               "keeps it.", True)
             self._select_after_test = None
 
     def save_and_close(self) -> None:

@@ -267,11 +267,13 @@ class Scenarios:
         self.results["autostart"] = entry
 
     def download_dialog(self) -> None:
-        """Inpaint settings against this computer's server, which lacks big-lama: the
-        dialog offers "Download big-lama" (this machine's Krita only: a Krita in a Debian
-        root has no inpaintd to run), shows progress, cancels, resumes, and says why the
-        stand-in file the test mirror serves is refused."""
-        os.environ["INPAINTD_FETCH_BASE_URL"] = self.cfg["mirror"]
+        """Inpaint settings against this computer's server, which lacks the studio's
+        model (its ``sources.json`` names it): the artist picks "studio-lama: not on the
+        server", the dialog offers "Download studio-lama", shows progress, cancels, resumes
+        to the end (md5-checked), lists the model and keeps it picked; a fill then runs it."""
+        from dataclasses import replace
+
+        os.environ.pop("INPAINTD_FETCH_BASE_URL", None)
         os.environ["INPAINTD_HOME"] = self.cfg["download_home"]
         from inpaintd.protocol.plugin.connection import check_connection
         from inpaintd_krita.qt import QApplication
@@ -286,14 +288,17 @@ class Scenarios:
                 time.sleep(0.02)
             return True
 
+        endpoint = self.cfg["download_endpoint"]
         dialog = SettingsDialog(None)
-        dialog.endpoint.setText(self.cfg["endpoint"])
+        dialog.endpoint.setText(endpoint)
         report = check_connection(dialog.settings(), "krita-plugin")
         dialog.show_models(report.welcome or {})
+        entry: dict[str, Any] = {"listed": [dialog.lama_model.itemText(i)
+                                            for i in range(dialog.lama_model.count())]}
+        dialog.lama_model.setCurrentIndex(dialog.lama_model.findData("studio-lama"))
         button = dialog.download_button
-        entry: dict[str, Any] = {"visible": button.isVisible() or not button.isHidden(),
-                                 "text": button.text(),
-                                 "hint": dialog.model_hint.text()}
+        entry.update(visible=not button.isHidden(), text=button.text(),
+                     hint=dialog.model_hint.text())
         if not button.isHidden():
             seen: list[int] = []
             button.click()
@@ -304,11 +309,33 @@ class Scenarios:
             spin(lambda: dialog._download is None, 30)
             entry["cancelled"] = dialog.status.text()
             entry["progress_seen"] = max(seen) if seen else 0
+            t = time.perf_counter()
             button.click()  # Download again: resumes
             spin(lambda: dialog._download is None, 120)
+            entry["resumed_s"] = time.perf_counter() - t
+            spin(lambda: dialog.test_button.isEnabled() and dialog._select_after_test is None,
+                 30)  # the dialog asks the server again
             entry["final"] = dialog.status.text()
-            entry["button_after"] = button.text()
+            entry["picked_after"] = dialog._picked_model()
+            entry["label_after"] = dialog.lama_model.currentText()
+            entry["button_after"] = None if button.isHidden() else button.text()
         dialog.reject()
+        doc = self.document("download")
+        background = doc.rootNode().childNodes()[0]
+        background.setPixelData(self.pixels("U8"), 0, 0, self.w, self.h)
+        self.select_ellipse(doc)
+        for model in ("studio-lama", "lama"):
+            t = time.perf_counter()
+            result = self.controller.fill(doc, background, "lama",
+                                          replace(self.settings, endpoint=endpoint,
+                                                  lama_model=model))
+            entry[model] = {"ok": result.ok, "message": result.message,
+                            "seconds": time.perf_counter() - t}
+            if result.ok:
+                entry[model]["layer"] = self.dump(f"download_{model}", result.node.pixelData(
+                    0, 0, self.w, self.h))
+                result.node.remove()
+                doc.waitForDone()
         self.results["download_dialog"] = entry
 
     def selection_mask(self) -> None:

@@ -44,7 +44,8 @@ class Driver(Extension):
         # The wrapper passed here dies after the call: look the window up again later.
         if not self.started:
             self.started = time.perf_counter()
-            qt().QTimer.singleShot(3000, self.guarded(self.step_menu))
+            first = self.step_artist_open if self.cfg.get("artist") else self.step_menu
+            qt().QTimer.singleShot(3000, self.guarded(first))
 
     # --- plumbing ---
 
@@ -301,6 +302,175 @@ class Driver(Extension):
         self.results["background_is_the_image"] = (
             bytes(nodes[0].pixelData(0, 0, self.doc.width(), self.doc.height())) == bytes(ptr))
         self.finish()
+
+
+    # --- an artist's session: real clicks on the menus, fills in a row, a download ---
+    #
+    # With ``artist`` in the config the driver does what an artist does after a fresh
+    # install, with no server running: selects a spot, clicks Filter > Inpaint (LaMa) with
+    # the mouse (xdotool: real X events, so Qt's menus open and close as for a person),
+    # waits for the layer, selects another spot and fills again; then opens Inpaint
+    # settings from the menu, picks the studio's model and downloads it. It records the
+    # seconds from each click to the layer, and the longest pause of Krita's event loop
+    # while a fill ran (the UI must never block).
+
+    def click_at(self, widget, rect):
+        import subprocess
+
+        point = widget.mapToGlobal(rect.center())
+        subprocess.run(["xdotool", "mousemove", str(point.x()), str(point.y()), "click", "1"],
+                       check=True, timeout=10)
+
+    def click_menu_item(self, action_id, then):
+        """Click the Filter menu's title, then the item, as a person does."""
+        bar_action, menu = self.filter_menu()
+        bar = self.window.qwindow().menuBar()
+        self.click_at(bar, bar.actionGeometry(bar_action))
+        target = Krita.instance().action(action_id)
+
+        def item():
+            if not menu.isVisible():
+                self.results.setdefault("menu_retries", 0)
+                self.results["menu_retries"] += 1
+                if self.results["menu_retries"] > 20:
+                    raise RuntimeError("the Filter menu did not open on a click")
+                self.later(250, item)
+                return
+            self.clicked_at = time.perf_counter()
+            self.click_at(menu, menu.actionGeometry(target))
+            then()
+
+        self.later(600, item)
+
+    def watch_event_loop(self):
+        """The longest gap between 20 ms ticks: how long Krita's UI froze."""
+        self.gaps = [0.0]
+        self.last_tick = time.perf_counter()
+        self.ticker = qt().QTimer()
+        self.ticker.setInterval(20)
+
+        def tick():
+            now = time.perf_counter()
+            self.gaps.append(now - self.last_tick)
+            self.last_tick = now
+
+        self.ticker.timeout.connect(tick)
+        self.ticker.start()
+
+    def step_artist_open(self):
+        self.window = Krita.instance().activeWindow() or Krita.instance().windows()[0]
+        self.window.qwindow().setGeometry(
+            qt().QApplication.primaryScreen().availableGeometry())
+        self.use_endpoint(self.cfg["endpoint"])  # the default address, on a free port
+        self.doc = Krita.instance().openDocument(self.cfg["image"])
+        self.window.addView(self.doc)
+        self.fills = []
+        self.later(1500, self.step_artist_select)
+
+    def step_artist_select(self):
+        box = self.cfg["ellipses"][len(self.fills)]
+        w, h = self.doc.width(), self.doc.height()
+        x0, y0, ew, eh = box
+        data = bytearray(w * h)
+        for y in range(y0, y0 + eh):
+            for x in range(x0, x0 + ew):
+                dx = (x + 0.5 - (x0 + ew / 2)) / (ew / 2)
+                dy = (y + 0.5 - (y0 + eh / 2)) / (eh / 2)
+                if dx * dx + dy * dy <= 1.0:
+                    data[y * w + x] = 255
+        sel = Selection()
+        sel.setPixelData(qt().QByteArray(bytes(data)), 0, 0, w, h)
+        self.doc.setSelection(sel)
+        self.doc.waitForDone()
+        self.layers_before = len(self.doc.rootNode().childNodes())
+        self.watch_event_loop()
+        self.later(800, lambda: self.click_menu_item("inpaintd_lama", self.step_artist_wait))
+
+    def step_artist_wait(self):
+        nodes = self.doc.rootNode().childNodes()
+        waited = time.perf_counter() - self.clicked_at
+        if len(nodes) > self.layers_before:
+            self.ticker.stop()
+            node = self.doc.activeNode()
+            self.fills.append({"seconds": waited, "layer": node.name(),
+                               "longest_freeze_s": max(self.gaps),
+                               "layers": [n.name() for n in nodes]})
+            name = f"artist_fill{len(self.fills)}.png"
+            qt().QApplication.primaryScreen().grabWindow(0).save(str(self.out / name))
+            self.results["fills"] = self.fills
+            if len(self.fills) < len(self.cfg["ellipses"]):
+                self.later(1000, self.step_artist_select)
+            else:
+                self.later(1000, self.step_artist_settings)
+        elif waited > self.cfg.get("timeout", 90):
+            self.results["fills"] = self.fills + [{"timed_out": waited}]
+            boxes = self.message_boxes()
+            self.results["message"] = boxes[0].text() if boxes else None
+            self.finish()
+        else:
+            boxes = self.message_boxes()
+            if boxes:
+                self.results["fills"] = self.fills + [{"message": boxes[0].text()}]
+                self.finish()
+                return
+            self.later(50, self.step_artist_wait)
+
+    def settings_dialogs(self):
+        return [w for w in qt().QApplication.topLevelWidgets()
+                if w.objectName() == "inpaintd_settings" and w.isVisible()]
+
+    def step_artist_settings(self):
+        self.click_menu_item("inpaintd_settings", lambda: self.later(300, self.step_artist_dialog))
+
+    def step_artist_dialog(self):
+        dialogs = self.settings_dialogs()
+        if not dialogs:
+            if time.perf_counter() - self.clicked_at > 10:
+                raise RuntimeError("Inpaint settings did not open on a click")
+            self.later(200, self.step_artist_dialog)
+            return
+        self.dialog = dialogs[0]
+        self.results["settings_from_menu"] = True
+        os.environ["INPAINTD_HOME"] = self.cfg["download_home"]  # the download's store
+        self.dialog.endpoint.setText(self.cfg["download_endpoint"])
+        self.dialog.test_connection()
+        self.mark = time.perf_counter()
+        self.later(200, self.step_artist_pick)
+
+    def step_artist_pick(self):
+        combo = self.dialog.lama_model
+        if combo.findData("studio-lama") < 0:
+            if time.perf_counter() - self.mark > 20:
+                raise RuntimeError("the server's models were not listed: "
+                                   + self.dialog.status.text())
+            self.later(200, self.step_artist_pick)
+            return
+        combo.setCurrentIndex(combo.findData("studio-lama"))
+        button = self.dialog.download_button
+        self.results["download_button"] = button.text()
+        self.click_at(button, button.rect())
+        self.mark = time.perf_counter()
+        self.later(200, self.step_artist_download)
+
+    def step_artist_download(self):
+        value = self.dialog.download_progress.value()
+        if value >= 40 and "download_screenshot" not in self.results:
+            self.dialog.grab().save(str(self.out / "download.png"))
+            self.results["download_screenshot"] = str(self.out / "download.png")
+            self.results["download_status"] = self.dialog.status.text()
+            self.results["download_hint"] = self.dialog.model_hint.text()
+        done = self.dialog._download is None and self.dialog.test_button.isEnabled() \
+            and self.dialog._select_after_test is None and value > 0
+        if done or time.perf_counter() - self.mark > 120:
+            self.results["download_seconds"] = time.perf_counter() - self.mark
+            self.results["download_final"] = self.dialog.status.text()
+            self.results["picked_after_download"] = self.dialog.settings().lama_model
+            self.dialog.grab().save(str(self.out / "downloaded.png"))
+            self.results["downloaded_screenshot"] = str(self.out / "downloaded.png")
+            self.dialog.reject()
+            self.finish()
+        else:
+            self.later(100, self.step_artist_download)
 
 
 Krita.instance().addExtension(Driver(Krita.instance()))
