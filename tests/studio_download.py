@@ -22,13 +22,19 @@ NAME = "studio-lama"
 CHUNK = 128 << 10
 
 
-def _handler(data: bytes) -> type[http.server.BaseHTTPRequestHandler]:
+def slow_handler(data: bytes, ranges: list[str] | None = None
+                 ) -> type[http.server.BaseHTTPRequestHandler]:
+    """An HTTP handler that serves ``data`` at about 2.5 MB/s and honours ``Range``
+    (each Range header it gets is appended to ``ranges``)."""
+
     class Slow(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             size = len(data)
             start = 0
             header = self.headers.get("Range")
             if header:
+                if ranges is not None:
+                    ranges.append(header)
                 start = int(header.split("=")[1].split("-")[0])
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
@@ -62,7 +68,7 @@ def studio_source(home: Path) -> Iterator[Path]:
     served = save_ours(*load_ours(bundled_dir() / "lama.safetensors"),
                        made / f"{NAME}.safetensors")
     data = served.read_bytes()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(data))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), slow_handler(data))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_port}/{NAME}.safetensors"
     (home / "sources.json").write_text(json.dumps(

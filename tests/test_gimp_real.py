@@ -89,6 +89,17 @@ def known_pixels() -> dict[str, np.ndarray]:
             else np.rint(base * np.iinfo(t).max).astype(t) for d, t in DTYPE.items()}
 
 
+def _keep_shots(steps: Any, host: Any) -> None:
+    """Copy the dialogs' screenshots to ``$INPAINTD_GIMP_SHOTS`` when it is set."""
+    if not os.environ.get(SHOTS_ENV):
+        return
+    for step in steps:
+        for shot in step.shots:
+            dest = Path(os.environ[SHOTS_ENV]) / f"{shot.stem}-{host.version}.png"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(shot, dest)
+
+
 @pytest.fixture(scope="module", params=gimp.HOSTS, ids=lambda h: h.id)
 def host(request: pytest.FixtureRequest) -> Any:
     """One GIMP release (its root must be built); every fixture below runs per GIMP."""
@@ -199,12 +210,7 @@ def dialog(host: Any, server: Any, pixels: dict[str, np.ndarray],
         results = json.loads(results_file.read_text())
         assert "crashed" not in results.get("dialog", {}), results
         assert results["_gimp"]["version"] == host.version, results["_gimp"]
-        if os.environ.get(SHOTS_ENV):
-            for step in steps:
-                for shot in step.shots:
-                    dest = Path(os.environ[SHOTS_ENV]) / f"{shot.stem}-{host.version}.png"
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(shot, dest)
+        _keep_shots(steps, host)
         results.update(_output=output, _status=status, _steps=steps,
                        _saved=json.loads(saved.read_text()),
                        _log=log_file.read_text() if log_file.is_file() else "")
@@ -783,12 +789,7 @@ def download(host: Any, pixels: dict[str, np.ndarray],
         for item in results.values():
             if "layer" in item:
                 item["layer"] = home.host_path(item["layer"]).read_bytes()
-        if os.environ.get(SHOTS_ENV):
-            for step in steps:
-                for shot in step.shots:
-                    dest = Path(os.environ[SHOTS_ENV]) / f"{shot.stem}-{host.version}.png"
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(shot, dest)
+        _keep_shots(steps, host)
         fetch_log = log_file.with_name("gimp-download.log")
         yield {"closed": results["download_closed"], "dialog": results["download_dialog"],
                "lama": results["download_lama"], "_output": output, "_status": status,

@@ -19,46 +19,24 @@ from typing import Iterator
 import pytest
 
 from inpaintd.protocol.plugin.model_download import ModelDownload
+from studio_download import slow_handler
 
 COMMAND = [sys.executable, "-m", "inpaintd.server.cli"]
 SIZE = 6 << 20
 pytestmark = pytest.mark.slow
 
 
-class _Slow(http.server.BaseHTTPRequestHandler):
-    data = os.urandom(SIZE)
-    ranges: list[str] = []
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        start = 0
-        header = self.headers.get("Range")
-        if header:
-            type(self).ranges.append(header)
-            start = int(header.split("=")[1].split("-")[0])
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{SIZE - 1}/{SIZE}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(SIZE - start))
-        self.end_headers()
-        try:
-            for i in range(start, SIZE, 128 << 10):
-                self.wfile.write(self.data[i:i + (128 << 10)])
-                time.sleep(0.05)  # about 2.5 MB/s: slow enough to be cancelled midway
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, *args: object) -> None:
-        pass
+RANGES: list[str] = []
 
 
 @pytest.fixture
 def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    RANGES.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             slow_handler(os.urandom(SIZE), RANGES))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("INPAINTD_FETCH_BASE_URL", f"http://127.0.0.1:{server.server_port}/")
     monkeypatch.setenv("INPAINTD_HOME", str(tmp_path / "home"))
-    _Slow.ranges = []
     yield str(tmp_path / "home")
     server.shutdown()
 
@@ -85,7 +63,7 @@ def test_progress_cancel_resume_and_the_md5_refusal(mirror: str, tmp_path: Path)
                            lambda fraction, text: again.append(fraction))
     second.start()
     failed = second.wait(120)
-    assert _Slow.ranges and _Slow.ranges[-1].startswith("bytes=")  # resumed, not restarted
+    assert RANGES and RANGES[-1].startswith("bytes=")  # resumed, not restarted
     assert again and again[-1] == 1.0 and again[0] >= seen[-1] - 0.05
     assert failed is not None and failed.startswith("The download of big-lama failed: ")
     assert "md5" in failed and str(tmp_path / "download.log") in failed

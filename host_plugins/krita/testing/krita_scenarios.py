@@ -80,6 +80,28 @@ class Scenarios:
         doc.refreshProjection()  # pixels a script set reach what the artist would see
         doc.waitForDone()
 
+    def selected_image(self, name: str) -> tuple[Any, Any]:
+        """A document holding the known pixels, the ellipse selected: (doc, its layer)."""
+        doc = self.document(name)
+        background = doc.rootNode().childNodes()[0]
+        background.setPixelData(self.pixels("U8"), 0, 0, self.w, self.h)
+        self.select_ellipse(doc)
+        return doc, background
+
+    def fill_and_drop(self, doc: Any, layer: Any, settings: Any, name: str) -> dict[str, Any]:
+        """One LaMa fill: its outcome, time and layer (dumped as ``name``), then the layer
+        removed so the next fill sees the same image."""
+        t = time.perf_counter()
+        result = self.controller.fill(doc, layer, "lama", settings)
+        entry = {"ok": result.ok, "message": result.message,
+                 "seconds": time.perf_counter() - t, "timings": result.timings}
+        if result.ok:
+            entry["layer"] = self.dump(name, result.node.pixelData(0, 0, self.w, self.h))
+            entry["crop"] = list(result.crop)
+            result.node.remove()
+            doc.waitForDone()
+        return entry
+
     def dump(self, name: str, data: Any) -> str:
         path = self.out / f"{name}.bin"
         path.write_bytes(bytes(data))
@@ -238,21 +260,9 @@ class Scenarios:
         started = self.controller.local_server()
         entry: dict[str, Any] = {"recorded": started.command is not None}
         settings = replace(self.settings, endpoint=self.cfg["autostart_endpoint"])
-        doc = self.document("autostart")
-        background = doc.rootNode().childNodes()[0]
-        background.setPixelData(self.pixels("U8"), 0, 0, self.w, self.h)
-        self.select_ellipse(doc)
+        doc, background = self.selected_image("autostart")
         for key in ("first", "second"):
-            t = time.perf_counter()
-            result = self.controller.fill(doc, background, "lama", settings)
-            entry[key] = {"ok": result.ok, "message": result.message,
-                          "seconds": time.perf_counter() - t, "timings": result.timings}
-            if result.ok:
-                entry[key]["layer"] = self.dump(f"autostart_{key}", result.node.pixelData(
-                    0, 0, self.w, self.h))
-                entry[key]["crop"] = list(result.crop)
-                result.node.remove()
-                doc.waitForDone()
+            entry[key] = self.fill_and_drop(doc, background, settings, f"autostart_{key}")
         entry["selection"] = self.dump("autostart_selection", doc.selection().pixelData(
             0, 0, self.w, self.h))
         process = started.started
@@ -320,22 +330,11 @@ class Scenarios:
             entry["label_after"] = dialog.lama_model.currentText()
             entry["button_after"] = None if button.isHidden() else button.text()
         dialog.reject()
-        doc = self.document("download")
-        background = doc.rootNode().childNodes()[0]
-        background.setPixelData(self.pixels("U8"), 0, 0, self.w, self.h)
-        self.select_ellipse(doc)
+        doc, background = self.selected_image("download")
         for model in ("studio-lama", "lama"):
-            t = time.perf_counter()
-            result = self.controller.fill(doc, background, "lama",
-                                          replace(self.settings, endpoint=endpoint,
-                                                  lama_model=model))
-            entry[model] = {"ok": result.ok, "message": result.message,
-                            "seconds": time.perf_counter() - t}
-            if result.ok:
-                entry[model]["layer"] = self.dump(f"download_{model}", result.node.pixelData(
-                    0, 0, self.w, self.h))
-                result.node.remove()
-                doc.waitForDone()
+            entry[model] = self.fill_and_drop(
+                doc, background, replace(self.settings, endpoint=endpoint, lama_model=model),
+                f"download_{model}")
         self.results["download_dialog"] = entry
 
     def selection_mask(self) -> None:
