@@ -2,7 +2,9 @@
 
 ``add_plugin_parser(subparsers)`` registers the ``plugin`` command on the main ``inpaintd``
 parser; the work is in :mod:`inpaintd.host_plugins.installer`. Kept apart so that the CLI
-does not import the installer (or pip) until the command runs.
+does not import the installer (or pip) until the command runs. ``inpaintd`` finds it through
+the ``inpaintd.commands`` entry point (pyproject.toml; ``inpaintd.server.commandline``):
+nothing here imports the server, nor the server this.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 Nothing in this package may import torch: the plug-ins vendor it into Krita's and GIMP's
 own Python interpreters. numpy, pyzmq and zstandard are imported only where needed:
 ``Client`` (and ``Job``, ``JobProgress``) load on first access, so the codec works without pyzmq.
+
+Never imports :mod:`inpaintd.server` or :mod:`inpaintd.host_plugins`. Inside, each layer
+imports only those below it: ``plugin`` (the plug-ins' core) > ``client`` > ``client_io`` >
+``client_job`` > ``client_upload``, ``client_keys`` > ``codec``, ``endpoint`` > ``messages``
+> ``errors``, ``version`` (pyproject.toml ``[tool.importlinter]``).
 """
 
 from typing import TYPE_CHECKING, Any

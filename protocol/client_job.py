@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .client_upload import Upload
 from .codec import BufferDesc, unpack_array
@@ -20,13 +20,22 @@ from .errors import CancelledError, InpaintdError
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from .client import Client
-    from .client_io import Engine
-
-__all__ = ["Job", "JobProgress", "ProgressCallback"]
+__all__ = ["Job", "JobProgress", "JobEngine", "ProgressCallback"]
 
 #: ``on_progress(stage, fraction, message)``; it runs on the client's I/O thread.
 ProgressCallback = Callable[[str, float, str], None]
+
+
+class JobEngine(Protocol):
+    """What a job needs of the I/O thread that runs it (``client_io.Engine`` is one).
+
+    Why a protocol here and not ``client_io.Engine`` itself: the I/O thread builds on the
+    job handles, so naming it here would make the two modules import each other.
+    """
+
+    def command(self, cmd: tuple[Any, ...]) -> None: ...
+
+    def check_not_io_thread(self, what: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class Job:
     """A handle on one ``inpaint`` job (from :meth:`Client.submit`); safe to share between
     threads."""
 
-    def __init__(self, engine: "Engine", job_id: str, request: dict[str, Any],
+    def __init__(self, engine: JobEngine, job_id: str, request: dict[str, Any],
                  image: tuple[BufferDesc, bytes | memoryview],
                  mask: tuple[BufferDesc, bytes | memoryview],
                  out_shape: tuple[int, ...], out_dtype: Any,
@@ -64,7 +73,9 @@ class Job:
         self._result_frames: list[memoryview] | None = None
         self._array: "np.ndarray | None" = None
         self._progress: JobProgress | None = None
-        self._owner: Client | None = None
+        #: The Client that made the job, so that it is not collected (closed) while
+        #: only its jobs are referred to.
+        self._owner: object | None = None
         # Owned by the I/O thread.
         self._upload = Upload(image, mask)
         self._accepted = False

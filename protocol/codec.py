@@ -27,8 +27,9 @@ from .messages import (
     REPLY_TYPES,
     REQUEST_TYPES,
     BufferDesc,
-    _err,
+    available_encodings,
     check_version,
+    protocol_error,
     readable_id,
     validate_reply,
     validate_request,
@@ -176,46 +177,36 @@ def decode_message(frames: Sequence[Any]) -> Message:
     try:
         views = [_byte_view(f) for f in frames[1:]]
     except (TypeError, ValueError) as exc:
-        raise _err(BadMessageError, f"a frame is not a byte buffer: {exc}", None) from None
+        raise protocol_error(BadMessageError, f"a frame is not a byte buffer: {exc}",
+                             None) from None
     if not views:
-        raise _err(BadMessageError, "the message has no header frame", None)
+        raise protocol_error(BadMessageError, "the message has no header frame", None)
     raw_header = views[0]
     if len(raw_header) > MAX_HEADER_BYTES:
-        raise _err(BadMessageError,
-                   f"the header frame is {len(raw_header)} bytes; the limit is "
-                   f"{MAX_HEADER_BYTES}", None)
+        raise protocol_error(BadMessageError,
+                             f"the header frame is {len(raw_header)} bytes; the limit is "
+                             f"{MAX_HEADER_BYTES}", None)
     try:
         decoded = msgpack.unpackb(raw_header, **UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ...
-        raise _err(BadMessageError,
-                   f"the header is not msgpack within the limits of SPEC section 2: "
-                   f"{type(exc).__name__}: {str(exc)[:200]}", None) from None
+        raise protocol_error(BadMessageError,
+                             f"the header is not msgpack within the limits of SPEC section 2: "
+                             f"{type(exc).__name__}: {str(exc)[:200]}", None) from None
     if not isinstance(decoded, dict):
-        raise _err(BadMessageError,
-                   f"the header must be a msgpack map, got {type(decoded).__name__}", None)
+        raise protocol_error(BadMessageError,
+                             f"the header must be a msgpack map, got "
+                             f"{type(decoded).__name__}", None)
     re = readable_id(decoded, "id") or readable_id(decoded, "re")
     problem = _check_tree(decoded)
     if problem:
-        raise _err(BadMessageError, problem, re)
+        raise protocol_error(BadMessageError, problem, re)
     if "version" not in decoded:
-        raise _err(BadMessageError, "the header has no version", re)
+        raise protocol_error(BadMessageError, "the header has no version", re)
     check_version(decoded["version"], re)
     return Message(decoded, views[1:])
 
 
 # --- pixel buffers --------------------------------------------------------------------
-
-
-def available_encodings() -> list[str]:
-    """The encodings this interpreter can produce and decode: raw, and zstd if installed."""
-    out = ["raw"]
-    try:
-        import zstandard  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        out.append("zstd")
-    return out
 
 
 def _require_encoding(encoding: str) -> None:

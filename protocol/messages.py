@@ -60,11 +60,26 @@ _MAX_U63 = 2**63 - 1
 _VERSION_RE = _re.compile(r"[0-9]{1,6}\.[0-9]{1,6}")
 
 
-def _err(cls: type[InpaintdError], message: str, re: str | None) -> InpaintdError:
+def protocol_error(cls: type[InpaintdError], message: str, re: str | None) -> InpaintdError:
     """Build a protocol exception carrying the id to answer to (``.re``)."""
     err = cls(message)
     err.re = re  # type: ignore[attr-defined]
     return err
+
+
+def available_encodings() -> list[str]:
+    """The encodings this interpreter can produce and decode: raw, and zstd if installed.
+
+    Here and not in the codec, which re-exports it: checking a buffer's ``encoding`` needs
+    it, and the codec builds on these schemas (never the other way round)."""
+    out = ["raw"]
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        out.append("zstd")
+    return out
 
 
 class _Invalid(Exception):
@@ -221,18 +236,19 @@ class BufferDesc:
         try:
             return _buffer_desc(obj, path)
         except _Invalid as exc:
-            raise _err(exc.cls, exc.message, re) from None
+            raise protocol_error(exc.cls, exc.message, re) from None
 
     def check_limits(self, max_pixels: int, max_side: int, *, re: str | None = None) -> None:
         """Raise TooLargeError past the server's ``max_pixels`` or ``max_side`` (SPEC 5)."""
         if self.width > max_side or self.height > max_side:
-            raise _err(TooLargeError,
-                       f"the image is {self.width}x{self.height}; the largest side allowed "
-                       f"is {max_side}", re)
+            raise protocol_error(TooLargeError,
+                                 f"the image is {self.width}x{self.height}; the largest side "
+                                 f"allowed is {max_side}", re)
         if self.width * self.height > max_pixels:
-            raise _err(TooLargeError,
-                       f"the image is {self.width}x{self.height} = {self.width * self.height} "
-                       f"pixels; the limit is {max_pixels}", re)
+            raise protocol_error(TooLargeError,
+                                 f"the image is {self.width}x{self.height} = "
+                                 f"{self.width * self.height} pixels; the limit is "
+                                 f"{max_pixels}", re)
 
 
 def _side(value: Any, path: str) -> int:
@@ -268,8 +284,6 @@ def _buffer_desc(obj: Any, path: str) -> BufferDesc:
         raise _Invalid(BadMessageError,
                        f"{path}.nbytes: {desc.nbytes} != width*height*channels*itemsize = {raw}")
     if desc.encoding == "zstd":
-        from .codec import available_encodings  # lazy: codec imports this module
-
         if "zstd" not in available_encodings():
             raise _Invalid(BadInputError,
                            f"{path}.encoding: zstd is not available here (the zstandard "
@@ -390,29 +404,32 @@ def check_version(version: Any, re: str | None = None) -> None:
     """Major versions must match (SPEC 3); a malformed version is a bad message."""
     if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
         shown = repr(version)[:40]
-        raise _err(BadMessageError,
-                   f"version: expected 'major.minor' like {PROTOCOL_VERSION!r}, got {shown}", re)
+        raise protocol_error(BadMessageError,
+                             f"version: expected 'major.minor' like {PROTOCOL_VERSION!r}, "
+                             f"got {shown}", re)
     if int(version.split(".")[0]) != int(PROTOCOL_VERSION.split(".")[0]):
-        raise _err(VersionMismatchError,
-                   f"protocol version {version} is not supported: this side speaks "
-                   f"{PROTOCOL_VERSION} (the major versions must match)", re)
+        raise protocol_error(VersionMismatchError,
+                             f"protocol version {version} is not supported: this side speaks "
+                             f"{PROTOCOL_VERSION} (the major versions must match)", re)
 
 
 def _validate(header: Any, kind: str, id_key: str, common: Fields,
               schemas: dict[str, Fields], nframes: int | None) -> dict[str, Any]:
     re = readable_id(header, id_key)
     if not isinstance(header, dict):
-        raise _err(BadMessageError, f"the header must be a map, got {_type_name(header)}", re)
+        raise protocol_error(BadMessageError,
+                             f"the header must be a map, got {_type_name(header)}", re)
     mtype = header.get("type")
     if not isinstance(mtype, str):
-        raise _err(BadMessageError, f"type: expected a string, got {_type_name(mtype)}", re)
+        raise protocol_error(BadMessageError,
+                             f"type: expected a string, got {_type_name(mtype)}", re)
     if "version" not in header:
-        raise _err(BadMessageError, "missing field(s) version", re)
+        raise protocol_error(BadMessageError, "missing field(s) version", re)
     check_version(header["version"], re)
     if mtype not in schemas:
-        raise _err(BadMessageError,
-                   f"unknown {kind} type {mtype[:64]!r}; expected one of {', '.join(schemas)}",
-                   re)
+        raise protocol_error(BadMessageError,
+                             f"unknown {kind} type {mtype[:64]!r}; expected one of "
+                             f"{', '.join(schemas)}", re)
     fields = dict(common)
     fields.update(schemas[mtype])
     if mtype == "error" and kind == "reply":
@@ -421,12 +438,12 @@ def _validate(header: Any, kind: str, id_key: str, common: Fields,
         out = _check_fields(header, fields, "")
         _semantic(mtype, kind, out)
     except _Invalid as exc:
-        raise _err(exc.cls, f"{mtype}: {exc.message}", re) from None
+        raise protocol_error(exc.cls, f"{mtype}: {exc.message}", re) from None
     if nframes is not None:
         want = _frames_expected(mtype, kind, out)
         if nframes != want:
-            raise _err(BadMessageError,
-                       f"{mtype}: {nframes} data frame(s), expected {want}", re)
+            raise protocol_error(BadMessageError,
+                                 f"{mtype}: {nframes} data frame(s), expected {want}", re)
     return out
 
 
@@ -446,8 +463,6 @@ def _semantic(mtype: str, kind: str, out: dict[str, Any]) -> None:
         options = dict(out.get("options") or {})
         options.setdefault("reply_encoding", image["encoding"])
         if options["reply_encoding"] == "zstd":
-            from .codec import available_encodings
-
             if "zstd" not in available_encodings():
                 raise _Invalid(BadInputError, "options.reply_encoding: zstd is not available")
         out["options"] = options

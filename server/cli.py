@@ -1,7 +1,12 @@
-"""The ``inpaintd`` command.
+"""The ``inpaintd`` command: ``fill`` and ``weights`` here, and every command's place.
 
 Every failure a user can cause (a bad file, a wrong mask, an unknown model, a corrupt
-checkpoint) ends as one line on stderr and a non-zero exit status, never a traceback.
+checkpoint) ends as one line on stderr and a non-zero exit status, never a traceback
+(:mod:`.commandline`, the frame this module fills in).
+
+The top of the server's layers: it may import every module of ``inpaintd.server``, and none
+imports it. It never imports ``inpaintd.host_plugins``: ``inpaintd plugin`` is registered
+through the ``inpaintd.commands`` entry point (:mod:`.commandline`).
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from inpaintd.protocol import __version__
-from inpaintd.protocol.errors import BadImageError, BadInputError, InpaintdError, MaskSizeError
+from inpaintd.protocol.errors import BadImageError, BadInputError, MaskSizeError
 
+from . import commandline, serve_cli
+from .commandline import Adder, Commands
 from .speed.names import add_precision_argument
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,7 +112,7 @@ class _LocalInpainter:
 
     def fill(self, image: np.ndarray, mask: np.ndarray,
              strategy: Optional[str] = None) -> np.ndarray:
-        from .worker import fill_any_channels
+        from .channels import fill_any_channels
 
         return fill_any_channels(self.inpainter, image, mask, strategy, progress=None,
                                  inplace=True, refine=self.refine)
@@ -359,25 +365,15 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
 
 # --- main -----------------------------------------------------------------------------
 
-Adder = Callable[[argparse._SubParsersAction], None]
-
-#: Each command's one-line help, as ``inpaintd --help`` lists it.
+#: Each built-in command's one-line help, as ``inpaintd --help`` lists it (the server's own
+#: are in :mod:`.serve_cli`; ``plugin`` comes from the host plug-ins, see :mod:`.commandline`).
 COMMAND_HELP = {
-    "serve": "run the inpainting server",
-    "status": "ask a running server for its state",
-    "keys": "CurveZMQ keys for serve --curve",
+    **serve_cli.COMMAND_HELP,
     "fill": "fill the masked hole of an image, or a folder of them",
     "weights": "import, fetch and list model weights",
     "train": "train a LaMa or PEN-Net generator on a folder of images",
     "eval": "score models against Telea/NS on held-out cases",
-    "plugin": "install or bundle the host plug-ins",
 }
-
-
-def _server_adder() -> Adder:
-    from .serve_cli import add_server_parsers
-
-    return add_server_parsers
 
 
 def _train_adder() -> Adder:
@@ -392,65 +388,28 @@ def _eval_adder() -> Adder:
     return add_eval_parser
 
 
-def _plugin_adder() -> Adder:
-    from inpaintd.host_plugins.plugin_cli import add_plugin_parser
-
-    return add_plugin_parser
+def _one(name: str, load: Callable[[], Adder]) -> Commands:
+    return Commands({name: COMMAND_HELP[name]}, load)
 
 
-#: The commands in ``--help`` order, grouped by the function that registers them in full.
-_GROUPS: list[tuple[tuple[str, ...], Callable[[], Adder]]] = [
-    (("serve", "status", "keys"), _server_adder),
-    (("fill",), lambda: _add_fill),
-    (("weights",), lambda: _add_weights),
-    (("train",), _train_adder),
-    (("eval",), _eval_adder),
-    (("plugin",), _plugin_adder),
+#: The built-in commands in ``--help`` order, grouped by the function that registers them
+#: in full; the entry points' commands (``plugin``) follow.
+_GROUPS: list[Commands] = [
+    serve_cli.COMMANDS,
+    _one("fill", lambda: _add_fill),
+    _one("weights", lambda: _add_weights),
+    _one("train", _train_adder),
+    _one("eval", _eval_adder),
 ]
 
 
-def command_in(argv: Sequence[str]) -> Optional[str]:
-    """The command word of an ``inpaintd`` command line (the top-level options take no
-    values, so it is the first word that is not an option), or None."""
-    return next((word for word in argv if not word.startswith("-")), None)
-
-
 def build_parser(command: Optional[str] = None, *, full: bool = True) -> argparse.ArgumentParser:
-    """The ``inpaintd`` parser: every command in full, or (``full=False``) only ``command``
-    in full and the others as their one-line help.
-
-    Why: registering a command imports what its options need (``train`` lists presets that
-    import torch; ``eval`` loads numpy and Pillow), so ``inpaintd --help``, ``status`` or
-    ``fill --server`` would pay for every other command's imports on each start.
-    """
-    parser = argparse.ArgumentParser(prog="inpaintd", description="Inpainting server and tools.")
-    parser.add_argument("--version", action="version", version=f"inpaintd {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for names, adder in _GROUPS:
-        if full or command in names:
-            adder()(sub)
-        else:
-            for name in names:
-                sub.add_parser(name, help=COMMAND_HELP[name], add_help=False)
-    return parser
+    """The ``inpaintd`` parser (:func:`.commandline.build_parser` with every command)."""
+    return commandline.build_parser(_GROUPS, command, full=full)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(command_in(argv), full=False)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="inpaintd: %(levelname)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except InpaintdError as exc:
-        print(f"inpaintd: error: {exc}", file=sys.stderr)
-        return exc.exit_status
-    except KeyboardInterrupt:
-        print("inpaintd: interrupted", file=sys.stderr)
-        return 130
+    return commandline.run(_GROUPS, argv)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,15 @@ batch is always a run of consecutive jobs of the fair order, so batching never l
 start before one it would have followed anyway. If the worker dies during a batch, the jobs
 of the batch that were not cancelled are run again, each alone, so a crash still ends only
 the job that caused it.
+
+This engine implements :class:`~.engine_api.JobEngine`, the interface the front end depends
+on (Ray's engine is the other). It talks to its worker with the typed records of
+:mod:`.worker_channel`, and hands results on as they came (raw pixels, zero-copy): the front
+end encodes them for its client.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import multiprocessing
 import os
@@ -32,16 +36,21 @@ import signal
 import tempfile
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 import zmq
 
 from inpaintd.protocol.errors import (CancelledError, InpaintdError, InternalError,
                                       WorkerCrashedError, error_from_code)
 
-from .worker import pack, unpack, worker_main
+from . import worker_channel as channel
+from .engine_api import EngineListener, Job, JobEngine, JobResult, JobState
+from .worker import worker_main
+
+__all__ = ["Engine", "EngineListener", "FairQueue", "Job", "JobReporter", "JobState",
+           "WorkerHandle"]
 
 log = logging.getLogger("inpaintd.engine")
 
@@ -66,75 +75,6 @@ _UNSAFE_LABEL = re.compile(r"[^A-Za-z0-9._+:-]+")
 def clean(text: str) -> str:
     """Client-chosen text made safe for a log line (a newline could forge entries)."""
     return _UNSAFE_LABEL.sub("_", text) or "_"
-
-
-class JobState(enum.Enum):
-    UPLOADING = "uploading"
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-
-
-@dataclass(eq=False)
-class Job:
-    """One ``inpaint`` request, from ``accepted`` to its result or error."""
-
-    client: str  # the identity jobs, fairness and cancel rights follow (SPEC 7)
-    request_id: str
-    route: bytes  # the ROUTER routing id replies go to
-    model: str
-    strategy: str
-    image: dict[str, Any]  # buffer descriptors, as on the wire
-    mask: dict[str, Any]
-    reply_encoding: str
-    total: int  # bytes in the upload stream
-    label: str = ""  # the client, for logs
-    number: int = 0  # unique per engine; names the job on the worker channel
-    state: JobState = JobState.UPLOADING
-    accepted_at: float = field(default_factory=time.monotonic)
-    last_activity: float = field(default_factory=time.monotonic)
-    received: int = 0
-    credit: int = 0
-    chunks: list[Any] = field(default_factory=list)
-    seq: int = 0
-    position: Optional[int] = None
-    fraction: float = 0.0
-    started_at: Optional[float] = None
-    cancel_at: Optional[float] = None
-    #: The error this job ends with once the worker lets go of it (a cancel, a bad chunk).
-    end_error: Optional[InpaintdError] = None
-    #: ``(route, cancel request id)`` of cancels answered when the running job ends.
-    cancel_replies: list[tuple[bytes, str]] = field(default_factory=list)
-    #: The latest ``progress`` fields sent, and when: the front end repeats them while the
-    #: job waits or runs, which is how it notices a client that went away (SPEC 4.3).
-    last_progress: Optional[dict[str, Any]] = None
-    progress_sent_at: float = 0.0
-    #: Jobs with the same key may run in one forward (None: always alone); set by the front
-    #: end from the header (:func:`inpaintd.server.strategy.batch_key`).
-    batch_key: Optional[tuple[Any, ...]] = None
-    #: The worker's latest stage for it (``loading``, ``running``, ``compositing``).
-    stage: str = ""
-    #: Put back in the queue after its batch's worker died: it runs next, alone, and its
-    #: client, who already saw it run, is not told it is queued again.
-    retried: bool = False
-    #: ``refine`` asked for: the worker's refinement settings (never batched); None: off.
-    refine: Optional[dict[str, Any]] = None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.client, self.request_id)
-
-
-class EngineListener(Protocol):
-    """What the front end does with a job's events (it turns them into replies)."""
-
-    def job_progress(self, job: Job, stage: str, fraction: float, message: str,
-                     position: Optional[int]) -> None: ...
-
-    def job_result(self, job: Job, image: dict[str, Any], frames: list[Any],
-                   run_ms: int) -> None: ...
-
-    def job_failed(self, job: Job, error: InpaintdError) -> None: ...
 
 
 class FairQueue:
@@ -298,8 +238,11 @@ class JobReporter:
         self.listener.job_progress(job, stage, job.fraction, message, position)
 
 
-class Engine(JobReporter):
+class Engine(JobReporter, JobEngine):
     """Queue + worker supervision. Single-threaded: only the front end's loop calls it."""
+
+    #: The loop's longest wait: the worker's socket and process wake it before that.
+    poll_interval_ms = 250
 
     def __init__(self, listener: EngineListener, ctx: zmq.Context, device: str = "auto",
                  preload: tuple[str, ...] | list[str] = (), hang_timeout: float = 300.0,
@@ -330,8 +273,6 @@ class Engine(JobReporter):
         self.restarts = 0
         self.loaded_models: set[str] = set()
         self._jobs_started = 0
-        #: Result chunk size; the front end sets it from its limits.
-        self.chunk_bytes = 4 << 20
         _remove_stale_dirs()
         self._dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))  # mode 0700
         self._generation = 0
@@ -368,7 +309,7 @@ class Engine(JobReporter):
         worker, self.worker = self.worker, None
         if worker is not None:
             try:
-                worker.sock.send(pack({"op": "exit"}), zmq.NOBLOCK)
+                worker.sock.send(channel.encode(channel.Exit()), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             worker.proc.join(timeout)
@@ -474,7 +415,7 @@ class Engine(JobReporter):
             return
         if now - worker.last_message > IDLE_PING_S:
             try:
-                worker.sock.send(pack({"op": "ping"}), zmq.NOBLOCK)
+                worker.sock.send(channel.encode(channel.Ping()), zmq.NOBLOCK)
             except zmq.ZMQError:
                 return
             worker.pinged_at = now
@@ -502,7 +443,7 @@ class Engine(JobReporter):
                 job.end_error = error
                 job.cancel_at = time.monotonic()
                 try:
-                    self.worker.sock.send(pack({"op": "cancel", "job": str(job.number)}),
+                    self.worker.sock.send(channel.encode(channel.Cancel(str(job.number))),
                                           zmq.NOBLOCK)
                 except zmq.ZMQError as exc:
                     log.warning("could not pass a cancel to the worker: %s", exc)
@@ -559,23 +500,21 @@ class Engine(JobReporter):
             job.started_at = now
             job.position = None
         first = batch[0]
+        op: channel.Op
         if len(batch) == 1:
-            header = {"op": "job", "job": str(first.number), "model": first.model,
-                      "strategy": first.strategy, "image": first.image, "mask": first.mask,
-                      "reply_encoding": first.reply_encoding, "chunk_bytes": self.chunk_bytes}
-            if first.refine is not None:
-                header["refine"] = first.refine
+            op = channel.RunJob(job=str(first.number), model=first.model,
+                                strategy=first.strategy, image=first.image, mask=first.mask,
+                                refine=first.refine)
             # Kept until the worker takes it (the same buffers, zero-copy): if it hung just
             # before, the job goes to the next worker.
             frames = first.chunks
         else:
             # Each job keeps its upload until it ends: if the worker dies during the batch,
             # the job is sent again, alone.
-            header = {"op": "batch", "model": first.model, "chunk_bytes": self.chunk_bytes,
-                      "jobs": [{"job": str(job.number), "strategy": job.strategy,
-                                "image": job.image, "mask": job.mask,
-                                "reply_encoding": job.reply_encoding,
-                                "frames": len(job.chunks)} for job in batch]}
+            op = channel.RunBatch(model=first.model, jobs=[
+                channel.BatchEntry(job=str(job.number), strategy=job.strategy,
+                                   image=job.image, mask=job.mask, frames=len(job.chunks))
+                for job in batch])
             frames = [chunk for job in batch for chunk in job.chunks]
             self.batches += 1
             _, height, width = first.batch_key  # type: ignore[misc]  # batched: keyed
@@ -586,7 +525,7 @@ class Engine(JobReporter):
         worker.state = "busy"
         worker.last_message = now
         worker.took_by = now + TOOK_TIMEOUT_S
-        worker.sock.send_multipart([pack(header), *frames], copy=False)
+        worker.sock.send_multipart([channel.encode(op), *frames], copy=False)
         self._report_positions()
 
     def _end(self, job: Job) -> None:
@@ -600,74 +539,88 @@ class Engine(JobReporter):
             return
         worker.last_message = time.monotonic()
         try:
-            header = unpack(msg[0].buffer)
+            ev = channel.decode(msg[0].buffer)
         except ValueError as exc:
             log.error("unreadable message from the worker: %s", exc)
             return
-        if "device_memory" in header:
-            self.device_memory = header["device_memory"]
-        ev = header.get("ev")
+        if isinstance(ev, (channel.RunJob, channel.RunBatch, channel.Ping, channel.Cancel,
+                           channel.Exit)):
+            log.error("unreadable message from the worker: an op, %s", type(ev).__name__)
+            return
+        if not isinstance(ev, channel.Fatal):  # sent before the device is known
+            self.device_memory = ev.device_memory
         if worker.pinged_at is not None:  # alive after the ping: it may have a job
             worker.pinged_at = None
             self._dispatch()
-        if ev in ("took", "stage", "done", "error") and worker.took_by is not None:
+        if isinstance(ev, (channel.Took, channel.Stage, channel.Done, channel.Failed)) \
+                and worker.took_by is not None:
             worker.took_by = None
             if len(self.running) == 1:
                 self.running[0].chunks = []  # the worker has them; a batch keeps its own
-        if ev == "ready":
+        if isinstance(ev, channel.Ready):
             worker.state = "idle"
-            worker.pid = int(header.get("pid") or worker.pid or 0)
-            self.device = str(header.get("device") or self.device)
-            self.precision = str(header.get("precision") or self.precision)
+            worker.pid = int(ev.pid or worker.pid or 0)
+            self.device = str(ev.device or self.device)
+            self.precision = str(ev.precision or self.precision)
             self._failures = 0
             log.info("worker pid %s ready on %s (%s)", worker.pid, self.device, self.precision)
             self._dispatch()
-        elif ev == "model":
-            self.loaded_models.add(str(header["name"]))
-        elif ev == "fatal":
-            self._fatal = error_from_code(str(header.get("code")), str(header.get("message")))
+        elif isinstance(ev, channel.ModelLoaded):
+            self.loaded_models.add(str(ev.name))
+        elif isinstance(ev, channel.Fatal):
+            self._fatal = error_from_code(str(ev.code), str(ev.message))
             log.error("the worker cannot start: %s", self._fatal)
-        elif ev in ("stage", "done", "error"):
-            number = header.get("job")
-            job = next((j for j in self.running if str(j.number) == number), None)
+        elif isinstance(ev, (channel.Stage, channel.Done, channel.Failed)):
+            job = next((j for j in self.running if str(j.number) == ev.job), None)
             if job is None:
                 return  # about a job that already ended (killed or cancelled)
-            if ev == "stage":
-                self._on_stage(job, header)
+            if isinstance(ev, channel.Stage):
+                self._on_stage(job, ev)
             else:
-                self._on_end(worker, job, header, msg[1:])
+                self._on_end(worker, job, ev, msg[1:])
 
-    def _on_stage(self, job: Job, header: dict[str, Any]) -> None:
-        stage = header.get("stage")
+    def _on_stage(self, job: Job, ev: channel.Stage) -> None:
+        stage = ev.stage
         job.stage = str(stage)
         if stage == "loading":
             self._progress(job, "loading", FRACTION_LOADING, f"loading model {job.model}")
         elif stage == "running":
             lo, hi = FRACTION_RUNNING
-            share = min(1.0, max(0.0, float(header.get("fraction", 0.0))))
+            share = min(1.0, max(0.0, float(ev.fraction or 0.0)))
             self._progress(job, "running", lo + (hi - lo) * share,
-                           str(header.get("message") or f"running {job.model}"))
+                           str(ev.message or f"running {job.model}"))
         elif stage == "compositing":
             self._progress(job, "compositing", FRACTION_COMPOSITING, "sending the result")
 
-    def _on_end(self, worker: WorkerHandle, job: Job, header: dict[str, Any],
+    def _on_end(self, worker: WorkerHandle, job: Job, ev: channel.Done | channel.Failed,
                 frames: list[Any]) -> None:
         self.running.remove(job)
         if not self.running:
             worker.state = "idle"
         self._end(job)
-        if header["ev"] == "done":
+        if isinstance(ev, channel.Done):
             if job.end_error is not None and not isinstance(job.end_error, CancelledError):
                 self.listener.job_failed(job, job.end_error)
             else:
                 # Finished before a cancel took effect: the result stands (SPEC 4.4).
-                self.listener.job_result(job, header["image"], frames, int(header["run_ms"]))
+                self._deliver(job, ev, frames)
         else:
-            error = error_from_code(str(header.get("code")), str(header.get("message")))
+            error = error_from_code(str(ev.code), str(ev.message))
             if job.end_error is not None and error.code == CancelledError.code:
                 error = job.end_error
             self.listener.job_failed(job, error)
         self._dispatch()
+
+    def _deliver(self, job: Job, ev: channel.Done, frames: list[Any]) -> None:
+        """Pass a result on as it came (its pixels, zero-copy); the front end encodes it."""
+        try:
+            pixels = channel.result_pixels(ev, frames)
+        except ValueError as exc:
+            log.error("job %s: the worker's result is unreadable: %s", clean(job.request_id),
+                      exc)
+            self.listener.job_failed(job, InternalError(f"the result was lost: {exc}"))
+            return
+        self.listener.job_result(job, JobResult(pixels, int(ev.run_ms)))
 
     def _on_death(self, worker: WorkerHandle, respawn: bool) -> None:
         worker.proc.join(1.0)

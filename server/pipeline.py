@@ -32,10 +32,14 @@ from inpaintd.protocol.errors import BadInputError, MaskSizeError
 
 from .colour_match import match_colour
 from .loading import DEFAULT_MODEL, LoadedModel, load_model
+from .models import registry
+from .models.adapter import ModelAdapter
+from .models.adapter import pad_symmetric, pad_symmetric_to  # noqa: F401 - re-exported
 from .refine import RefineOptions, refine_fill
-from .strategy import LAMA_MIN_SIDE, STRATEGIES, StrategyOptions, runs_whole
+from .strategy import STRATEGIES, StrategyOptions, runs_whole
 from .texture_transfer import GAIN as TEXTURE_GAIN
 from .texture_transfer import transfer_texture
+from .weights.catalog import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -58,158 +62,8 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 # --- models as the pipeline sees them: float RGB [0,1] + binary mask -> float RGB [0,1] ---
-
-class ModelAdapter:
-    """Runs one generator exactly as its official inference code does."""
-
-    #: Inputs are padded to a multiple of this (0: the model has a fixed size instead).
-    pad_mod: int = 1
-    #: Fixed input size, or 0 when any size (multiple of ``pad_mod``) works.
-    fixed_size: int = 0
-    #: The fast path feeds the model NHWC tensors (convolution-bound models gain).
-    channels_last: bool = False
-
-    def __init__(self, model: LoadedModel) -> None:
-        self.model = model
-        self.module = model.module
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.module.parameters()).device
-
-    def to_model(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's input as its weights want it: their dtype, channels_last when fast."""
-        x = x.to(next(self.module.parameters()).dtype)
-        if self.model.fast and self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size the model runs a ``height`` x ``width`` input at: inputs with the same
-        one can share a forward (:meth:`predict_batch`)."""
-        return height, width
-
-    def prepare(self, image: torch.Tensor, mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image (B,3,H,W), mask (B,1,H,W) brought to :meth:`input_size`."""
-        return image, mask
-
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One model call on prepared inputs; the raw prediction (B,3,h,w) in [0,1]."""
-        raise NotImplementedError
-
-    def finish(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """A prediction at the model's size brought back to ``height`` x ``width``, float."""
-        return out
-
-    def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """image (B,3,H,W) in [0,1], mask (B,1,H,W) in {0,1} -> raw prediction (B,3,H,W)."""
-        h, w = image.shape[-2:]
-        return self.finish(self.forward(*self.prepare(image, mask)), h, w)
-
-    def predict_batch(self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]
-                      ) -> list[torch.Tensor]:
-        """Inputs of one :meth:`input_size` (their own sizes may differ) in one forward.
-
-        Each is prepared on its own, exactly as :meth:`predict` prepares it, so a batched
-        prediction differs from a lone one only by the kernels' batch-size-dependent
-        rounding.
-        """
-        prepared = [self.prepare(i, m) for i, m in zip(images, masks)]
-        if len({tuple(p[0].shape[-2:]) for p in prepared}) > 1:
-            raise ValueError("predict_batch needs inputs of one input_size")
-        out = self.forward(torch.cat([p[0] for p in prepared]),
-                           torch.cat([p[1] for p in prepared]))
-        del prepared
-        return [self.finish(out[k:k + 1], *image.shape[-2:]) for k, image in enumerate(images)]
-
-
-class LamaAdapter(ModelAdapter):
-    """``bin/predict.py``: symmetric pad to a multiple of 8, ``cat([img*(1-m), m])``."""
-
-    channels_last = True
-
-    def __init__(self, model: LoadedModel) -> None:
-        super().__init__(model)
-        self.pad_mod = int(getattr(self.module, "pad_mod", 8))
-
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        mod = self.pad_mod
-        return (max(LAMA_MIN_SIDE, -(-height // mod) * mod),
-                max(LAMA_MIN_SIDE, -(-width // mod) * mod))
-
-    def prepare(self, image: torch.Tensor, mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``bin/predict.py``'s padding; inputs of 8 px or less (which the official code
-        can't run) are padded further, symmetrically, to :data:`LAMA_MIN_SIDE`."""
-        size = self.input_size(*image.shape[-2:])
-        return pad_symmetric_to(image, *size), pad_symmetric_to(mask, *size)
-
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.module(self.to_model(torch.cat([image * (1 - mask), mask], dim=1)))
-
-    def finish(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return out[..., :height, :width].float()
-
-
-class PennetAdapter(ModelAdapter):
-    """``test.py``: [-1,1], the hole set to 1, ``cat([masked, m])`` and m, at 256x256."""
-
-    def __init__(self, model: LoadedModel) -> None:
-        super().__init__(model)
-        self.fixed_size = int(getattr(self.module, "size", 256))
-
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        return self.fixed_size, self.fixed_size
-
-    def prepare(self, image: torch.Tensor, mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.fixed_size
-        if tuple(image.shape[-2:]) != (s, s):
-            image = F.interpolate(image, size=(s, s), mode="bilinear", align_corners=False,
-                                  antialias=True)
-            # Any hole pixel makes its low-res pixel a hole, so no thin stroke vanishes.
-            mask = (F.interpolate(mask, size=(s, s), mode="area") > 0).to(image.dtype)
-        return image, mask
-
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        img = image * 2 - 1
-        masked = img * (1 - mask) + mask
-        _, out = self.module(torch.cat([masked, mask], dim=1), mask)
-        return (out + 1) / 2
-
-    def finish(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        if tuple(out.shape[-2:]) != (height, width):
-            out = F.interpolate(out, size=(height, width), mode="bilinear",
-                                align_corners=False)
-        return out
-
-
-ADAPTERS: dict[str, type[ModelAdapter]] = {"lama": LamaAdapter, "pennet": PennetAdapter}
-
-
-def pad_symmetric(x: torch.Tensor, mod: int) -> torch.Tensor:
-    """Pad bottom/right to a multiple of ``mod`` like ``np.pad(mode='symmetric')``."""
-    h, w = x.shape[-2:]
-    return pad_symmetric_to(x, h + (-h) % mod, w + (-w) % mod)
-
-
-def pad_symmetric_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pad bottom/right to ``height`` x ``width`` like ``np.pad(mode='symmetric')``."""
-    h, w = x.shape[-2:]
-    ph, pw = max(0, height - h), max(0, width - w)
-    if ph == 0 and pw == 0:
-        return x
-    # Symmetric = the edge row repeated, then mirrored inwards; tile for tiny inputs.
-    while ph > 0:
-        step = min(ph, x.shape[-2])
-        x = torch.cat([x, x[..., -step:, :].flip(-2)], dim=-2)
-        ph -= step
-    while pw > 0:
-        step = min(pw, x.shape[-1])
-        x = torch.cat([x, x[..., -step:].flip(-1)], dim=-1)
-        pw -= step
-    return x
+# Each architecture's adapter lives with its model and is named in its registry record
+# (:mod:`inpaintd.server.models.registry`); the base and the padding are re-exported here.
 
 
 # --- dtype handling -------------------------------------------------------------------
@@ -372,10 +226,11 @@ class Inpainter:
     def __init__(self, model: LoadedModel, options: StrategyOptions = StrategyOptions(),
                  colour_match: Optional[bool] = None,
                  texture: "Optional[bool | float]" = None) -> None:
-        try:
-            self.adapter = ADAPTERS[model.architecture](model)
-        except KeyError:
-            raise BadInputError(f"no pipeline for architecture {model.architecture!r}") from None
+        architecture = registry.find(model.architecture)
+        if architecture is None:
+            raise BadInputError(f"no pipeline for architecture {model.architecture!r}")
+        self.architecture = architecture
+        self.adapter: ModelAdapter = architecture.adapter(model)
         self.model = model
         self.options = options
         #: Move the fill's low frequencies onto the hole's border (:mod:`.colour_match`).
@@ -410,8 +265,8 @@ class Inpainter:
         strategy = strategy or "auto"
         if strategy not in STRATEGIES:
             raise BadInputError(f"unknown strategy {strategy!r} (use {', '.join(STRATEGIES)})")
-        if refine is not None and self.model.architecture != "lama":
-            raise BadInputError(f"refinement is LaMa's; {self.name} is "
+        if refine is not None and not self.architecture.can_refine:
+            raise BadInputError(f"refinement is {registry.who_refines()}; {self.name} is "
                                 f"{self.model.architecture}")
         image, mask = self._check(image, mask)
         h, w = mask.shape
@@ -673,14 +528,14 @@ def card_texture(card: dict) -> float:
     return 0.0
 
 
-def load_inpainter(model: str = DEFAULT_MODEL, device: str = "auto",
+def load_inpainter(model: "str | ModelEntry" = DEFAULT_MODEL, device: str = "auto",
                    options: StrategyOptions = StrategyOptions(), precision: str = "auto",
                    fast: bool = True, colour_match: Optional[bool] = None,
                    texture: "Optional[bool | float]" = None) -> Inpainter:
-    """Load a model by registry name or path and wrap it in the pipeline: its fast path at
-    ``precision`` (``auto``: what suits the device), or with ``fast=False`` the reference
-    path (the official code's computation, eager float32). ``colour_match`` and ``texture``
-    None: as the model's card says."""
+    """Load a model (a catalog entry, or a name or path as ``--model`` takes it) and wrap it
+    in the pipeline: its fast path at ``precision`` (``auto``: what suits the device), or
+    with ``fast=False`` the reference path (the official code's computation, eager float32).
+    ``colour_match`` and ``texture`` None: as the model's card says."""
     from .speed.optimize import optimize  # noqa: PLC0415 - speed imports loading
 
     loaded = load_model(model, pick_device(device))

@@ -1,8 +1,12 @@
 """The server's commands: ``inpaintd serve``, ``inpaintd status`` and ``inpaintd keys``.
 
 ``add_server_parsers(subparsers)`` registers them on the main ``inpaintd`` parser
-(:mod:`inpaintd.server.cli`). Kept apart from the fill/weights commands so that importing the
-CLI does not import ZeroMQ, and so the server's options are documented in one place.
+(:mod:`inpaintd.server.cli` lists :data:`COMMANDS`). Kept apart from the fill/weights
+commands so that importing the CLI does not import ZeroMQ. ``serve``'s options are the
+fields of :class:`~inpaintd.server.options.ServerConfig`, defined once there.
+
+Below :mod:`.cli` (it never imports it): ``python -m inpaintd.server.serve_cli`` runs these
+three commands in the same frame as ``inpaintd`` (:mod:`.commandline`).
 """
 
 from __future__ import annotations
@@ -15,11 +19,18 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .speed.names import add_precision_argument
+from .commandline import Commands, run
 
-__all__ = ["add_server_parsers", "main"]
+__all__ = ["COMMANDS", "COMMAND_HELP", "add_server_parsers", "main"]
 
 log = logging.getLogger("inpaintd.serve")
+
+#: The one-line help of each command here, as ``inpaintd --help`` lists it.
+COMMAND_HELP = {
+    "serve": "run the inpainting server",
+    "status": "ask a running server for its state",
+    "keys": "CurveZMQ keys for serve --curve",
+}
 
 
 def default_keys_dir() -> Path:
@@ -32,29 +43,13 @@ def default_keys_dir() -> Path:
 # --- serve ----------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .service import Server, ServerConfig
+    from .options import config_from_args
+    from .service import Server
 
     level = logging.DEBUG if getattr(args, "verbose", False) else (
         logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     logging.getLogger("inpaintd").setLevel(level)
-    preload: tuple[str, ...] = ()
-    if args.preload is not None:
-        from . import DEFAULT_MODEL
-
-        preload = tuple(args.preload) or (DEFAULT_MODEL,)
-    config = ServerConfig(
-        bind=args.bind, device=args.device, precision=args.precision, preload=preload,
-        curve_dir=Path(args.curve).expanduser() if args.curve else None,
-        insecure=args.insecure, max_message_mb=args.max_message_mb, max_queue=args.max_queue,
-        max_jobs_per_client=args.max_jobs_per_client, max_pixels=args.max_pixels,
-        upload_timeout_s=args.upload_timeout,
-        upload_min_rate_kib=args.upload_min_rate, upload_budget_mb=args.upload_budget_mb,
-        hang_timeout_s=args.hang_timeout, cancel_grace_s=args.cancel_grace,
-        max_batch=args.max_batch, log_level=level,
-        ray_address=args.ray, gpus_per_worker=args.gpus_per_worker,
-        no_workers_timeout_s=args.no_workers_timeout, refine_memory_gib=args.refine_memory,
-        worker_startup_timeout_s=args.worker_startup_timeout,
-        exit_when_idle_s=args.exit_when_idle, exit_with_parent=args.exit_with_parent)
+    config = config_from_args(args, log_level=level)
     if config.insecure and config.curve_dir is None:
         log.warning("--insecure: serving %s without encryption or authentication", config.bind)
     server = Server(config)
@@ -72,78 +67,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    from inpaintd.protocol.endpoint import DEFAULT_ENDPOINT as DEFAULT_BIND
+    from .options import add_options
 
     p = sub.add_parser(
-        "serve", help="run the inpainting server",
+        "serve", help=COMMAND_HELP["serve"],
         description="Serve inpainting over ZeroMQ (protocol/SPEC.md). One worker process "
         "owns the device; jobs from all clients are taken round-robin. Logs one line per "
         "job: id, client, model, size, milliseconds.")
-    p.add_argument("--bind", default=DEFAULT_BIND, metavar="ENDPOINT",
-                   help=f"where to listen (default: {DEFAULT_BIND}); a non-loopback address "
-                   "needs --curve or --insecure")
-    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda[:N]")
-    add_precision_argument(p)
-    p.add_argument("--preload", nargs="*", metavar="MODEL",
-                   help="load these models at start (alone: the default model) instead of "
-                   "on first use")
-    p.add_argument("--curve", metavar="DIR",
-                   help="require CurveZMQ: the server keypair and clients/*.key allow-list "
-                   "in DIR (see `inpaintd keys`)")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback bind without CURVE (trusted networks only)")
-    p.add_argument("--refine-memory", type=float, default=12.0, metavar="GIB",
-                   help="memory a refined job's activations may take (requests with "
-                   "refine: true; default 12); over it, residual blocks are recomputed in "
-                   "the backward pass")
-    p.add_argument("--max-message-mb", type=float, default=8.0, metavar="MB",
-                   help="largest frame accepted (ZMQ_MAXMSGSIZE; default 8)")
-    p.add_argument("--max-queue", type=int, default=64, metavar="N",
-                   help="jobs queued or uploading before new ones get `busy` (default 64); "
-                   "with n clients waiting, each may hold N/(n+1) of them")
-    p.add_argument("--max-pixels", type=int, default=64 << 20, metavar="N",
-                   help="the largest image a client may send, in pixels (default 67108864, "
-                   "64 Mpx); with --max-side, what bounds one upload")
-    p.add_argument("--max-jobs-per-client", type=int, default=16, metavar="N",
-                   help="jobs in flight per client (default 16)")
-    p.add_argument("--upload-timeout", type=float, default=60.0, metavar="S",
-                   help="end an upload that sends nothing for S seconds, or that is S "
-                   "seconds behind --upload-min-rate (default 60)")
-    p.add_argument("--upload-min-rate", type=float, default=64.0, metavar="KIB",
-                   help="the slowest upload accepted, in KiB/s averaged since it began "
-                   "(default 64; 0: no floor)")
-    p.add_argument("--upload-budget-mb", type=float, default=4096.0, metavar="MB",
-                   help="uploads buffered at once, all clients together; each client gets "
-                   "a fair share, and one upload at most half (default 4096)")
-    p.add_argument("--hang-timeout", type=float, default=300.0, metavar="S",
-                   help="restart the worker when a job makes no progress for S seconds "
-                   "(default 300)")
-    p.add_argument("--cancel-grace", type=float, default=10.0, metavar="S",
-                   help="kill the worker when a cancelled job has not stopped after S "
-                   "seconds (default 10)")
-    p.add_argument("--exit-when-idle", type=float, default=0.0, metavar="S",
-                   help="stop after S seconds with no request and no job (default 0: "
-                   "never); the plug-ins start their local server with it")
-    p.add_argument("--exit-with-parent", action="store_true",
-                   help="stop when the process that started the server ends (POSIX); the "
-                   "Krita plug-in starts its local server with it")
-    p.add_argument("--max-batch", type=int, default=0, metavar="N",
-                   help="run up to N queued jobs of one model and one padded size as one "
-                   "forward (0, the default: 4 on CUDA, 1 elsewhere)")
-    ray = p.add_argument_group(
-        "scale-out", "run jobs on Ray actors, one per GPU of a Ray cluster, instead of the "
-        "local worker (pip install 'inpaintd[ray]'; docs/scale-out.md). Artists still reach "
-        "only this server's port; never expose Ray's.")
-    ray.add_argument("--ray", metavar="ADDRESS",
-                     help="the Ray cluster: auto (the one on this machine) or HEAD:PORT")
-    ray.add_argument("--gpus-per-worker", type=float, default=1.0, metavar="G",
-                     help="each actor's GPU share; 0.5 puts two actors on one GPU (default 1)")
-    ray.add_argument("--no-workers-timeout", type=float, default=60.0, metavar="S",
-                     help="with no live actor, a queued job fails with no_workers after S "
-                     "seconds (default 60)")
-    ray.add_argument("--worker-startup-timeout", type=float, default=600.0, metavar="S",
-                     help="an actor may take S seconds to start (load its models, find a "
-                     "GPU); jobs wait for starting actors that long first (default 600)")
+    add_options(p)  # every option is a ServerConfig field (server/options.py)
     p.set_defaults(func=cmd_serve)
 
 
@@ -187,7 +118,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _add_status(sub: argparse._SubParsersAction) -> None:
     from inpaintd.protocol.endpoint import DEFAULT_ENDPOINT as DEFAULT_BIND
 
-    p = sub.add_parser("status", help="ask a running server for its state",
+    p = sub.add_parser("status", help=COMMAND_HELP["status"],
                        description="Print a server's version, device, worker, queue, "
                        "models and limits.")
     p.add_argument("--server", default=DEFAULT_BIND, metavar="ENDPOINT",
@@ -227,7 +158,7 @@ def cmd_keys_add_client(args: argparse.Namespace) -> int:
 
 
 def _add_keys(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("keys", help="CurveZMQ keys for serve --curve",
+    p = sub.add_parser("keys", help=COMMAND_HELP["keys"],
                        description="Make the server's keypair and allow-list clients. The "
                        "directory defaults to $INPAINTD_HOME/keys.")
     ksub = p.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
@@ -249,11 +180,14 @@ def add_server_parsers(sub: argparse._SubParsersAction) -> None:
     _add_keys(sub)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m inpaintd.server.serve_cli``: the same as ``inpaintd``, one parser."""
-    from .cli import main as inpaintd_main
+#: ``serve``, ``status`` and ``keys`` for :func:`.commandline.run`.
+COMMANDS = Commands(COMMAND_HELP, lambda: add_server_parsers)
 
-    return inpaintd_main(argv)
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m inpaintd.server.serve_cli``: ``inpaintd serve|status|keys``, the same
+    frame and parsers as ``inpaintd``."""
+    return run([COMMANDS], argv)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 One thread owns the socket and runs a poll loop. It decodes and checks every request with
 the codec's limits, answers ``hello``/``status``/``cancel`` itself, runs the credit-based
-upload of each ``inpaint`` job, and hands complete jobs to the :class:`Engine`, whose worker
-process owns the device. It never touches pixels: upload chunks are forwarded to the worker
-and result chunks back to the client, zero-copy, so the loop stays responsive while a job
-runs and a large image costs the front end no decoding.
+upload of each ``inpaint`` job, and hands complete jobs to its engine (any
+:class:`~.engine_api.JobEngine`: the local :class:`Engine`, whose worker process owns the
+device, or Ray's), built here with all its settings. It never decodes pixels: upload chunks
+are forwarded to the worker, zero-copy, and a result comes back as the raw array, which this
+front end encodes in the client's ``reply_encoding`` (raw: zero-copy views of it, in frames
+of ``chunk_bytes``; zstd: compressed here), so the workers never know the wire encoding.
 
 Why replies are sent with ``NOBLOCK`` and an outbox: with ``ROUTER_MANDATORY`` a send to a
 peer whose pipe is full would block the whole loop (and every other client) on one client
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import ipaddress
 import logging
 import os
 import sys
@@ -25,14 +26,13 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import zmq
 
 from inpaintd.protocol.codec import (BufferDesc, NotOurs, available_encodings, decode_message,
-                                     encode_message, error_header, header, validate_request)
+                                     encode_message, error_header, header, pack_array,
+                                     split_chunks, validate_request)
 from inpaintd.protocol.messages import speaks_at_least
 from inpaintd.protocol.errors import (BadInputError, BadMessageError, BusyError, CancelledError,
                                       InpaintdError, InternalError, ModelMissingError,
@@ -40,15 +40,16 @@ from inpaintd.protocol.errors import (BadInputError, BadMessageError, BusyError,
                                       UnknownModelError)
 from inpaintd.protocol.version import __version__
 
-from .engine import Engine, Job, JobState
+from .engine import Engine
+from .engine_api import Job, JobEngine, JobResult, JobState
 from .engine import clean as _clean
+from .options import MiB, ServerConfig
+from .options import DEFAULT_BIND, check_bind, is_loopback  # noqa: F401  (re-exported)
+from .models import registry
 from .strategy import batch_key
+from .weights.catalog import Catalog, ModelEntry
 
 log = logging.getLogger("inpaintd.serve")
-
-DEFAULT_PORT = 5557
-DEFAULT_BIND = f"tcp://127.0.0.1:{DEFAULT_PORT}"
-MiB = 1 << 20
 
 #: ZMTP heartbeats (SPEC 1), milliseconds.
 HEARTBEAT_IVL_MS = 5_000
@@ -67,132 +68,6 @@ OUTBOX_TIMEOUT_S = 60.0
 KEEPALIVE_S = 1.0
 #: Most messages read from the socket per loop turn, so worker events are never starved.
 RECV_BATCH = 256
-
-
-@dataclass
-class ServerConfig:
-    """Everything ``inpaintd serve`` can set (SPEC 5 limits, security, supervision)."""
-
-    bind: str = DEFAULT_BIND
-    device: str = "auto"
-    #: auto, fp32, bf16 or fp16 (see ``inpaintd.server.speed.precision``).
-    precision: str = "auto"
-    preload: tuple[str, ...] = ()
-    curve_dir: Optional[Path] = None
-    insecure: bool = False
-    max_message_mb: float = 8.0
-    max_queue: int = 64
-    max_jobs_per_client: int = 16
-    max_pixels: int = 64 * MiB
-    max_side: int = 16384
-    upload_timeout_s: float = 60.0
-    #: ``--upload-min-rate``: an upload that falls more than ``upload_timeout_s`` behind this
-    #: rate (KiB/s, averaged since ``accepted``) ends with ``timeout``: trickling a byte now
-    #: and then no longer holds a queue slot for ever (slowloris).
-    upload_min_rate_kib: float = 64.0
-    #: ``--upload-budget-mb``: bytes of uploads the front end buffers at once, all clients
-    #: together (uploading and queued jobs, as declared); over it, new jobs get ``busy``.
-    upload_budget_mb: float = 4096.0
-    hang_timeout_s: float = 300.0
-    cancel_grace_s: float = 10.0
-    #: Most jobs run in one forward; 0 is auto: 4 when the worker's device is CUDA, else 1.
-    max_batch: int = 0
-    log_level: int = logging.INFO
-    #: ``--ray``: a Ray cluster's address (``auto`` or HOST:PORT); None = the local worker.
-    ray_address: Optional[str] = None
-    #: ``--gpus-per-worker``: each Ray actor's GPU share (0.5 puts two on a GPU).
-    gpus_per_worker: float = 1.0
-    #: ``--no-workers-timeout``: how long a job waits when no Ray actor is alive.
-    no_workers_timeout_s: float = 60.0
-    #: ``--refine-memory``: GiB a refined job's activations may take (SPEC 4.2 ``refine``).
-    refine_memory_gib: float = 12.0
-    #: ``--worker-startup-timeout``: how long a Ray actor may take to start before jobs
-    #: waiting for it count as having no worker.
-    worker_startup_timeout_s: float = 600.0
-    #: ``--exit-when-idle``: stop after this many seconds without a message and with no
-    #: job (0: never). For servers a plug-in starts on an artist's machine: GIMP runs a
-    #: plug-in per call and can't stop the server when it quits.
-    exit_when_idle_s: float = 0.0
-    #: ``--exit-with-parent``: stop when the process that started the server ends (the
-    #: Krita plug-in's local server: it goes when Krita goes, even if Krita crashes).
-    exit_with_parent: bool = False
-
-    @property
-    def max_message_bytes(self) -> int:
-        return int(self.max_message_mb * MiB)
-
-    @property
-    def upload_budget_bytes(self) -> int:
-        return int(self.upload_budget_mb * MiB)
-
-    @property
-    def chunk_bytes(self) -> int:
-        return min(4 * MiB, self.max_message_bytes // 2)
-
-    @property
-    def window_bytes(self) -> int:
-        return 4 * self.chunk_bytes
-
-    def limits(self) -> dict[str, int]:
-        """The ``limits`` map of ``welcome`` (SPEC 4.1)."""
-        return {"max_message_bytes": self.max_message_bytes, "chunk_bytes": self.chunk_bytes,
-                "window_bytes": self.window_bytes, "max_pixels": self.max_pixels,
-                "max_side": self.max_side, "max_queue": self.max_queue,
-                "max_jobs_per_client": self.max_jobs_per_client}
-
-    def check(self) -> None:
-        """Refuse settings that can't work, before anything starts."""
-        if self.max_message_bytes < 128 * 1024:
-            raise BadInputError("--max-message-mb must be at least 0.125 (128 KiB): a header "
-                                "alone may be 64 KiB")
-        if self.max_queue < 1 or self.max_jobs_per_client < 1:
-            raise BadInputError("--max-queue must be at least 1")
-        if self.upload_min_rate_kib < 0:
-            raise BadInputError("--upload-min-rate must be 0 (no floor) or more")
-        if self.upload_budget_bytes < 2 * self.max_message_bytes:
-            raise BadInputError("--upload-budget-mb must be at least twice --max-message-mb")
-        if self.max_pixels < 1:
-            raise BadInputError("--max-pixels must be at least 1")
-        if self.max_batch < 0:
-            raise BadInputError("--max-batch must be 0 (auto) or more")
-        if not self.refine_memory_gib > 0:
-            raise BadInputError("--refine-memory must be positive")
-        check_bind(self.bind, self.curve_dir is not None, self.insecure)
-
-
-def is_loopback(endpoint: str) -> bool:
-    """Whether a ZeroMQ endpoint is reachable only from this machine.
-
-    ``ipc://`` and ``inproc://`` are local; ``tcp://`` is local only on a loopback address
-    (``127.0.0.0/8``, ``::1``, ``localhost``, the ``lo`` interface). Anything else,
-    including ``*``, a host name and other transports, counts as reachable from outside.
-    """
-    transport, _, rest = endpoint.partition("://")
-    if transport in ("ipc", "inproc"):
-        return True
-    if transport != "tcp" or not rest:
-        return False
-    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
-    if ";" in host:  # tcp://source;dest: the bound address is the destination
-        host = host.split(";", 1)[1]
-    host = host.strip("[]")
-    if host in ("localhost", "lo"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(endpoint: str, curve: bool, insecure: bool) -> None:
-    """SPEC 7: no non-loopback bind without CURVE unless ``--insecure``."""
-    if "://" not in endpoint:
-        raise BadInputError(f"--bind {endpoint!r}: expected an endpoint like {DEFAULT_BIND}")
-    if not curve and not insecure and not is_loopback(endpoint):
-        raise BadInputError(
-            f"refusing to bind {endpoint} without CURVE: anyone who can reach it could use "
-            "the server. Use --curve DIR (see `inpaintd keys init`), bind 127.0.0.1, or pass "
-            "--insecure on a network you trust")
 
 
 def seed_routing_ids() -> None:
@@ -216,7 +91,8 @@ def seed_routing_ids() -> None:
 
 
 class ModelCatalog:
-    """The models a client may name, and their state (SPEC 4.1).
+    """The models a client may name, and their state (SPEC 4.1): the model catalog
+    (:class:`~inpaintd.server.weights.catalog.Catalog`) as the wire shows it.
 
     Only registry names are served, never paths: a remote client must not make the server
     open files of its choosing. Re-scanned at most every 2 s, so models imported while the
@@ -227,70 +103,31 @@ class ModelCatalog:
 
     def __init__(self, loaded: Callable[[], set[str]]) -> None:
         self._loaded = loaded
-        self._scanned_at = -1e9
-        self._installed: dict[str, Path] = {}
-        self._arch: dict[tuple[Path, int], str] = {}
-
-    def _scan(self) -> dict[str, Path]:
-        now = time.monotonic()
-        if now - self._scanned_at > self.TTL_S:
-            from .weights import store
-
-            self._installed = store.installed_models()
-            self._scanned_at = now
-        return self._installed
-
-    @staticmethod
-    def _known_missing() -> dict[str, str]:
-        """Models the server can name before it has them, with their architecture: the
-        bundled ones and every known download (the studio's ``sources.json`` included)."""
-        from .weights.fetch import known_sources
-
-        known = {name: s.architecture for name, s in known_sources().items()}
-        return {**known, "lama": "lama", "pennet": "pennet"}
-
-    def _architecture(self, path: Path) -> str:
-        """From our card when there is one, else from the kind of file."""
-        try:
-            key = (path, path.stat().st_mtime_ns)
-        except OSError:
-            return "unknown"
-        if key not in self._arch:
-            arch = "pennet" if path.suffix == ".pth" else "lama"
-            card = path.with_suffix(".json")
-            if path.suffix == ".safetensors" and card.is_file():
-                import json
-
-                try:
-                    arch = str(json.loads(card.read_text(encoding="utf-8"))["architecture"])
-                except (OSError, ValueError, KeyError, TypeError):
-                    arch = "unknown"
-            self._arch[key] = arch[:64] or "unknown"
-        return self._arch[key]
+        self.catalog = Catalog(ttl_s=self.TTL_S)
 
     def models(self) -> list[dict[str, str]]:
-        installed = self._scan()
         loaded = self._loaded()
-        out = [{"name": name, "architecture": self._architecture(path),
-                "state": "loaded" if name in loaded else "available"}
-               for name, path in sorted(installed.items()) if len(name) <= 64]
-        for name, arch in sorted(self._known_missing().items()):
-            if name not in installed:
-                out.append({"name": name, "architecture": arch, "state": "missing"})
+        out = [{"name": e.name, "architecture": e.architecture[:64],
+                "state": "loaded" if e.name in loaded else "available"}
+               for e in self.catalog.installed().values() if len(e.name) <= 64]
+        out.sort(key=lambda m: m["name"])
+        out += [{"name": e.name, "architecture": e.architecture[:64], "state": "missing"}
+                for e in self.catalog.missing().values()]
         return out[:256]
 
     def architecture(self, name: str) -> str:
         """The architecture of an installed model, ``unknown`` for any other name."""
-        path = self._scan().get(name)
-        return "unknown" if path is None else self._architecture(path)
+        return self.catalog.architecture(name)
 
-    def check(self, name: str) -> None:
-        """Raise unless ``name`` is an installed model."""
-        if name in self._scan():
-            return
-        if name in self._known_missing():
+    def check(self, name: str) -> ModelEntry:
+        """The installed model ``name`` (its file and architecture), resolved once for the
+        job that names it; ``model_missing`` or ``unknown_model`` otherwise."""
+        entry = self.catalog.find(name)
+        if entry is not None:
+            return entry
+        if name in self.catalog.missing():
             raise ModelMissingError(f"model {name!r} is not installed on this server")
-        known = ", ".join(sorted(self._installed)) or "none"
+        known = ", ".join(sorted(self.catalog.installed())) or "none"
         raise UnknownModelError(f"unknown model {name!r} (this server has: {known})"[:900])
 
 
@@ -299,9 +136,7 @@ def _served_models(config: ServerConfig) -> list[str]:
     installed model (an actor serves jobs without ever loading mid-job)."""
     if config.preload:
         return list(config.preload)
-    from .weights import store
-
-    return sorted(store.installed_models())
+    return sorted(Catalog().installed())
 
 
 class Server:
@@ -317,7 +152,7 @@ class Server:
         self.endpoint = config.bind
         self.security: Any = None
         self.jobs: dict[tuple[str, str], Job] = {}
-        self.engine: Any
+        self.engine: JobEngine
         if config.ray_address:
             from .scaleout.engine import RayEngine  # Ray is imported only with --ray
 
@@ -334,7 +169,6 @@ class Server:
                                  hang_timeout=config.hang_timeout_s,
                                  cancel_grace=config.cancel_grace_s,
                                  log_level=config.log_level)
-        self.engine.chunk_bytes = config.chunk_bytes
         self.catalog = ModelCatalog(lambda: self.engine.loaded_models)
         self._labels: OrderedDict[str, str] = OrderedDict()
         self._outbox: dict[bytes, deque[tuple[float, list[Any]]]] = {}
@@ -426,7 +260,7 @@ class Server:
         self._last_activity = time.monotonic()  # a long --preload is not idleness
         try:
             while not self._stop.is_set():
-                wait = getattr(self.engine, "poll_interval_ms", 250)
+                wait = self.engine.poll_interval_ms
                 self.turn(10 if self._outbox else wait)
         finally:
             self.close()
@@ -563,8 +397,9 @@ class Server:
         if not speaks_at_least(version, 1):
             return {}
         extra: dict[str, Any] = {"precision": self.engine.precision}
-        if hasattr(self.engine, "pool"):  # --ray: the actors behind the front end
-            extra["workers"] = self.engine.status()["workers"]
+        status = self.engine.status()
+        if "workers" in status:  # --ray: the actors behind the front end
+            extra["workers"] = status["workers"]
         return extra
 
     def _status(self, version: str) -> dict[str, Any]:
@@ -580,32 +415,34 @@ class Server:
         rid = req["id"]
         if (identity, rid) in self.jobs:
             raise BadMessageError(f"request id {rid!r} is already in flight")
-        self.catalog.check(req["model"])
+        model = self.catalog.check(req["model"])
         image = BufferDesc.from_wire(req["image"], path="image", re=rid)
         mask = BufferDesc.from_wire(req["mask"], path="mask", re=rid)
         image.check_limits(self.config.max_pixels, self.config.max_side, re=rid)
         self._admit(identity, image.nbytes + mask.nbytes)
-        refine = self._refine_of(req)
+        refine = self._refine_of(req, model.architecture)
         job = Job(client=identity, request_id=rid, route=route, model=req["model"],
                   strategy=req["strategy"], image=image.to_wire(), mask=mask.to_wire(),
                   reply_encoding=req["options"]["reply_encoding"],
                   total=image.nbytes + mask.nbytes, label=label, refine=refine,
                   batch_key=None if refine else batch_key(
-                      req["model"], self.catalog.architecture(req["model"]), req["strategy"],
-                      image.height, image.width))
+                      req["model"], model.architecture, req["strategy"], image.height,
+                      image.width))
         job.credit = min(job.total, self.config.window_bytes)
         self.jobs[job.key] = job
         self._send(route, header("accepted", re=rid, boot_id=self.boot_id, credit=job.credit))
 
-    def _refine_of(self, req: dict[str, Any]) -> Optional[dict[str, Any]]:
-        """The worker's refinement settings for a request that asks for it (SPEC 4.2)."""
+    def _refine_of(self, req: dict[str, Any], architecture: str) -> Optional[dict[str, Any]]:
+        """The worker's refinement settings for a request that asks for it (SPEC 4.2); an
+        architecture this server knows cannot be refined is ``bad_input``."""
         if not req.get("refine"):
             return None
         if self.config.ray_address:
             raise BadInputError("refine is not available on a server started with --ray")
-        architecture = self.catalog.architecture(req["model"])
-        if architecture not in ("lama", "unknown"):
-            raise BadInputError(f"refine is LaMa's; {req['model']} is {architecture}")
+        arch = registry.find(architecture)
+        if arch is not None and not arch.can_refine:
+            raise BadInputError(f"refine is {registry.who_refines()}; {req['model']} is "
+                                f"{architecture}")
         return {"memory_gib": self.config.refine_memory_gib}
 
     def _admit(self, identity: str, nbytes: int) -> None:
@@ -765,15 +602,22 @@ class Server:
         self._send(job.route, header("progress", re=job.request_id, boot_id=self.boot_id,
                                      **fields))
 
-    def job_result(self, job: Job, image: dict[str, Any], frames: list[Any],
-                   run_ms: int) -> None:
+    def job_result(self, job: Job, result: JobResult) -> None:
+        """Encode the result as the client asked (``reply_encoding``: raw is a zero-copy view
+        of the pixels as they came from the engine) in frames of at most ``chunk_bytes``."""
         self.jobs.pop(job.key, None)
+        try:
+            desc, data = pack_array(result.pixels, job.reply_encoding)
+        except InpaintdError as exc:  # an engine's result the protocol can't carry
+            self.job_failed(job, InternalError(f"the result can't be sent: {exc.message}"))
+            return
+        frames = split_chunks(data, self.config.chunk_bytes)
         elapsed = round((time.monotonic() - job.accepted_at) * 1000)
         self._send(job.route, header("result", re=job.request_id, boot_id=self.boot_id,
-                                     image=image, frames=len(frames), model=job.model,
-                                     elapsed_ms=elapsed), frames)
+                                     image=desc.to_wire(), frames=len(frames),
+                                     model=job.model, elapsed_ms=elapsed), frames)
         self._answer_cancels(job, cancelled=False)
-        self._log_job(job, "ok", elapsed, run_ms)
+        self._log_job(job, "ok", elapsed, result.run_ms)
 
     def job_failed(self, job: Job, error: InpaintdError) -> None:
         self.jobs.pop(job.key, None)

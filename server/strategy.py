@@ -3,7 +3,9 @@
 Why a module of its own: the server's front end decides which queued jobs may share one
 model forward from a job's header alone (:func:`batch_key`), and it must read the same
 thresholds the worker's pipeline (:mod:`inpaintd.server.pipeline`) runs with, without
-importing torch or touching pixels.
+importing torch or touching pixels. The model input size a job will run at is its
+architecture's :class:`~inpaintd.server.models.registry.InputShape`, the same record the
+worker's adapter pads or resizes by.
 """
 
 from __future__ import annotations
@@ -11,15 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-STRATEGIES = ("auto", "full", "crop", "resize")
+from .models import registry
 
-#: Architectures whose whole-image fill is one forward at a size known from the header.
-#: LaMa pads each side up to a multiple of 8; PEN-Net always runs at 256x256.
-LAMA_PAD = 8
-#: LaMa's smallest input side: its three stride-2 downsamplings and reflection padding fail
-#: on 8 px or less, so smaller inputs are padded (symmetrically) up to this.
-LAMA_MIN_SIDE = 16
-PENNET_SIZE = 256
+STRATEGIES = ("auto", "full", "crop", "resize")
 
 #: A batch key: (model name, model input height, model input width).
 BatchKey = tuple[str, int, int]
@@ -59,15 +55,14 @@ def batch_key(model: str, architecture: str, strategy: Optional[str], height: in
     """The key jobs must share to run in one forward, or None for a job never batched.
 
     Only a whole-image fill no larger than ``crop_trigger`` is batched: its model input size
-    is known from the header (LaMa: each side padded up to a multiple of 8; PEN-Net: always
-    256x256). Crop and resize fills, big images and unknown architectures run alone.
+    is known from the header and the architecture's record (LaMa: each side padded up to a
+    multiple of 8; PEN-Net: always 256x256). Crop and resize fills, big images and
+    architectures this process does not know run alone.
     """
     if max(height, width) > options.crop_trigger or not runs_whole(strategy, height, width,
                                                                     options):
         return None
-    if architecture == "lama":
-        return (model, max(LAMA_MIN_SIDE, -(-height // LAMA_PAD) * LAMA_PAD),
-                max(LAMA_MIN_SIDE, -(-width // LAMA_PAD) * LAMA_PAD))
-    if architecture == "pennet":
-        return (model, PENNET_SIZE, PENNET_SIZE)
-    return None
+    arch = registry.find(architecture)
+    if arch is None:
+        return None
+    return (model, *arch.input.size(height, width))

@@ -6,33 +6,11 @@ the front end (and every other client's connection) down with it. The front end
 context, talks to it over a ZeroMQ PAIR socket on an ipc endpoint inside a 0700 directory,
 and kills and replaces it when it dies, hangs or ignores a cancel.
 
-The channel carries msgpack headers plus raw frames. It is internal and both ends are ours,
-so it is not the wire protocol; the pixels, though, are passed through unchanged: the
-front end forwards the client's upload chunks here, and forwards the result chunks made here
-straight to the client, so the front end never copies or decodes an image.
-
-Front end -> worker (``op``):
-
-- ``job``: ``{job, model, strategy, image, mask, reply_encoding, chunk_bytes}`` + the upload
-  chunks (the image's bytes then the mask's, as the client sent them);
-- ``batch``: ``{model, chunk_bytes, jobs: [{job, strategy, image, mask, reply_encoding,
-  frames}]}`` + each job's upload chunks in turn (``frames`` of them per job): jobs whose
-  fills are one model forward at the same input size, run as one forward
-  (:meth:`Worker.batch`); each still ends with its own ``done`` or ``error``;
-- ``ping``: answered ``pong`` (the front end checks an idle worker is alive before it
-  hands it a job);
-- ``cancel``: ``{job}``, honoured at the next stage boundary of that job (in a batch: before
-  its forward, or after it, when the job is answered ``cancelled`` and the others go on);
-- ``exit``.
-
-Worker -> front end (``ev``): ``ready``, ``pong``, ``took`` (``{jobs}``: sent first thing
-for a ``job`` or ``batch``, so a worker that hung just before is caught at once),
-``model`` (a model loaded or failed),
-``stage`` (``loading``, ``running`` with the fill's ``fraction`` and a ``message`` saying
-what runs, ``compositing``),
-``done`` (+ result chunks), ``error`` (a protocol error code), ``fatal`` (cannot start).
-Every event carries ``device_memory`` so the front end can answer ``status`` while a job
-runs.
+The channel's messages are the typed records of :mod:`inpaintd.server.worker_channel`
+(documented there), with raw frames. The pixels pass through the front end unchanged: it
+forwards the client's upload chunks here, and a result goes back as the raw array, which
+the front end encodes as its client asked; the worker never knows the client's wire
+encoding, and the front end never decodes an upload.
 
 Memory stays bounded: a batch that runs out of device memory is run again one job at a time,
 and a whole-image job (``full``, or ``auto`` below the crop trigger) that runs out is retried
@@ -43,6 +21,7 @@ cache is released after every out-of-memory, so the next job starts on a clean d
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -50,13 +29,15 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-import msgpack
 import numpy as np
 import zmq
 
-from inpaintd.protocol.errors import (BadInputError, BadMessageError, CancelledError,
-                                      CheckpointError, InpaintdError, InternalError,
-                                      OutOfMemoryError, UnknownModelError)
+from inpaintd.protocol.errors import (BadMessageError, CancelledError, CheckpointError,
+                                      InpaintdError, InternalError, OutOfMemoryError)
+
+from . import worker_channel as channel
+from .channels import fill_any_channels, fill_batch_any_channels
+from .weights.catalog import Catalog
 
 log = logging.getLogger("inpaintd.worker")
 
@@ -68,19 +49,6 @@ _PARENT_CHECK_MS = 1000
 #: (whichever comes first).
 _PROGRESS_STEP = 0.05
 _PROGRESS_EVERY_S = 0.5
-
-
-def pack(header: dict[str, Any]) -> bytes:
-    """The channel's header encoding (msgpack; both ends are ours)."""
-    return msgpack.packb(header, use_bin_type=True)
-
-
-def unpack(data: Any) -> dict[str, Any]:
-    """Inverse of :func:`pack`."""
-    out = msgpack.unpackb(data, raw=False)
-    if not isinstance(out, dict):
-        raise ValueError("channel header is not a map")
-    return out
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -146,6 +114,9 @@ class Worker:
             # its first search per size once and then runs the fastest kernels it found.
             torch.backends.cudnn.benchmark = True
         self.inpainters: dict[str, Any] = {}
+        #: Resolves a job's model name to its file and architecture, once per load; the
+        #: same rules as the front end's, so the two agree about a name.
+        self.catalog = Catalog()
         #: Models that failed to load, with their files' stamp then (see :meth:`inpainter`).
         self._failed: dict[str, tuple[tuple[Any, ...], InpaintdError]] = {}
         self._pending: list[list[Any]] = []
@@ -154,9 +125,10 @@ class Worker:
 
     # --- the channel -------------------------------------------------------------------
 
-    def send(self, header: dict[str, Any], frames: tuple[Any, ...] | list[Any] = ()) -> None:
-        header["device_memory"] = device_memory(self.device)
-        self.sock.send_multipart([pack(header), *frames], copy=False)
+    def send(self, event: channel.Event, frames: tuple[Any, ...] | list[Any] = ()) -> None:
+        """Send an event (with the device's memory in use now), then its frames."""
+        event = dataclasses.replace(event, device_memory=device_memory(self.device))
+        self.sock.send_multipart([channel.encode(event), *frames], copy=False)
 
     def _cancel_requested(self, job: str) -> bool:
         """Read what arrived while a job runs, without blocking: is this job cancelled?
@@ -167,9 +139,13 @@ class Worker:
         """
         while self.sock.poll(0, zmq.POLLIN):
             msg = self.sock.recv_multipart(copy=False)
-            header = unpack(msg[0].buffer)
-            if header.get("op") == "cancel":
-                self._cancelled.add(str(header.get("job")))
+            try:
+                op = channel.decode(msg[0].buffer)
+            except ValueError as exc:
+                log.error("unreadable message from the front end: %s", exc)
+                continue
+            if isinstance(op, channel.Cancel):
+                self._cancelled.add(op.job)
             else:
                 self._pending.append(msg)
         return job in self._cancelled
@@ -191,14 +167,14 @@ class Worker:
         if name not in self.inpainters:
             from .pipeline import load_inpainter
 
-            path = model_path(name)
-            stamp = _files_stamp(path)
+            entry = self.catalog.resolve(name)
+            stamp = _files_stamp(str(entry.path))
             failed = self._failed.get(name)
             if failed is not None and failed[0] == stamp:
                 raise failed[1]
             t0 = time.perf_counter()
             try:
-                self.inpainters[name] = load_inpainter(path, str(self.device),
+                self.inpainters[name] = load_inpainter(entry, str(self.device),
                                                        precision=self.precision_spec)
             except CheckpointError as exc:
                 self._failed[name] = (stamp, exc)
@@ -206,7 +182,7 @@ class Worker:
             self._failed.pop(name, None)
             log.info("loaded model %s on %s in %.0f ms", name, self.device,
                      (time.perf_counter() - t0) * 1000)
-            self.send({"ev": "model", "name": name, "state": "loaded"})
+            self.send(channel.ModelLoaded(name=name))
         return self.inpainters[name]
 
     def preload(self, names: list[str]) -> None:
@@ -226,33 +202,37 @@ class Worker:
                     return
                 continue
             msg = self._next_message()
-            header = unpack(msg[0].buffer)
-            op = header.get("op")
-            if op == "exit":
+            try:
+                op = channel.decode(msg[0].buffer)
+            except ValueError as exc:
+                log.error("unreadable message from the front end: %s", exc)
+                continue
+            if isinstance(op, channel.Exit):
                 return
-            if op == "ping":
-                self.send({"ev": "pong"})
+            if isinstance(op, channel.Ping):
+                self.send(channel.Pong())
                 continue
             try:
-                if op == "job":
-                    self.send({"ev": "took", "jobs": [str(header["job"])]})
-                    self.job(header, msg[1:])
-                elif op == "batch":
-                    self.send({"ev": "took", "jobs": [str(j["job"]) for j in header["jobs"]]})
-                    self.batch(header, msg[1:])
+                if isinstance(op, channel.RunJob):
+                    self.send(channel.Took(jobs=[op.job]))
+                    self.job(op, msg[1:])
+                elif isinstance(op, channel.RunBatch):
+                    self.send(channel.Took(jobs=[entry.job for entry in op.jobs]))
+                    self.batch(op, msg[1:])
             finally:
                 # A cancel that arrives after its op is for a job that already ended.
                 self._cancelled.clear()
 
-    def job(self, header: dict[str, Any], chunks: list[Any],
+    def job(self, op: channel.RunJob, chunks: list[Any],
             decoded: Optional[tuple[np.ndarray, np.ndarray]] = None) -> None:
         """Run one job and answer it with ``done`` or ``error``; ``decoded`` is its image and
         mask when a failed batch already decoded them."""
-        job = str(header["job"])
+        job = op.job
         t0 = time.perf_counter()
         out_of_memory = False
         try:
-            frames, desc = self._run(job, header, chunks, decoded)
+            result = self._run(job, op, chunks, decoded)
+            done, frames = channel.done_of(job, result, round((time.perf_counter() - t0) * 1000))
         except _Cancelled:
             self._send_cancelled(job)
             return
@@ -261,40 +241,39 @@ class Worker:
             if err.code == "internal":
                 log.exception("job %s failed", job)
             out_of_memory = err.code == OutOfMemoryError.code
-            self.send({"ev": "error", "job": job, "code": err.code, "message": err.message})
+            self.send(channel.Failed(job=job, code=err.code, message=err.message))
         else:
-            self.send({"ev": "done", "job": job, "image": desc,
-                       "run_ms": round((time.perf_counter() - t0) * 1000)}, frames)
+            self.send(done, frames)
         if out_of_memory:  # here, not in the except: the traceback held the job's tensors
             _release_cached_memory()
 
     def _send_cancelled(self, job: str) -> None:
-        self.send({"ev": "error", "job": job, "code": CancelledError.code,
-                   "message": "the job was cancelled"})
+        self.send(channel.Failed(job=job, code=CancelledError.code,
+                                 message="the job was cancelled"))
 
     def _model(self, jobs: list[str], name: str) -> Any:
         """The model for these jobs, with a ``loading`` stage for each when it loads now."""
         if name not in self.inpainters:
             for job in jobs:
-                self.send({"ev": "stage", "job": job, "stage": "loading"})
+                self.send(channel.Stage(job=job, stage="loading"))
         return self.inpainter(name)
 
-    def _run(self, job: str, header: dict[str, Any], chunks: list[Any],
-             decoded: Optional[tuple[np.ndarray, np.ndarray]] = None
-             ) -> tuple[list[Any], dict]:
+    def _run(self, job: str, op: channel.RunJob, chunks: list[Any],
+             decoded: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
         if self._cancel_requested(job):
             raise _Cancelled
-        inpainter = self._model([job], str(header["model"]))
+        inpainter = self._model([job], op.model)
         if self._cancel_requested(job):
             raise _Cancelled
-        image, mask = decoded if decoded is not None else _decode(header, chunks)
+        image, mask = decoded if decoded is not None else _decode(op.image, op.mask, chunks)
         del chunks
 
-        result = self._fill_alone(job, inpainter, image, mask, header.get("strategy"),
-                                  _refine_options(header.get("refine")))
+        result = self._fill_alone(job, inpainter, image, mask, op.strategy,
+                                  _refine_options(op.refine))
         if self._cancel_requested(job):
             raise _Cancelled
-        return self._reply(job, header, result)
+        self.send(channel.Stage(job=job, stage="compositing"))
+        return result
 
     def _fill_alone(self, job: str, inpainter: Any, image: np.ndarray, mask: np.ndarray,
                     strategy: Optional[str], refine: Any = None) -> np.ndarray:
@@ -318,19 +297,9 @@ class Worker:
         return fill_any_channels(inpainter, image, mask, "crop", self._progress(job),
                                  inplace=True, refine=refine)
 
-    def _reply(self, job: str, header: dict[str, Any], result: np.ndarray
-               ) -> tuple[list[Any], dict]:
-        """The ``compositing`` stage, then the result packed as the client asked."""
-        from inpaintd.protocol.codec import pack_array, split_chunks
-
-        self.send({"ev": "stage", "job": job, "stage": "compositing"})
-        desc, buf = pack_array(result, str(header.get("reply_encoding") or "raw"))
-        frames = split_chunks(buf, int(header["chunk_bytes"]))
-        return list(frames), desc.to_wire()
-
     # --- batches -----------------------------------------------------------------------
 
-    def batch(self, header: dict[str, Any], chunks: list[Any]) -> None:
+    def batch(self, op: channel.RunBatch, chunks: list[Any]) -> None:
         """Run several jobs of one model whose fills share a model input size as one forward.
 
         Why: on a GPU a forward over a batch costs far less than one per job. Each job still
@@ -340,57 +309,59 @@ class Worker:
         out-of-memory fallback, so one job's trouble never fails another.
         """
         t0 = time.perf_counter()
-        name = str(header["model"])
-        specs: list[dict[str, Any]] = []
+        name = op.model
+        specs: list[tuple[channel.BatchEntry, list[Any]]] = []
         pos = 0
-        for raw in header["jobs"]:
-            count = int(raw["frames"])
-            spec = {**raw, "model": name, "chunk_bytes": header["chunk_bytes"],
-                    "chunks": chunks[pos:pos + count]}
+        for entry in op.jobs:
+            count = int(entry.frames)
+            specs.append((entry, chunks[pos:pos + count]))
             pos += count
-            specs.append(spec)
         del chunks
 
-        live = [s for s in specs if not self._stopped(str(s["job"]))]
+        live = [(e, c) for e, c in specs if not self._stopped(e.job)]
+        del specs
         if not live:
             return
         load_error: Optional[InpaintdError] = None
         try:
-            inpainter = self._model([str(s["job"]) for s in live], name)
+            inpainter = self._model([e.job for e, _ in live], name)
         except Exception as exc:  # noqa: BLE001 - every job gets the error
             load_error = classify(exc)
             if load_error.code == "internal":
                 log.exception("loading model %s failed", name)
         if load_error is not None:
-            for spec in live:
-                self.send({"ev": "error", "job": str(spec["job"]), "code": load_error.code,
-                           "message": load_error.message})
+            for entry, _ in live:
+                self.send(channel.Failed(job=entry.job, code=load_error.code,
+                                         message=load_error.message))
             if load_error.code == OutOfMemoryError.code:
                 _release_cached_memory()
             return
 
-        decoded: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
-        for spec in live:
-            job = str(spec["job"])
+        decoded: list[tuple[channel.BatchEntry, np.ndarray, np.ndarray]] = []
+        while live:
+            entry, upload = live.pop(0)
+            job = entry.job
             if self._stopped(job):
                 continue
             try:
-                image, mask = _decode(spec, spec.pop("chunks"))
+                image, mask = _decode(entry.image, entry.mask, upload)
             except Exception as exc:  # noqa: BLE001 - the job's own error; the others go on
                 err = classify(exc)
-                self.send({"ev": "error", "job": job, "code": err.code, "message": err.message})
+                self.send(channel.Failed(job=job, code=err.code, message=err.message))
                 continue
-            decoded.append((spec, image, mask))
-        for spec, _, _ in decoded:
-            self.send({"ev": "stage", "job": str(spec["job"]), "stage": "running",
-                       "fraction": 0.0, "message": f"{name} on the whole image, in one "
-                       f"batch of {len(decoded)}"})
+            finally:
+                del upload
+            decoded.append((entry, image, mask))
+        for entry, _, _ in decoded:
+            self.send(channel.Stage(job=entry.job, stage="running", fraction=0.0,
+                                    message=f"{name} on the whole image, in one batch of "
+                                    f"{len(decoded)}"))
         if not decoded:
             return
 
         results: Optional[list[np.ndarray]] = None
         out_of_memory = False
-        names = [str(spec["job"]) for spec, _, _ in decoded]
+        names = [entry.job for entry, _, _ in decoded]
 
         def stop_when_all_cancelled(_fraction: float, _what: str) -> None:
             # Between the forward's stages: a batch whose every job was cancelled stops here,
@@ -400,7 +371,7 @@ class Worker:
 
         try:
             results = fill_batch_any_channels(
-                inpainter, [(image, mask, spec.get("strategy")) for spec, image, mask in decoded],
+                inpainter, [(image, mask, entry.strategy) for entry, image, mask in decoded],
                 inplace=True, progress=stop_when_all_cancelled)
         except _Cancelled:
             for job in names:
@@ -417,27 +388,28 @@ class Worker:
         if results is None:
             if out_of_memory:
                 _release_cached_memory()
-            for spec, image, mask in decoded:
-                self.job(spec, [], decoded=(image, mask))
+            for entry, image, mask in decoded:
+                self.job(entry.as_job(name), [], decoded=(image, mask))
             return
-        for (spec, _, _), result in zip(decoded, results):
-            job = str(spec["job"])
+        for (entry, _, _), result in zip(decoded, results):
+            job = entry.job
             if self._stopped(job):
                 continue
             try:
-                self.send({"ev": "stage", "job": job, "stage": "running", "fraction": 1.0,
-                           "message": f"{name} on the whole image, in one batch of "
-                           f"{len(decoded)}"})
-                frames, desc = self._reply(job, spec, result)
+                self.send(channel.Stage(job=job, stage="running", fraction=1.0,
+                                        message=f"{name} on the whole image, in one batch of "
+                                        f"{len(decoded)}"))
+                self.send(channel.Stage(job=job, stage="compositing"))
+                done, frames = channel.done_of(job, result,
+                                               round((time.perf_counter() - t0) * 1000))
             except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
                 err = classify(exc)
                 if err.code == "internal":
                     log.exception("job %s failed", job)
                 out_of_memory = out_of_memory or err.code == OutOfMemoryError.code
-                self.send({"ev": "error", "job": job, "code": err.code, "message": err.message})
+                self.send(channel.Failed(job=job, code=err.code, message=err.message))
                 continue
-            self.send({"ev": "done", "job": job, "image": desc,
-                       "run_ms": round((time.perf_counter() - t0) * 1000)}, frames)
+            self.send(done, frames)
         if out_of_memory:
             _release_cached_memory()
 
@@ -466,8 +438,8 @@ class Worker:
                     and now - last[2] < _PROGRESS_EVERY_S:
                 return
             last[0], last[1], last[2] = what, fraction, now
-            self.send({"ev": "stage", "job": job, "stage": "running",
-                       "fraction": min(1.0, max(0.0, float(fraction))), "message": what})
+            self.send(channel.Stage(job=job, stage="running",
+                                    fraction=min(1.0, max(0.0, float(fraction))), message=what))
 
         return report
 
@@ -492,18 +464,11 @@ def _files_stamp(path: str) -> tuple[Any, ...]:
 def model_path(name: str) -> str:
     """The installed model a name stands for; a name is never read as a path.
 
-    Why not ``load_inpainter(name)``: its resolver tries the name as a path first, so a file
-    or folder of that name in the server's working directory would be loaded instead.
+    Why the catalog and not ``load_inpainter(name)``: the command line's resolver tries the
+    name as a path first, so a file or folder of that name in the server's working directory
+    would be loaded instead.
     """
-    from .weights import store
-
-    path = store.installed_models().get(name)
-    if path is None:
-        from .loading import resolve
-
-        resolve(name)  # raises ModelMissingError or UnknownModelError for a name ...
-        raise UnknownModelError(f"unknown model {name!r}")  # ... unless it is a local path
-    return str(path)
+    return str(Catalog().resolve(name).path)
 
 
 def _refine_options(spec: Optional[dict[str, Any]]) -> Any:
@@ -515,93 +480,14 @@ def _refine_options(spec: Optional[dict[str, Any]]) -> Any:
     return RefineOptions(memory=int(float(spec.get("memory_gib", 12.0)) * GIB))
 
 
-def fill_any_channels(inpainter: Any, image: np.ndarray, mask: np.ndarray,
-                      strategy: Optional[str],
-                      progress: Optional[Callable[[float, str], None]],
-                      inplace: bool = False, refine: Any = None) -> np.ndarray:
-    """Fill gray (1), gray+alpha (2), RGB (3) or RGBA (4) images.
-
-    The pipeline works on RGB(A); gray is spread to RGB for the model and the fill is
-    brought back as the mean of the channels, only inside the hole, so every pixel outside
-    it (and alpha) stays exactly as it came in. With ``inplace`` the fill is written into
-    ``image`` (the worker owns its decoded upload, so a canvas costs no second copy).
-    """
-    image, mask = _as_hwc(image, mask)
-    # ``refine`` (RefineOptions or None) only travels when set: Ray actors' pipelines
-    # predate it.
-    more = {} if refine is None else {"refine": refine}
-    if image.shape[2] in (3, 4):
-        return inpainter.fill(image, mask, strategy, progress=progress, inplace=inplace, **more)
-    filled = inpainter.fill(_spread_gray(image), mask, strategy, progress=progress,
-                            inplace=True, **more)
-    return _gather_gray(image, mask, filled, inplace)
-
-
-def fill_batch_any_channels(inpainter: Any,
-                            items: list[tuple[np.ndarray, np.ndarray, Optional[str]]],
-                            inplace: bool = False,
-                            progress: Optional[Callable[[float, str], None]] = None
-                            ) -> list[np.ndarray]:
-    """:func:`fill_any_channels` for several images through ``Inpainter.fill_batch``.
-
-    Channels are made RGB(A) per image, so gray, RGB and RGBA images, and any dtypes, share
-    one forward; the model only ever sees float RGB.
-    """
-    from .pipeline import FillItem
-
-    shaped = [_as_hwc(image, mask) for image, mask, _ in items]
-    fill_items = []
-    for (image, mask), (_, _, strategy) in zip(shaped, items):
-        gray = image.shape[2] in (1, 2)
-        fill_items.append(FillItem(_spread_gray(image) if gray else image, mask, strategy,
-                                   inplace=inplace or gray))
-    filled = inpainter.fill_batch(fill_items, progress)
-    return [_gather_gray(image, mask, out, inplace) if image.shape[2] in (1, 2) else out
-            for (image, mask), out in zip(shaped, filled)]
-
-
-def _as_hwc(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """HxWxC image and HxW mask; 1 to 4 channels. Other shapes are ``bad_input``."""
-    if not isinstance(image, np.ndarray) or not isinstance(mask, np.ndarray):
-        raise BadInputError("the image and the mask must be numpy arrays")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3:
-        raise BadInputError(f"the image must be HxW or HxWxC, not shape {image.shape}")
-    if mask.ndim == 3 and mask.shape[2] == 1:
-        mask = mask[..., 0]
-    if mask.ndim != 2:
-        raise BadInputError(f"the mask must be HxW, not shape {mask.shape}")
-    if image.shape[2] not in (1, 2, 3, 4):
-        raise BadInputError(f"images have 1 to 4 channels, not {image.shape[2]}")
-    return image, mask
-
-
-def _spread_gray(image: np.ndarray) -> np.ndarray:
-    """Gray (+alpha) as RGB (+alpha): a new buffer the pipeline may fill in place."""
-    gray = image[..., :1]
-    return np.concatenate([gray, gray, gray, image[..., 1:]], axis=2)
-
-
-def _gather_gray(image: np.ndarray, mask: np.ndarray, filled: np.ndarray, inplace: bool
-                 ) -> np.ndarray:
-    """The RGB fill's channel mean written into the gray channel, inside the hole only."""
-    out = image if inplace else image.copy()
-    hole = mask > 127
-    mean = filled[..., :3].astype(np.float64).mean(axis=2)
-    if np.issubdtype(image.dtype, np.integer):
-        mean = np.rint(mean)
-    out[..., 0][hole] = mean[hole].astype(image.dtype)
-    return out
-
-
-def _decode(header: dict[str, Any], chunks: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+def _decode(image_wire: dict[str, Any], mask_wire: dict[str, Any], chunks: list[Any]
+            ) -> tuple[np.ndarray, np.ndarray]:
     """A job's image and mask from its upload chunks, in one buffer the worker owns and
     the fill may write into (raw images are views of it, zstd ones are decoded afresh)."""
     from inpaintd.protocol.codec import BufferDesc, unpack_array
 
-    image_desc = BufferDesc.from_wire(header["image"])
-    mask_desc = BufferDesc.from_wire(header["mask"])
+    image_desc = BufferDesc.from_wire(image_wire)
+    mask_desc = BufferDesc.from_wire(mask_wire)
     data = _join(chunks)
     if len(data) != image_desc.nbytes + mask_desc.nbytes:
         raise BadMessageError("the upload's length does not match the declared nbytes")
@@ -669,11 +555,12 @@ def worker_main(endpoint: str, device: str, preload: list[str], log_level: int,
             worker = Worker(sock, device, precision)
             worker.preload(preload)
         except InpaintdError as exc:
-            sock.send_multipart([pack({"ev": "fatal", "code": exc.code, "message": exc.message})])
+            sock.send_multipart([channel.encode(channel.Fatal(code=exc.code,
+                                                              message=exc.message))])
             return
-        worker.send({"ev": "ready", "pid": os.getpid(), "device": str(worker.device),
-                     "precision": worker.precision,
-                     "models": sorted(worker.inpainters)})
+        worker.send(channel.Ready(pid=os.getpid(), device=str(worker.device),
+                                  precision=worker.precision,
+                                  models=sorted(worker.inpainters)))
         worker.run()
     finally:
         sock.close()

@@ -66,6 +66,32 @@ def test_settings_round_trip_and_paths(tmp_path: Path, monkeypatch: pytest.Monke
     assert [p.name for p in path.parent.iterdir()] == ["krita.json"]  # no temp file left
 
 
+@pytest.mark.parametrize("plat", ["linux", "darwin", "win32"])
+def test_config_dir_is_platformdirs_own_without_vendoring_it(
+        plat: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plug-ins' hand-written folder (they vendor no platformdirs, see settings.py) is the
+    one platformdirs gives each OS, as the server's store takes it."""
+    import sys
+
+    import platformdirs.macos
+    import platformdirs.unix
+    import platformdirs.windows
+
+    from inpaintd.protocol.plugin import settings as plugin_settings
+
+    roaming = str(tmp_path / "AppData" / "Roaming")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("APPDATA", roaming)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setattr(platformdirs.windows, "get_win_folder",
+                        lambda csidl: {"CSIDL_APPDATA": roaming}[csidl])
+    cls = {"linux": platformdirs.unix.Unix, "darwin": platformdirs.macos.MacOS,
+           "win32": platformdirs.windows.Windows}[plat]
+    want = Path(cls("inpaintd", appauthor=False, roaming=True).user_config_dir)
+    monkeypatch.setattr(sys, "platform", plat)
+    assert plugin_settings.config_dir() == want
+
+
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", ""])
 def test_settings_corrupt_file_gives_defaults(tmp_path: Path, text: str) -> None:
     path = tmp_path / "krita.json"

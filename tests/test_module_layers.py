@@ -1,54 +1,71 @@
-"""Modules split along their seams stay layered: each imports only the layers below it.
+"""The layer rules (pyproject.toml, ``[tool.importlinter]``) hold: import-linter checks them.
 
 Why a test: the split of the checkpoint loader and of the client was made so that a call
-goes one way (issue 14); a later import "just this once" from a layer above would bring
-back the back-and-forth without anyone noticing. Imports under ``if TYPE_CHECKING:`` are
-for annotations only and do not count.
+goes one way (issue 14), the protocol runs inside Krita's and GIMP's Pythons (no torch, no
+server), and the command line sits on top of the server (issue 24); a later import "just
+this once" from a layer below, or a function-local import that closes a circle, would bring
+the back-and-forth back without anyone noticing. import-linter sees every import: at the
+top of a module, inside a function, and under ``if TYPE_CHECKING:``.
+
+The host plug-ins are not importable by their installed names from the tree (GIMP's folder
+and file are called ``inpaintd-gimp``), so the check runs on copies named ``inpaintd_krita``
+and ``inpaintd_gimp`` on ``PYTHONPATH``. ``python tests/test_module_layers.py`` runs the same
+check by hand and prints import-linter's report.
 """
 
 from __future__ import annotations
 
-import ast
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _runtime_imports(path: Path) -> set[str]:
-    """The sibling modules ``path`` imports at run time (``from .x import ...``)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    typing_only: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            typing_only |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only or not isinstance(node, ast.ImportFrom):
-            continue
-        if node.level == 1 and node.module:
-            found.add(node.module.split(".")[0])
-        elif node.level == 1:
-            found |= {alias.name for alias in node.names}
-    return found
+def stage_host_plugins(root: Path) -> Path:
+    """Krita's plug-in as ``root/inpaintd_krita``, GIMP's as ``root/inpaintd_gimp``."""
+    shutil.copytree(REPO / "host_plugins" / "krita" / "inpaintd_krita", root / "inpaintd_krita",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "inpaintd_gimp").mkdir()
+    shutil.copy(REPO / "host_plugins" / "gimp" / "inpaintd-gimp" / "inpaintd-gimp.py",
+                root / "inpaintd_gimp" / "__init__.py")
+    return root
 
 
-@pytest.mark.parametrize("folder, layers", [
-    # load_checkpoint -> the archive readers -> the restricted unpickler; the placeholders
-    # are the data all of them hand upwards.
-    ("server/weights", ["formats", "torchscript", "torch_archives", "unpickler", "placeholders"]),
-    # the Client facade -> its I/O thread -> the job handles -> the upload stream.
-    ("protocol", ["client", "client_io", "client_job", "client_upload"]),
-])
-def test_layers_import_only_downwards(folder: str, layers: list[str]) -> None:
-    for i, name in enumerate(layers):
-        above = set(layers[:i + 1])
-        wrong = _runtime_imports(REPO / folder / f"{name}.py") & above
-        assert not wrong, f"{folder}/{name}.py imports {sorted(wrong)}, a layer at or above it"
+def lint_imports(staged: Path) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` on pyproject.toml's contracts, with ``staged`` on the path."""
+    script = Path(sys.executable).parent / "lint-imports"
+    # The console script beside this Python, else the same entry point run by this Python.
+    command = [str(script)] if script.exists() else [
+        sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
+        "sys.exit(lint_imports_command())"]
+    path = os.pathsep.join(p for p in (str(staged), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run([*command, "--no-cache", "--no-logo"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=path))
 
 
-def test_the_protocol_does_not_depend_on_the_plugin_core() -> None:
-    """protocol/plugin/ builds on the protocol; nothing of the protocol needs the plug-ins."""
-    for path in sorted((REPO / "protocol").glob("*.py")):
-        assert "plugin" not in _runtime_imports(path), f"{path.name} imports protocol.plugin"
+def test_every_import_contract_is_kept(tmp_path: Path) -> None:
+    proc = lint_imports(stage_host_plugins(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert "0 broken" in proc.stdout
+
+
+def test_the_check_sees_the_host_plugins(tmp_path: Path) -> None:
+    """A GIMP plug-in that imports Krita's breaks the independence contract: the copies are
+    part of the check, not silently missing from it."""
+    staged = stage_host_plugins(tmp_path)
+    with open(staged / "inpaintd_gimp" / "__init__.py", "a", encoding="utf-8") as f:
+        f.write("\nimport inpaintd_krita.qt  # noqa\n")
+    proc = lint_imports(staged)
+    assert proc.returncode != 0
+    assert "inpaintd_gimp is not allowed to import inpaintd_krita" in proc.stdout, proc.stdout
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as folder:
+        result = lint_imports(stage_host_plugins(Path(folder)))
+    print(result.stdout + result.stderr, end="")
+    sys.exit(result.returncode)

@@ -15,7 +15,7 @@ from inpaintd.protocol.errors import BadInputError, BadMessageError
 from inpaintd.server.models.lama import LamaConfig
 from inpaintd.server.pipeline import load_inpainter
 from inpaintd.server.refine import RefineOptions
-from inpaintd.server.worker import fill_any_channels
+from inpaintd.server.channels import fill_any_channels
 
 from test_server_support import RawClient, ServerProcess
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -24,7 +25,9 @@ from inpaintd.protocol.errors import CancelledError, InpaintdError
 from inpaintd.server.engine import Engine, Job, JobState, WorkerHandle
 from inpaintd.server.pipeline import FillItem, load_inpainter
 from inpaintd.server.strategy import StrategyOptions, batch_key, runs_whole
-from inpaintd.server.worker import fill_any_channels, pack, unpack
+from inpaintd.server.channels import fill_any_channels
+from inpaintd.server import worker_channel as channel
+from inpaintd.server.engine_api import JobResult
 
 from test_server_support import (TINY, RawClient, ServerProcess, make_tiny_model, many_holes,
                                  test_images)
@@ -128,6 +131,20 @@ def test_catalog_knows_each_models_architecture(batch_home: Path,
 
 # --- the engine's dispatch, against a stand-in worker -----------------------------------
 
+def pack(header: dict[str, Any]) -> bytes:
+    """A channel header given as a map (the stand-in worker's events)."""
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    """What the engine sent, read by the channel's typed decoder, as a map of its fields."""
+    op = channel.decode(data)
+    key, tag = op.TAG
+    out = {key: tag}
+    out.update(msgpack.unpackb(channel.encode(op), raw=False))
+    return out
+
+
 class FakeSock:
     """The engine's end of the worker channel: records what the engine sends."""
 
@@ -179,8 +196,7 @@ class Recorder:
                      position: Optional[int]) -> None:
         self.progress.setdefault(job.request_id, []).append((stage, fraction))
 
-    def job_result(self, job: Job, image: dict[str, Any], frames: list[Any],
-                   run_ms: int) -> None:
+    def job_result(self, job: Job, result: JobResult) -> None:
         self.results.append(job.request_id)
 
     def job_failed(self, job: Job, error: InpaintdError) -> None:
@@ -217,7 +233,10 @@ def _event(engine: Engine, **header: Any) -> None:
 
 
 def _finish(engine: Engine, job: Job) -> None:
-    _event(engine, ev="done", job=str(job.number), image={}, run_ms=1)
+    done = channel.Done(job=str(job.number), height=1, width=1, channels=1, dtype="uint8",
+                        run_ms=1)
+    engine._on_message(engine.worker, [zmq.Frame(channel.encode(done)),  # type: ignore[arg-type]
+                                       zmq.Frame(b"\x00")])
 
 
 def test_engine_batches_a_run_of_same_key_jobs_in_fair_order() -> None:

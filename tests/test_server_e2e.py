@@ -23,7 +23,7 @@ import pytest
 from inpaintd.protocol import Client
 from inpaintd.protocol.errors import CancelledError, InpaintdError, RequestTimeoutError
 from inpaintd.server.pipeline import load_inpainter
-from inpaintd.server.worker import fill_any_channels
+from inpaintd.server.channels import fill_any_channels
 
 from test_server_support import (REPO, TINY, RawClient, ServerProcess, free_port, many_holes,
                                  server_module, stage_order_ok, test_images, tiny_home)

@@ -516,7 +516,7 @@ def test_the_decoded_pixel_limit_is_a_setting(tmp_path: Path, tiny_home: Path) -
 def test_wrong_rank_arrays_are_bad_input(image_shape: tuple, mask_shape: tuple) -> None:
     from inpaintd.protocol.errors import BadInputError
     from inpaintd.server.pipeline import load_inpainter
-    from inpaintd.server.worker import fill_any_channels
+    from inpaintd.server.channels import fill_any_channels
 
     inpainter = load_inpainter("lama", "cpu")
     image, mask = np.zeros(image_shape, np.uint8), np.zeros(mask_shape, np.uint8)

@@ -3,6 +3,7 @@ job loop over a real PAIR socket with stand-in models (out of memory, cancel, fa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -14,12 +15,21 @@ import pytest
 import torch
 import zmq
 
-from inpaintd.protocol.codec import BufferDesc, pack_array, unpack_array
+from inpaintd.protocol.codec import pack_array
 from inpaintd.protocol.errors import BadInputError
 from inpaintd.server.engine import FairQueue, Job
 from inpaintd.server.keys import AllowList, add_client, check_name, init_keys
 from inpaintd.server.service import ServerConfig, check_bind, is_loopback
-from inpaintd.server.worker import Worker, classify, fill_any_channels, pack, unpack
+from inpaintd.server.channels import fill_any_channels
+from inpaintd.server import worker_channel as channel
+from inpaintd.server.worker import Worker, classify
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    """A worker event, decoded by the channel's typed decoder, as a map of its fields."""
+    event = channel.decode(data)
+    key, tag = event.TAG
+    return {key: tag, **{f.name: getattr(event, f.name) for f in dataclasses.fields(event)}}
 
 # --- fair queue -------------------------------------------------------------------------
 
@@ -211,7 +221,7 @@ def worker_channel() -> Any:
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     yield worker, front
-    front.send(pack({"op": "exit"}))
+    front.send(channel.encode(channel.Exit()))
     thread.join(10)
     front.close(0)
     back.close(0)
@@ -219,15 +229,14 @@ def worker_channel() -> Any:
 
 
 def _send_job(front: zmq.Socket, job: str, model: str, image: np.ndarray,
-              mask: np.ndarray, chunk_bytes: int = 1000) -> None:
+              mask: np.ndarray) -> None:
     idesc, ibuf = pack_array(image)
     mdesc, mbuf = pack_array(mask, "zstd")
     stream = bytes(ibuf) + bytes(mbuf)
     chunks = [stream[i:i + 700] for i in range(0, len(stream), 700)]
-    front.send_multipart([pack({"op": "job", "job": job, "model": model, "strategy": "auto",
-                                "image": idesc.to_wire(), "mask": mdesc.to_wire(),
-                                "reply_encoding": "raw", "chunk_bytes": chunk_bytes}),
-                          *chunks])
+    front.send_multipart([channel.encode(channel.RunJob(
+        job=job, model=model, strategy="auto", image=idesc.to_wire(), mask=mdesc.to_wire())),
+        *chunks])
 
 
 def _events(front: zmq.Socket, job: str) -> list[tuple[dict[str, Any], list[bytes]]]:
@@ -251,7 +260,9 @@ def _inputs() -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def test_worker_reports_crops_and_sends_the_result_in_chunks(worker_channel: Any) -> None:
+def test_worker_reports_crops_and_sends_the_raw_result(worker_channel: Any) -> None:
+    """The worker sends the filled array as it is (one frame, not encoded for any wire):
+    the front end encodes it as the client asked."""
     worker, front = worker_channel
     worker.inpainters["fake"] = FakeInpainter(crops=3)
     image, mask = _inputs()
@@ -264,8 +275,9 @@ def test_worker_reports_crops_and_sends_the_result_in_chunks(worker_channel: Any
                       ("running", pytest.approx(2 / 3), "fake on crop 3 of 3"),
                       ("running", 1.0, "fake on crop 3 of 3"), ("compositing", None, None)]
     done, frames = events[-1]
-    assert done["ev"] == "done" and all(len(f) <= 1000 for f in frames)
-    result = unpack_array(BufferDesc.from_wire(done["image"]), b"".join(frames))
+    assert done["ev"] == "done" and len(frames) == 1
+    result = channel.result_pixels(channel.Done(**{k: v for k, v in done.items() if k != "ev"}),
+                                   frames)
     assert np.array_equal(result, FakeInpainter().fill(image, mask))
 
 
@@ -300,9 +312,9 @@ def test_worker_cancel_stops_between_crops(worker_channel: Any) -> None:
     worker.inpainters["slow"] = FakeInpainter(crops=20, delay=0.05)
     image, mask = _inputs()
     _send_job(front, "1", "slow", image, mask)
-    front.send(pack({"op": "cancel", "job": "other"}))  # a stale cancel is ignored
+    front.send(channel.encode(channel.Cancel("other")))  # a stale cancel is ignored
     time.sleep(0.12)
-    front.send(pack({"op": "cancel", "job": "1"}))
+    front.send(channel.encode(channel.Cancel("1")))
     events = _events(front, "1")
     assert events[-1][0]["code"] == "cancelled"
     crops = [h["fraction"] for h, _ in events
@@ -319,10 +331,9 @@ def test_worker_rejects_an_upload_of_the_wrong_length(worker_channel: Any) -> No
     image, mask = _inputs()
     idesc, ibuf = pack_array(image)
     mdesc, mbuf = pack_array(mask)
-    front.send_multipart([pack({"op": "job", "job": "1", "model": "fake", "strategy": "auto",
-                                "image": idesc.to_wire(), "mask": mdesc.to_wire(),
-                                "reply_encoding": "raw", "chunk_bytes": 1 << 20}),
-                          bytes(ibuf)])
+    front.send_multipart([channel.encode(channel.RunJob(
+        job="1", model="fake", strategy="auto", image=idesc.to_wire(), mask=mdesc.to_wire())),
+        bytes(ibuf)])
     end = _events(front, "1")[-1][0]
     assert end["code"] == "bad_message"
 
@@ -412,7 +423,7 @@ class BatchingFake(FakeInpainter):
 
 
 def _send_batch(front: zmq.Socket, model: str,
-                jobs: list[tuple[str, np.ndarray, np.ndarray]], chunk_bytes: int = 1000,
+                jobs: list[tuple[str, np.ndarray, np.ndarray]],
                 truncate: Optional[str] = None) -> None:
     """A ``batch`` op as the engine sends it: each job's upload chunks in turn."""
     specs, frames = [], []
@@ -423,12 +434,11 @@ def _send_batch(front: zmq.Socket, model: str,
         if job == truncate:
             stream = stream[:-1]
         chunks = [stream[i:i + 700] for i in range(0, len(stream), 700)]
-        specs.append({"job": job, "strategy": "auto", "image": idesc.to_wire(),
-                      "mask": mdesc.to_wire(), "reply_encoding": "raw",
-                      "frames": len(chunks)})
+        specs.append(channel.BatchEntry(job=job, strategy="auto", image=idesc.to_wire(),
+                                        mask=mdesc.to_wire(), frames=len(chunks)))
         frames += chunks
-    front.send_multipart([pack({"op": "batch", "model": model, "chunk_bytes": chunk_bytes,
-                                "jobs": specs}), *frames])
+    front.send_multipart([channel.encode(channel.RunBatch(model=model, jobs=specs)),
+                          *frames])
 
 
 def _batch_events(front: zmq.Socket, jobs: list[str]
@@ -450,7 +460,8 @@ def _batch_events(front: zmq.Socket, jobs: list[str]
 def _result_of(events: list[tuple[dict[str, Any], list[bytes]]]) -> np.ndarray:
     done, frames = events[-1]
     assert done["ev"] == "done", done
-    return unpack_array(BufferDesc.from_wire(done["image"]), b"".join(frames))
+    return channel.result_pixels(channel.Done(**{k: v for k, v in done.items() if k != "ev"}),
+                                 frames)
 
 
 def _batch_inputs() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -522,7 +533,7 @@ def test_worker_cancel_inside_a_batch_ends_only_that_job(worker_channel: Any) ->
     inputs = _batch_inputs()
     _send_batch(front, "fake", [(str(i), im, m) for i, (im, m) in enumerate(inputs)])
     assert fake.started.wait(10)  # the forward is running: the cancel lands inside it
-    front.send(pack({"op": "cancel", "job": "1"}))
+    front.send(channel.encode(channel.Cancel("1")))
     events = _batch_events(front, ["0", "1", "2"])
     assert fake.batches == [3]
     assert events["1"][-1][0]["code"] == "cancelled"
@@ -576,7 +587,7 @@ def test_worker_big_auto_job_out_of_memory_is_not_retried(worker_channel: Any) -
     image = np.zeros((8, 1100, 3), np.uint8)
     mask = np.zeros((8, 1100), np.uint8)
     mask[2:4, 2:4] = 255
-    _send_job(front, "1", "fake", image, mask, chunk_bytes=1 << 20)
+    _send_job(front, "1", "fake", image, mask)
     assert _events(front, "1")[-1][0]["code"] == "out_of_memory"
     assert fake.fills == ["auto"]
 
@@ -585,10 +596,9 @@ def _send_job_with(front: zmq.Socket, job: str, model: str, image: np.ndarray,
                    mask: np.ndarray, strategy: str) -> None:
     idesc, ibuf = pack_array(image)
     mdesc, mbuf = pack_array(mask)
-    front.send_multipart([pack({"op": "job", "job": job, "model": model, "strategy": strategy,
-                                "image": idesc.to_wire(), "mask": mdesc.to_wire(),
-                                "reply_encoding": "raw", "chunk_bytes": 1 << 20}),
-                          bytes(ibuf) + bytes(mbuf)])
+    front.send_multipart([channel.encode(channel.RunJob(
+        job=job, model=model, strategy=strategy, image=idesc.to_wire(), mask=mdesc.to_wire())),
+        bytes(ibuf) + bytes(mbuf)])
 
 
 def test_worker_fills_in_place_without_a_second_canvas(worker_channel: Any) -> None:

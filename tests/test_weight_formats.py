@@ -11,6 +11,7 @@ import json
 import pickle
 import re
 import shutil
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -494,6 +495,59 @@ def test_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(store.bundled_models()) <= set(store.installed_models())
 
 
-def test_store_default_home(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def no_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No ``$INPAINTD_HOME`` or ``$XDG_CACHE_HOME``, and ``~`` a fresh folder."""
     monkeypatch.delenv("INPAINTD_HOME", raising=False)
-    assert store.inpaintd_home() == Path("~/.cache/inpaintd").expanduser()
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+def _as_os(monkeypatch: pytest.MonkeyPatch, name: str, local_appdata: str = "") -> None:
+    """platformdirs answering as it does on ``name`` (its own class for that OS)."""
+    import platformdirs
+    import platformdirs.macos
+    import platformdirs.windows
+
+    cls = {"macos": platformdirs.macos.MacOS, "windows": platformdirs.windows.Windows}[name]
+    monkeypatch.setattr(platformdirs, "PlatformDirs", cls)
+    monkeypatch.setattr(platformdirs.windows, "get_win_folder", lambda csidl: {
+        "CSIDL_LOCAL_APPDATA": local_appdata}[csidl])
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="Linux's default")
+def test_store_default_home_on_linux_is_unchanged(no_home: Path) -> None:
+    assert store.inpaintd_home() == no_home / ".cache" / "inpaintd"
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="Linux's default")
+def test_store_home_follows_xdg_cache_home_but_keeps_an_old_store(
+        no_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    xdg = no_home / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    assert store.inpaintd_home() == xdg / "inpaintd"
+    # A user whose models sit in the old ~/.cache/inpaintd keeps them ...
+    old = no_home / ".cache" / "inpaintd"
+    (old / "models").mkdir(parents=True)
+    assert store.inpaintd_home() == old
+    assert store.models_dir() == old / "models"
+    # ... until the OS's folder has a store of its own.
+    (xdg / "inpaintd" / "models").mkdir(parents=True)
+    assert store.inpaintd_home() == xdg / "inpaintd"
+    monkeypatch.setenv("INPAINTD_HOME", str(no_home / "mine"))
+    assert store.inpaintd_home() == no_home / "mine"
+
+
+def test_store_home_on_macos_and_windows(no_home: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _as_os(monkeypatch, "macos")
+    assert store.inpaintd_home() == no_home / "Library" / "Caches" / "inpaintd"
+    local = str(no_home / "AppData" / "Local")
+    _as_os(monkeypatch, "windows", local)
+    assert store.inpaintd_home() == Path(local) / "inpaintd" / "Cache"
+    # The store every OS used before stays in use while the new folder has none.
+    (no_home / ".cache" / "inpaintd" / "models").mkdir(parents=True)
+    assert store.inpaintd_home() == no_home / ".cache" / "inpaintd"
+    (Path(local) / "inpaintd" / "Cache" / "models").mkdir(parents=True)
+    assert store.inpaintd_home() == Path(local) / "inpaintd" / "Cache"

@@ -8,4 +8,7 @@ host: the crop around the selection (``geometry``), host pixel layouts and bit d
 the selection (``selection_edit``), the server's models for the settings (``model_picker``)
 and the fill itself, on a worker thread (``fill``). The installer vendors this package, with the rest of
 ``inpaintd.protocol``, into each plug-in.
+
+It builds on the protocol core (the client, the codec, the errors); the core never imports
+it, and neither does the server (pyproject.toml, ``[tool.importlinter]``).
 """

@@ -25,29 +25,18 @@ nothing within the time allowed  unreachable (firewall, wrong host)
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .errors import Reach, describe_error, describe_reach
 from .settings import PluginSettings
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Reach", "probe", "check_connection", "ConnectionReport", "describe_welcome",
            "make_client"]
-
-
-class Reach(enum.Enum):
-    """What a probe found at an endpoint."""
-
-    OK = "ok"
-    UNREACHABLE = "unreachable"
-    REFUSED_KEY = "refused_key"
-    WRONG_SERVER_KEY = "wrong_server_key"
-    NEEDS_KEY = "needs_key"
-    NOT_CURVE = "not_curve"
 
 
 def _curve(settings: PluginSettings) -> tuple[bytes, bytes, bytes] | None:
@@ -138,8 +127,6 @@ def check_connection(settings: PluginSettings, name: str) -> ConnectionReport:
     Blocks for up to the connect timeout plus the request timeout: call it off the UI
     thread.
     """
-    from .errors import describe_error, describe_reach
-
     problems = settings.problems()
     if problems:
         return ConnectionReport(False, problems[0])

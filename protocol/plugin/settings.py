@@ -10,6 +10,15 @@ The file is read leniently: a missing file gives the defaults, and a corrupt fil
 value gives the defaults for what is wrong (with a warning in the log), because a settings
 file must never stop the plug-in from loading. Writing is atomic (temporary file +
 ``os.replace``), so a crash mid-save can't leave half a file.
+
+Why :func:`config_dir` is written here and not taken from platformdirs (which the server's
+model store uses): this module runs in Krita's and GIMP's own Python, which has only what
+the installer vendors, and a plug-in should vendor as little as possible. The folders are
+the ones platformdirs' ``user_config_dir("inpaintd", appauthor=False, roaming=True)`` gives
+(checked for the three OSes), in a dozen lines; taking the library would add a wheel to
+every plug-in, and break the install that vendors the protocol alone for a distribution's
+GIMP whose Python brings its own pyzmq and msgpack but no platformdirs
+(``host_plugins/installer.py``, ``vendor_into`` with no targets).
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_ENDPOINT", "PluginSettings", "config_dir", "settings_path", "log_path",
-    "SAMPLE_VISIBLE", "SAMPLE_LAYER", "SAMPLE_CHOICES",
+    "SAMPLE_VISIBLE", "SAMPLE_LAYER", "SAMPLE_CHOICES", "NumberField", "NUMBER_FIELDS",
     "load_settings", "save_settings", "setup_logging",
 ]
 
@@ -51,6 +60,43 @@ DEFAULT_TIMEOUT_S = 30.0
 #: How long the connection check before a fill may take.
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 _SCHEMES = ("tcp://", "ipc://")
+
+
+@dataclass(frozen=True)
+class NumberField:
+    """A number an artist sets: the range allowed, its unit, and the help a dialog shows
+    (Krita's tooltip, GIMP's argument blurb); :meth:`PluginSettings.problems` checks it."""
+
+    #: How a sentence names it: "Grow must be between ...".
+    what: str
+    minimum: int | float
+    maximum: int | float
+    #: "pixels" or "seconds".
+    unit: str
+    help: str = ""
+
+    @property
+    def range(self) -> tuple[int | float, int | float]:
+        return self.minimum, self.maximum
+
+
+#: The numeric fields of :class:`PluginSettings`, defined once for the settings check and
+#: both hosts' dialogs.
+NUMBER_FIELDS: dict[str, NumberField] = {
+    "margin": NumberField("The context margin", 0, 4096, "pixels",
+                          "The least context sent around the selection; large selections "
+                          "get a quarter of their diagonal."),
+    "grow": NumberField("Grow", -MAX_GROW, MAX_GROW, "pixels",
+                        "Widen the hole by this many pixels before the fill (negative: "
+                        "shrink it), so an object's rim just outside the selection is "
+                        "filled too."),
+    "feather": NumberField("Feather", 0, MAX_FEATHER, "pixels",
+                           "Fade the new layer's edge over this many pixels inside the hole."),
+    "timeout_s": NumberField("The timeout", 1, 3600, "seconds",
+                             "Give up on a fill when the server has said nothing for this "
+                             "long."),
+    "connect_timeout_s": NumberField("The connection timeout", 0.2, 120, "seconds"),
+}
 
 
 def config_dir() -> Path:
@@ -141,25 +187,16 @@ class PluginSettings:
                            ("client key file", self.client_key_file)):
             if path and not Path(path).expanduser().is_file():
                 out.append(f"The {what} {path} does not exist.")
-        if not 0 <= self.margin <= 4096:
-            out.append(f"The context margin must be between 0 and 4096 pixels, not "
-                       f"{self.margin}.")
-        if not -MAX_GROW <= self.grow <= MAX_GROW:
-            out.append(f"Grow must be between -{MAX_GROW} and {MAX_GROW} pixels, not "
-                       f"{self.grow}.")
-        if not 0 <= self.feather <= MAX_FEATHER:
-            out.append(f"Feather must be between 0 and {MAX_FEATHER} pixels, not "
-                       f"{self.feather}.")
+        for name, number in NUMBER_FIELDS.items():
+            value = getattr(self, name)
+            if not number.minimum <= value <= number.maximum:
+                out.append(f"{number.what} must be between {number.minimum:g} and "
+                           f"{number.maximum:g} {number.unit}, not {value:g}.")
         if not self.lama_model.strip() or len(self.lama_model) > 64:
             out.append(f"The LaMa model name {self.lama_model!r} must be 1 to 64 characters.")
         if self.sample not in SAMPLE_CHOICES:
             out.append(f"Sample must be one of {', '.join(SAMPLE_CHOICES)}, not "
                        f"{self.sample!r}.")
-        if not 1 <= self.timeout_s <= 3600:
-            out.append(f"The timeout must be between 1 and 3600 seconds, not {self.timeout_s:g}.")
-        if not 0.2 <= self.connect_timeout_s <= 120:
-            out.append(f"The connection timeout must be between 0.2 and 120 seconds, not "
-                       f"{self.connect_timeout_s:g}.")
         return out
 
     @property

@@ -8,17 +8,23 @@ with BatchNorm + ReLU, and a 7x7 output convolution with a sigmoid.
 The configuration of a released model is a :class:`LamaConfig`. It comes from a registry
 name (``big-lama``, ``lama-fourier``), from an official ``config.yaml``'s ``generator:``
 section, or is read off the shapes of a ``state_dict`` when a checkpoint arrives alone.
+
+The end of the module is how inpaintd runs it (:func:`build`, :func:`read_config`,
+:class:`LamaAdapter`): what LaMa's record in :mod:`.registry` names, with its fast path
+(BatchNorms folded into the FFC convolutions), which is
+:func:`inpaintd.server.speed.fuse.make_lama_fast`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
+from .adapter import ModelAdapter, pad_symmetric_to
 from .ffc import FFC_BN_ACT, ConcatTupleLayer, FFCResnetBlock
 
 
@@ -205,3 +211,40 @@ class FFCResNetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+# --- how inpaintd runs it (named by LaMa's record in :mod:`.registry`) ----------------------
+
+def build(config: Mapping[str, Any]) -> FFCResNetGenerator:
+    """The generator a card's ``config`` (:meth:`LamaConfig.to_dict`) describes."""
+    return FFCResNetGenerator(LamaConfig.from_dict(config))
+
+
+def read_config(state_dict: Mapping[str, torch.Tensor],
+                official: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """A checkpoint without our card: the official ``generator:`` section it carries, else
+    the shapes of its weights. ValueError when neither describes a LaMa generator."""
+    if official:
+        return LamaConfig.from_official_yaml(official).to_dict()
+    return LamaConfig.from_state_dict(state_dict).to_dict()
+
+
+class LamaAdapter(ModelAdapter):
+    """``bin/predict.py``: symmetric pad to a multiple of 8, ``cat([img*(1-m), m])``.
+
+    Inputs of 8 px or less (which the official code can't run) are padded further,
+    symmetrically, to the record's ``min_side``.
+    """
+
+    channels_last = True
+
+    def prepare(self, image: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.input_size(*image.shape[-2:])
+        return pad_symmetric_to(image, *size), pad_symmetric_to(mask, *size)
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.module(self.to_model(torch.cat([image * (1 - mask), mask], dim=1)))
+
+    def finish(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return out[..., :height, :width].float()

@@ -24,16 +24,21 @@ about 1e-5:
   closed form (a constant term in the softmax denominator and a constant paste); skipping them
   makes the work shrink as the hole grows. The paste is a matrix product followed by
   ``F.fold`` (col2im), which is what a transposed convolution computes.
+
+The end of the module is how inpaintd runs it (:func:`build`, :func:`read_config`,
+:class:`PennetAdapter`, :func:`make_fast`): what PEN-Net's record in :mod:`.registry` names.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .adapter import ModelAdapter
 
 #: The ATN paths, fastest first; see the module docstring.
 ATTENTION_MODES = ("fast", "grouped", "reference")
@@ -343,3 +348,53 @@ class InpaintGenerator(nn.Module):
 
         output = self.decoder(_up2(torch.cat([upx1, x1], dim=1)))
         return [img1, img2, img3, img4, img5], output
+
+
+# --- how inpaintd runs it (named by PEN-Net's record in :mod:`.registry`) -------------------
+
+def build(config: Mapping[str, Any]) -> InpaintGenerator:
+    """The generator a card's ``config`` (``{"cnum": N}``) describes."""
+    return InpaintGenerator(cnum=int(config.get("cnum", 32)))
+
+
+def read_config(state_dict: Mapping[str, torch.Tensor],
+                official: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """A checkpoint without our card: the width, read off the first convolution (PEN-Net's
+    releases carry no config)."""
+    w = state_dict.get("dw_conv01.0.weight")
+    if w is None:
+        raise ValueError("not a PEN-Net generator (no dw_conv01)")
+    return {"cnum": int(w.shape[0])}
+
+
+class PennetAdapter(ModelAdapter):
+    """``test.py``: [-1,1], the hole set to 1, ``cat([masked, m])`` and m, at 256x256."""
+
+    def prepare(self, image: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.fixed_size
+        if tuple(image.shape[-2:]) != (s, s):
+            image = F.interpolate(image, size=(s, s), mode="bilinear", align_corners=False,
+                                  antialias=True)
+            # Any hole pixel makes its low-res pixel a hole, so no thin stroke vanishes.
+            mask = (F.interpolate(mask, size=(s, s), mode="area") > 0).to(image.dtype)
+        return image, mask
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        img = image * 2 - 1
+        masked = img * (1 - mask) + mask
+        _, out = self.module(torch.cat([masked, mask], dim=1), mask)
+        return (out + 1) / 2
+
+    def finish(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if tuple(out.shape[-2:]) != (height, width):
+            out = F.interpolate(out, size=(height, width), mode="bilinear",
+                                align_corners=False)
+        return out
+
+
+def make_fast(module: nn.Module, precision: str) -> str:
+    """Attention as matrix products over the valid keys only; float32 (the record runs it
+    at no other precision)."""
+    module.set_attention("fast")  # type: ignore[operator]
+    return f"batched attention over valid keys, {precision}"

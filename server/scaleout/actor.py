@@ -25,14 +25,15 @@ class InpaintActor:
 
         from ..pipeline import load_inpainter
         from ..speed.precision import use_physical_cores
-        from ..worker import model_path
+        from ..weights.catalog import Catalog
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cuda":
             torch.backends.cudnn.benchmark = True
         else:
             use_physical_cores()
-        self.inpainters = {name: load_inpainter(model_path(name), self.device,
+        catalog = Catalog()  # a name is never a path here, as in the local worker
+        self.inpainters = {name: load_inpainter(catalog.resolve(name), self.device,
                                                 precision=precision) for name in models}
         self.precision = next(iter(self.inpainters.values())).model.precision \
             if self.inpainters else precision
@@ -48,14 +49,15 @@ class InpaintActor:
                 "models": sorted(self.inpainters)}
 
     def fill(self, job: str, model: str, strategy: Optional[str], image: dict[str, Any],
-             mask: dict[str, Any], data: Any, reply_encoding: str) -> tuple[dict[str, Any], Any]:
+             mask: dict[str, Any], data: Any) -> Any:
         """One job, exactly as the local worker runs it: the upload as it came off the wire
-        (buffer descriptors + bytes), the result encoded for the wire. The front end never
-        decodes pixels, in this mode as in the local one."""
-        from inpaintd.protocol.codec import BufferDesc, pack_array, unpack_array
+        (buffer descriptors + bytes), the result as the filled array (Ray moves it through
+        its object store without a pickle copy); the front end encodes it as its client
+        asked. The front end never decodes an upload, in this mode as in the local one."""
+        from inpaintd.protocol.codec import BufferDesc, unpack_array
         from inpaintd.protocol.errors import BadMessageError, UnknownModelError
 
-        from ..worker import fill_any_channels
+        from ..channels import fill_any_channels
 
         inpainter = self.inpainters.get(model)
         if inpainter is None:
@@ -71,5 +73,4 @@ class InpaintActor:
         out = fill_any_channels(inpainter, pixels, hole, strategy, None)
         log.info("job %s model %s %dx%d %.0f ms", job, model, pixels.shape[1], pixels.shape[0],
                  (time.perf_counter() - t0) * 1000)
-        desc, encoded = pack_array(out, reply_encoding)
-        return desc.to_wire(), bytes(encoded)
+        return out

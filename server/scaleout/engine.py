@@ -1,7 +1,7 @@
 """The engine of ``inpaintd serve --ray``: the local engine's queue, Ray's actors as workers.
 
-It answers to the front end exactly as :class:`inpaintd.server.engine.Engine` does (the
-same hooks, the same listener calls), so fairness, cancel, progress, limits and CURVE stay
+It implements :class:`inpaintd.server.engine_api.JobEngine`, as the local
+:class:`inpaintd.server.engine.Engine` does (the same hooks, the same listener calls), so fairness, cancel, progress, limits and CURVE stay
 in the front end, unchanged, and the protocol with them. What differs:
 
 - jobs go to :class:`~.pool.RayPool` (least busy live actor, at most 2 in flight each)
@@ -23,13 +23,13 @@ from typing import Any, Optional
 from inpaintd.protocol.errors import (BadInputError, InpaintdError, InternalError,
                                       NoWorkersError)
 
-from ..engine import (FRACTION_COMPOSITING, FRACTION_RUNNING, EngineListener, FairQueue, Job,
-                      JobReporter, JobState)
+from ..engine import FRACTION_COMPOSITING, FRACTION_RUNNING, FairQueue, JobReporter
+from ..engine_api import EngineListener, Job, JobEngine, JobResult, JobState
 
 log = logging.getLogger("inpaintd.engine")
 
 
-class RayEngine(JobReporter):
+class RayEngine(JobReporter, JobEngine):
     """Queue + a pool of Ray actors. Single-threaded: only the front end's loop calls it."""
 
     def __init__(self, listener: EngineListener, address: str, models: list[str],
@@ -56,7 +56,6 @@ class RayEngine(JobReporter):
         self.queue = FairQueue()
         self.running: dict[tuple[str, str], Job] = {}
         self.loaded_models: set[str] = set()
-        self.chunk_bytes = 4 << 20
         self.pool: Any = None
         self._jobs_started = 0
         self._queued_at: dict[tuple[str, str], float] = {}
@@ -116,13 +115,10 @@ class RayEngine(JobReporter):
             if job is None:
                 continue
             if kind == "done":
-                desc, data, run_ms = payload
+                pixels, run_ms = payload
                 self._finish(job)
-                from inpaintd.protocol.codec import split_chunks
-
-                frames = list(split_chunks(memoryview(data), self.chunk_bytes))
                 self._progress(job, "compositing", FRACTION_COMPOSITING, "sending the result")
-                self.listener.job_result(job, desc, frames, int(run_ms))
+                self.listener.job_result(job, JobResult(pixels, int(run_ms)))
             elif kind == "error":
                 self._finish(job)
                 self.listener.job_failed(job, payload)
@@ -185,7 +181,7 @@ class RayEngine(JobReporter):
             data = _join(job.chunks)
             job.chunks = []
             started = self.pool.submit(job.key, f"{job.request_id}", job.model, job.strategy,
-                                       job.image, job.mask, data, job.reply_encoding)
+                                       job.image, job.mask, data)
             if not started:  # capacity vanished between the check and the submit
                 job.chunks = [data]
                 self.queue.push(job)

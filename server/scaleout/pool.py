@@ -70,7 +70,7 @@ class PoolJob:
     started: float = 0.0
 
 
-#: (kind, job key, payload): ("done", key, (wire descriptor, encoded bytes, run_ms)), ("error", key, InpaintdError),
+#: (kind, job key, payload): ("done", key, (the result's pixels, run_ms)), ("error", key, InpaintdError),
 #: ("resubmitted", key, message), ("started", key, actor description).
 Event = tuple[str, Key, Any]
 
@@ -182,8 +182,7 @@ class RayPool:
     # --- jobs --------------------------------------------------------------------------
 
     def submit(self, key: Key, label: str, model: str, strategy: Optional[str],
-               image: dict[str, Any], mask: dict[str, Any], data: Any,
-               reply_encoding: str) -> bool:
+               image: dict[str, Any], mask: dict[str, Any], data: Any) -> bool:
         """Start a job on the least busy live actor; False (nothing done) when all are full.
 
         ``image``/``mask`` are the wire's buffer descriptors and ``data`` the upload's bytes:
@@ -192,7 +191,7 @@ class RayPool:
         if slot is None:
             return False
         job = PoolJob(key=key, label=label, args=(model, strategy, image, mask,
-                                                  self.ray.put(data), reply_encoding))
+                                                  self.ray.put(data)))
         self.jobs[key] = job
         self._start(job, slot)
         return True
@@ -330,7 +329,7 @@ class RayPool:
         job = self.jobs.pop(key)
         slot.jobs_done += 1
         run_ms = round((time.monotonic() - job.started) * 1000)
-        return [("done", key, (result[0], result[1], run_ms))]
+        return [("done", key, (result, run_ms))]
 
     def _resubmit(self, job: PoolJob, dead: ActorSlot, why: str) -> list[Event]:
         job.ref = None

@@ -8,6 +8,10 @@ In an FFC the BatchNorm follows a *sum* of two paths (``convl2l(x_l) + convg2l(x
 ``convl2g(x_l) + convg2g(x_g)`` whose last op is the SpectralTransform's 1x1 ``conv2``), so
 both paths are scaled and the shift goes into one bias. The folded module keeps its
 ``state_dict`` names but not their values: it is for inference only, never saved.
+
+:func:`make_lama_fast` is LaMa's whole fast path (folding, precision, memory format): its
+registry record (:mod:`inpaintd.server.models.registry`) names it, so the model module
+stays below this one.
 """
 
 from __future__ import annotations
@@ -99,3 +103,15 @@ def fold_batchnorms(module: nn.Module) -> int:
 
 def count_batchnorms(module: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
+
+
+def make_lama_fast(module: nn.Module, precision: str) -> str:
+    """LaMa's fast path, as its registry record names it: BatchNorms folded into the
+    convolutions, weights in ``precision`` (the FourierUnit keeps its FFT in float32 whatever
+    the weights are), channels_last memory format."""
+    from .precision import DTYPES
+
+    n = fold_batchnorms(module)
+    module.to(dtype=DTYPES[precision],
+              memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return f"{n} BatchNorms folded, {precision}, channels_last"

@@ -24,6 +24,8 @@ from tqdm import tqdm
 
 from inpaintd.protocol.errors import BadInputError, InternalError
 
+from ..models import registry
+
 from . import metrics
 from .cases import ALL_KIND, Case, read_case, upscale_case
 from .texture import SWDAccumulator, colour_shift, grid_excess, hf_ratio, pooled_swd
@@ -123,9 +125,9 @@ def model_methods(spec: str, device: str = "auto", name: Optional[str] = None,
     label = name or method_name(spec)
     methods = [Method(label, lambda image, mask: inpainter.fill(image, mask))]
     if refine:
-        if inpainter.model.architecture != "lama":
-            log.warning("%s is %s: refinement is LaMa's, so it has no +refine column", label,
-                        inpainter.model.architecture)
+        if not inpainter.architecture.can_refine:
+            log.warning("%s is %s: refinement is %s, so it has no +refine column", label,
+                        inpainter.model.architecture, registry.who_refines())
         else:
             opts = RefineOptions()
             methods.append(Method(f"{label}+refine",

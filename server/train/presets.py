@@ -21,7 +21,7 @@ class TrainConfig:
     """One training recipe. ``losses`` maps loss names to weights; 0 turns a loss off."""
 
     name: str
-    arch: str  # "lama" | "pennet"
+    arch: str  # a registry name with a training task: "lama" | "pennet"
     #: LamaConfig fields for LaMa, {"cnum": N} for PEN-Net.
     model: dict[str, Any]
     stages: list[Stage]
@@ -207,6 +207,19 @@ def get_preset(name: str) -> TrainConfig:
                             f"{', '.join(sorted(PRESETS))}") from None
 
 
+def trainable_architectures() -> list[str]:
+    """The registered architectures that have a training task (``inpaintd train ARCH``)."""
+    from ..models import registry
+
+    return [a.name for a in registry.architectures() if a.train_task is not None]
+
+
 def default_preset(arch: str) -> str:
-    """The preset ``inpaintd train ARCH`` uses when no ``--config`` is given."""
-    return {"lama": "lama-compact-cpu", "pennet": "pennet-cpu"}[arch]
+    """The preset ``inpaintd train ARCH`` uses when no ``--config`` is given (its registry
+    record's ``train_preset``)."""
+    from ..models import registry
+
+    preset = registry.get(arch).train_preset
+    if preset is None:
+        raise BadInputError(f"{arch} has no training preset")
+    return preset

@@ -19,13 +19,13 @@ log = logging.getLogger(__name__)
 
 def add_train_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Register the ``train`` subcommand on ``subparsers``; it sets ``func=run_train``."""
-    from .presets import PRESETS
+    from .presets import PRESETS, trainable_architectures
 
     p = subparsers.add_parser(
         "train", help="train a LaMa or PEN-Net generator on a folder of images",
         description="Train a generator on a folder of images. State goes to --out; "
                     "--resume continues from --out/last.pt.")
-    p.add_argument("arch", choices=("lama", "pennet"), help="which generator to train")
+    p.add_argument("arch", choices=trainable_architectures(), help="which generator to train")
     p.add_argument("--data", required=True, type=Path, nargs="+", metavar="DIR",
                    help="folders of training images (each split into training and held-out "
                         "validation images: see docs/training.md)")

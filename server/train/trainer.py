@@ -32,7 +32,7 @@ from inpaintd.protocol.errors import BadInputError, CheckpointError
 from .common import (append_jsonl, atomic_torch_save, composite, export_weights, hole_psnr,
                      masked_view, save_grid)
 from .data import DEFAULT_CACHE, CropDataset, ImageCache, ValCase, make_loader, make_val_cases
-from .presets import TrainConfig
+from .presets import TrainConfig, trainable_architectures
 from .split import split_folders
 from .texture import SWDAccumulator, colour_shift, grid_excess, hf_ratio
 
@@ -78,14 +78,15 @@ class RunResult:
 
 
 def make_task(cfg: TrainConfig):  # -> LamaTask | PennetTask
-    """The generator-specific half of a run, by ``cfg.arch``."""
-    if cfg.arch == "lama":
-        from .lama_task import LamaTask
-        return LamaTask(cfg)
-    if cfg.arch == "pennet":
-        from .pennet_task import PennetTask
-        return PennetTask(cfg)
-    raise BadInputError(f"unknown architecture {cfg.arch!r}; expected lama or pennet")
+    """The generator-specific half of a run: ``cfg.arch``'s training task, as its registry
+    record names it."""
+    from ..models import registry
+
+    arch = registry.find(cfg.arch)
+    if arch is None or arch.train_task is None:
+        raise BadInputError(f"unknown architecture {cfg.arch!r}; expected "
+                            f"{' or '.join(trainable_architectures())}")
+    return arch.train_task(cfg)
 
 
 def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:

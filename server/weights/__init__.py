@@ -5,7 +5,12 @@ Checkpoints are untrusted input, so nothing here calls ``torch.load`` or runs pi
 supported format. It calls the archive readers (:mod:`.torch_archives` for ``torch.save``
 zips and legacy streams, :mod:`.torchscript`), which call the restricted unpickler
 (:mod:`.unpickler`); what they return holds :mod:`.placeholders` for unknown classes.
-Nothing below calls back up.
+Nothing below calls back up. :mod:`.build` builds the generator a checkpoint describes (as
+its architecture's registry record says) and loads it strictly.
+
+:mod:`.catalog` turns a model name into its file and architecture, once, for every process
+(the server's front end and worker, a Ray actor, the command line). It, the store, the
+tensor-name reader (:mod:`.names`) and reading a card need no torch: the front end uses them.
 """
 
 from typing import TYPE_CHECKING, Any

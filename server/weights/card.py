@@ -8,7 +8,7 @@ settings, what it was trained on and how it scored.
 The card::
 
     {"format_version": 1,
-     "architecture": "lama" | "pennet",
+     "architecture": "lama" | "pennet" | ...,   # a name in the model registry
      "config":   {...},   # the generator's settings, as inpaintd's model code defines them
                           # (the model registry builds the generator from it)
      "training": {...},   # data, steps, seed, code version: free-form
@@ -17,6 +17,9 @@ The card::
 The card is also stored in the safetensors header metadata (``inpaintd.card``), so a
 ``.safetensors`` that lost its ``.json`` still says what it is. The ``.json`` wins when
 both exist: it is the one people edit.
+
+Reading a card (:func:`read_card`) needs no torch: the catalog in the server's front end
+reads cards to list models and batch jobs. Writing and loading weights import torch.
 """
 
 from __future__ import annotations
@@ -28,22 +31,28 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from inpaintd.protocol.errors import CheckpointError
 
+from ..models import registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
 log = logging.getLogger(__name__)
 
-__all__ = ["ARCHITECTURES", "CARD_FORMAT_VERSION", "card_path", "load_ours", "save_ours", "validate_card"]
+__all__ = ["CARD_FORMAT_VERSION", "card_path", "load_ours", "read_card", "safetensors_header",
+           "save_ours", "validate_card"]
 
 CARD_FORMAT_VERSION = 1
-ARCHITECTURES = ("lama", "pennet")
 _METADATA_KEY = "inpaintd.card"
+#: The most header a safetensors file may have for :func:`safetensors_header` (the library's
+#: own limit is 100 MB; a generator's header is tens of kilobytes).
+MAX_HEADER_BYTES = 100 * 2**20
 
 
 def card_path(path: str | os.PathLike[str]) -> Path:
@@ -69,8 +78,8 @@ def validate_card(card: Any, source: str = "card") -> dict[str, Any]:
     if version < 1:
         raise CheckpointError(f"{source}: card format_version {version} is not valid")
     arch = card.get("architecture")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{source}: the card's architecture {arch!r} is not one of {', '.join(ARCHITECTURES)}")
+    if not isinstance(arch, str) or registry.find(arch) is None:
+        raise CheckpointError(f"{source}: the card's architecture {arch!r} is not one of {', '.join(registry.names())}")
     out = dict(card)
     for section in ("config", "training", "scores"):
         value = out.get(section, {})
@@ -112,6 +121,8 @@ def _atomic_target(path: Path) -> Iterator[Path]:
 
 def _plain_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CPU, contiguous, unshared copies: safetensors refuses tensors that share memory."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for key, value in state_dict.items():
@@ -133,6 +144,8 @@ def save_ours(state_dict: Mapping[str, torch.Tensor], card: Mapping[str, Any], p
 
     The card is validated first, so a bad card writes nothing. Returns the weights path.
     """
+    from safetensors.torch import save_file
+
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: our weights files end in .safetensors")
@@ -181,3 +194,42 @@ def load_ours(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], di
         log.warning("%s has no card beside it; using the copy in its metadata", path)
         return state_dict, validate_card(card, str(path))
     return state_dict, None
+
+
+def safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor names -> dtype, shape, offsets, and
+    ``__metadata__``), read without torch. CheckpointError when it is not one."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= MAX_HEADER_BYTES:
+                raise ValueError(f"a header of {size} bytes")
+            header = json.loads(f.read(size).decode("utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a readable safetensors file (no header object)")
+    return header
+
+
+def read_card(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The card of ``NAME.safetensors`` without reading its tensors (and without torch): its
+    ``NAME.json``, else the copy in its header metadata, else None. Validated;
+    CheckpointError for a card that is not valid."""
+    path = Path(path)
+    json_path = card_path(path)
+    if json_path.is_file():
+        try:
+            card = json.loads(json_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{json_path}: not a readable JSON card ({err})") from err
+        return validate_card(card, str(json_path))
+    metadata = safetensors_header(path).get("__metadata__") or {}
+    if not isinstance(metadata, dict) or _METADATA_KEY not in metadata:
+        return None
+    try:
+        card = json.loads(metadata[_METADATA_KEY])
+    except (TypeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: the card in its metadata is not JSON ({err})") from err
+    return validate_card(card, str(path))

@@ -5,7 +5,9 @@ folder, IOPaint's ``big-lama.pt``, a PEN-Net ``gen_*.pth``, our own safetensors)
 extension is a weak hint, so each file is sniffed by content, and every format ends in the
 same :class:`RawCheckpoint`: the generator's own parameter names (as the official code
 names them, so ``load_state_dict(strict=True)`` works), its architecture and, for LaMa, the
-official ``generator:`` config when the file carries one.
+official ``generator:`` config when the file carries one. Which architecture the weights are
+is the model registry's call (:func:`inpaintd.server.models.registry.recognise`, on the
+tensor names), never the file's suffix.
 
 Nothing here runs pickled code: torch files go through the archive readers
 (:mod:`.torch_archives`, :mod:`.torchscript`) and their restricted unpickler.
@@ -19,14 +21,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import yaml
 
 from inpaintd.protocol.errors import CheckpointError
 
+from ..models import registry
 from .card import load_ours
+from .names import sniff
 from .placeholders import Placeholder, placeholder_to_plain
 from .torch_archives import safe_load
 from .torchscript import is_torchscript_archive, torchscript_state_dict
@@ -35,13 +39,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Architecture", "RawCheckpoint", "detect_architecture", "load_checkpoint", "resolve_interpolations"]
 
-Architecture = Literal["lama", "pennet"]
+#: An architecture's name in the model registry (:mod:`inpaintd.server.models.registry`).
+Architecture = str
 
 #: ``format`` values of a RawCheckpoint.
 FORMATS = ("lama-folder", "lightning-ckpt", "torchscript", "pennet-pth", "state-dict", "ours", "safetensors")
-
-_PENNET_ANCHOR = "dw_conv01.0.weight"
-_LAMA_KEY = re.compile(r"^((?:[^.]+\.)*?)model\.\d+\.")
 
 
 @dataclass
@@ -183,45 +185,47 @@ def resolve_interpolations(node: Any, root: Mapping[str, Any], at: tuple[str, ..
 
 
 def detect_architecture(state_dict: Mapping[str, Any]) -> Architecture | None:
-    """``"lama"`` if keys look like ``model.N...``, ``"pennet"`` if they have ``dw_conv01``."""
-    if _PENNET_ANCHOR in state_dict:
-        return "pennet"
-    if any(re.match(r"model\.\d+\.", k) for k in state_dict):
-        return "lama"
-    return None
+    """The registered architecture whose own parameter names these are (no wrapper prefix:
+    ``"lama"`` for ``model.N...``, ``"pennet"`` for ``dw_conv01...``), or None."""
+    found = registry.recognise(list(state_dict))
+    return found[0].name if found is not None and found[1] == "" else None
 
 
 def _strip(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def _normalise(state_dict: Mapping[str, torch.Tensor], display: str) -> tuple[Architecture, dict[str, torch.Tensor]]:
+def _normalise(state_dict: Mapping[str, torch.Tensor], display: str,
+               expected: Architecture | None = None) -> tuple[Architecture, dict[str, torch.Tensor]]:
     """Strip wrapper prefixes so keys are the generator's own names; name the architecture.
 
     Why: the same weights arrive as ``netG`` of a DataParallel (``module.``), inside a
     Lightning module (``generator.``) or a TorchScript wrapper (``model.generator.``).
-    Keys outside the generator (discriminator, losses, wrapper buffers) are dropped.
+    Keys outside the generator (discriminator, losses, wrapper buffers) are dropped. The
+    registered recognisers tell the architecture and its prefix; with ``expected`` (what the
+    catalog already decided) only that one is asked, and weights it does not claim are an
+    error rather than another architecture.
     """
-    # PEN-Net: find the anchor key, whatever prefix it carries.
-    for key in state_dict:
-        if key == _PENNET_ANCHOR or key.endswith("." + _PENNET_ANCHOR):
-            prefix = key[: -len(_PENNET_ANCHOR)]
-            return "pennet", _strip(state_dict, prefix)
-    # LaMa: group the ``model.N.`` keys by what precedes them; prefer the generator's group.
-    groups: dict[str, int] = {}
-    for key in state_dict:
-        m = _LAMA_KEY.match(key)
-        if m:
-            groups[m.group(1)] = groups.get(m.group(1), 0) + 1
-    if groups:
-        prefix = max(groups, key=lambda p: (p.endswith("generator.") or p == "", groups[p]))
-        out = _strip(state_dict, prefix)
-        dropped = len(state_dict) - len(out)
-        if dropped:
-            log.debug("%s: dropped %d keys outside the generator (prefix %r)", display, dropped, prefix)
-        return "lama", out
-    sample = ", ".join(list(state_dict)[:4]) or "no tensors at all"
-    raise CheckpointError(f"{display}: the weights are neither LaMa nor PEN-Net (keys: {sample})")
+    keys = list(state_dict)
+    found: tuple[registry.Architecture, str] | None
+    if expected is not None and registry.find(expected) is not None:
+        arch = registry.get(expected)
+        prefix = arch.recognise(keys)
+        found = None if prefix is None else (arch, prefix)
+        if found is None:
+            raise CheckpointError(f"{display}: the model catalog took it for {arch.title}, "
+                                  f"but the weights are not {arch.title}'s")
+    else:
+        found = registry.recognise(keys)
+    if found is None:
+        sample = ", ".join(keys[:4]) or "no tensors at all"
+        raise CheckpointError(f"{display}: the weights are {registry.neither_of()} (keys: {sample})")
+    arch, prefix = found
+    out = _strip(state_dict, prefix) if prefix else dict(state_dict)
+    dropped = len(state_dict) - len(out)
+    if dropped:
+        log.debug("%s: dropped %d keys outside the generator (prefix %r)", display, dropped, prefix)
+    return arch.name, out
 
 
 def _tensors_only(obj: Mapping[Any, Any]) -> dict[str, torch.Tensor]:
@@ -306,27 +310,16 @@ def _lama_folder(folder: Path) -> RawCheckpoint:
     return RawCheckpoint("lama", sd, gen_config, None, folder, "lama-folder")
 
 
-def _sniff(path: Path) -> str:
-    with path.open("rb") as f:
-        head = f.read(16)
-    if not head:
-        return "empty"
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return "zip"
-    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 * 2**20:
-        return "safetensors"
-    if head[0] == 0x80:
-        return "pickle"
-    return "unknown"
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
+def load_checkpoint(path: str | os.PathLike[str], architecture: Architecture | None = None
+                    ) -> RawCheckpoint:
     """Import a generator's weights from ``path``, whatever format it is in.
 
     Accepted: an official LaMa folder (``config.yaml`` + ``models/best.ckpt``), a Lightning
     ``.ckpt`` alone, a LaMa TorchScript export (``big-lama.pt``), a PEN-Net ``gen_*.pth``
     (``{"netG": ...}``), a bare torch state dict, and our ``NAME.safetensors`` (+ card).
     Anything else, a missing path, or a damaged file raises CheckpointError naming the file.
+    ``architecture``: what the model catalog already decided (its card, or the registry's
+    recogniser on the same names); the weights are checked against it, not sniffed anew.
     """
     path = Path(path)
     display = str(path)
@@ -342,7 +335,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
             display = str(path)
         if not path.is_file():
             raise CheckpointError(f"{display}: no such file or folder")
-        kind = _sniff(path)
+        kind = sniff(path)
     except OSError as err:
         raise CheckpointError(f"{display}: cannot read it ({err.strerror or err})") from err
 
@@ -354,17 +347,21 @@ def load_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
                 raise CheckpointError(f"{display}: the card says {card['architecture']} but the weights are {arch}")
             arch = card["architecture"]
         if arch is None:
-            raise CheckpointError(f"{display}: a safetensors file whose weights are neither LaMa nor PEN-Net")
+            raise CheckpointError(f"{display}: a safetensors file whose weights are {registry.neither_of()}")
+        if architecture is not None and registry.find(architecture) is not None \
+                and arch != architecture:
+            raise CheckpointError(f"{display}: the weights are {arch}, not {architecture} as "
+                                  "the model catalog said")
         # Our card's config is inpaintd's own model config, not an official generator section.
         return RawCheckpoint(arch, sd, None, card, path, "ours" if card is not None else "safetensors")
 
     if kind == "zip" and is_torchscript_archive(path):
-        arch, sd = _normalise(torchscript_state_dict(path), display)
+        arch, sd = _normalise(torchscript_state_dict(path), display, architecture)
         return RawCheckpoint(arch, sd, None, None, path, "torchscript")
 
     if kind in ("zip", "pickle"):
         fmt, sd, config = _from_object(safe_load(path), display)
-        arch, sd = _normalise(sd, display)
+        arch, sd = _normalise(sd, display, architecture)
         if arch != "lama":
             config = None
         elif fmt == "pennet-pth":

@@ -13,6 +13,7 @@ from pathlib import Path
 from inpaintd.protocol.errors import BadInputError, UnknownModelError
 
 from . import store
+from .build import build_from_checkpoint
 from .card import save_ours
 from .fetch import fetch, known_sources, source_url
 from .formats import load_checkpoint
@@ -24,8 +25,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 def import_checkpoint(path: Path, name: str) -> Path:
     """Convert ``path`` (any supported format) into ``$INPAINTD_HOME/models/NAME.safetensors``."""
-    from ..loading import build_from_checkpoint  # loading imports weights; keep this lazy
-
     if not _NAME.match(name) or name.endswith((".safetensors", ".json")):
         raise BadInputError(f"model name {name!r} must be letters, digits, '.', '_' or '-'")
     raw = load_checkpoint(path)

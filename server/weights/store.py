@@ -1,8 +1,9 @@
 """Where model weights live on this machine.
 
-Two places: the user's model directory (``$INPAINTD_HOME/models``, default
-``~/.cache/inpaintd/models``), where ``inpaintd fetch`` and users put weights, and the
-package's ``bundled/`` folder, which ships the offline default weights (our own format).
+Two places: the user's model directory (``$INPAINTD_HOME/models``; by default in the OS's
+per-user cache folder, see :func:`inpaintd_home`), where ``inpaintd fetch`` and users put
+weights, and the package's ``bundled/`` folder, which ships the offline default weights (our
+own format).
 Why both: the bundled models make a fresh install work with no network; the model
 directory lets users add official weights without touching the installed package.
 A model the user installs under a bundled model's name takes precedence.
@@ -14,6 +15,8 @@ import logging
 import os
 from pathlib import Path
 
+import platformdirs
+
 log = logging.getLogger(__name__)
 
 __all__ = ["bundled_dir", "bundled_models", "inpaintd_home", "installed_models", "models_dir", "scan_models"]
@@ -22,10 +25,33 @@ HOME_ENV = "INPAINTD_HOME"
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
+#: Where every OS kept the store before it followed the OS's convention (issue 24).
+LEGACY_HOME = "~/.cache/inpaintd"
+
+
 def inpaintd_home() -> Path:
-    """``$INPAINTD_HOME``, or ``~/.cache/inpaintd``. Read each call so tests can redirect it."""
+    """``$INPAINTD_HOME``, else the per-user cache folder platformdirs gives each OS.
+
+    Linux and other Unixes: ``$XDG_CACHE_HOME/inpaintd``, ``~/.cache/inpaintd`` when that is
+    unset (the XDG base-directory rule, as torch hub and Hugging Face follow it); macOS:
+    ``~/Library/Caches/inpaintd``; Windows: ``%LOCALAPPDATA%\\inpaintd\\Cache``.
+    Why platformdirs and not our own table: the Windows folder comes from the shell's known
+    folders (not a guessed ``%LOCALAPPDATA%``), and the rules for each OS are its tested code.
+
+    Existing stores are not lost: before this rule the store was ``~/.cache/inpaintd`` on
+    every OS, whatever ``$XDG_CACHE_HOME`` said. When the OS's folder is
+    another one and has no ``models/`` yet while ``~/.cache/inpaintd/models`` exists, that
+    old store stays in use (move it, or set ``$INPAINTD_HOME``, to change that).
+    Read each call so tests can redirect it.
+    """
     value = os.environ.get(HOME_ENV)
-    return Path(value).expanduser() if value else Path("~/.cache/inpaintd").expanduser()
+    if value:
+        return Path(value).expanduser()
+    home = Path(platformdirs.user_cache_dir("inpaintd", appauthor=False))
+    legacy = Path(LEGACY_HOME).expanduser()
+    if home != legacy and not (home / "models").is_dir() and (legacy / "models").is_dir():
+        return legacy
+    return home
 
 
 def models_dir(create: bool = False) -> Path:

@@ -26,6 +26,7 @@ from inpaintd.protocol.plugin.model_picker import (
     missing_model_sentence,
 )
 from inpaintd.protocol.plugin.settings import (
+    NUMBER_FIELDS,
     SAMPLE_CHOICES,
     PluginSettings,
     load_settings,
@@ -74,24 +75,20 @@ class SettingsDialog(QDialog):
         self.client_key = QLineEdit(current.client_key_file)
         self.client_key.setPlaceholderText("NAME.key_secret from the server's admin")
         self.margin = QSpinBox()
-        self.margin.setRange(0, 4096)
+        self.margin.setRange(*NUMBER_FIELDS["margin"].range)
         self.margin.setSuffix(" px")
         self.margin.setValue(current.margin)
-        self.margin.setToolTip("The least context sent around the selection; large "
-                               "selections get a quarter of their diagonal.")
+        self.margin.setToolTip(NUMBER_FIELDS["margin"].help)
         self.grow = QSpinBox()
-        self.grow.setRange(-256, 256)
+        self.grow.setRange(*NUMBER_FIELDS["grow"].range)
         self.grow.setSuffix(" px")
         self.grow.setValue(current.grow)
-        self.grow.setToolTip("Widen the hole by this many pixels before the fill (negative: "
-                             "shrink it), so an object's rim just outside the selection is "
-                             "filled too.")
+        self.grow.setToolTip(NUMBER_FIELDS["grow"].help)
         self.feather = QSpinBox()
-        self.feather.setRange(0, 256)
+        self.feather.setRange(*NUMBER_FIELDS["feather"].range)
         self.feather.setSuffix(" px")
         self.feather.setValue(current.feather)
-        self.feather.setToolTip("Fade the new layer's edge over this many pixels inside the "
-                                "hole.")
+        self.feather.setToolTip(NUMBER_FIELDS["feather"].help)
         self.lama_model = QComboBox()
         self.lama_model.setObjectName("inpaintd_lama_model")
         self.lama_model.setEditable(True)
@@ -123,7 +120,8 @@ class SettingsDialog(QDialog):
         self.refine = QCheckBox("Refine large holes (LaMa's high-resolution mode; slow)")
         self.refine.setChecked(current.refine)
         self.timeout = QDoubleSpinBox()
-        self.timeout.setRange(1, 3600)
+        self.timeout.setRange(*NUMBER_FIELDS["timeout_s"].range)
+        self.timeout.setToolTip(NUMBER_FIELDS["timeout_s"].help)
         self.timeout.setSuffix(" s")
         self.timeout.setValue(current.timeout_s)
         self._connect_timeout = current.connect_timeout_s
