@@ -92,6 +92,15 @@ class _Cancelled(Exception):
     """Raised inside the progress callback to unwind ``fill`` between two model stages."""
 
 
+
+def _read_op(msg: list[Any]) -> Optional["channel.Message"]:
+    """The front end's op in ``msg``, or None (logged) when it can't be read."""
+    try:
+        return channel.decode(msg[0].buffer)
+    except ValueError as exc:
+        log.error("unreadable message from the front end: %s", exc)
+        return None
+
 class Worker:
     """One device, the models loaded on it, and the job loop."""
 
@@ -139,10 +148,8 @@ class Worker:
         """
         while self.sock.poll(0, zmq.POLLIN):
             msg = self.sock.recv_multipart(copy=False)
-            try:
-                op = channel.decode(msg[0].buffer)
-            except ValueError as exc:
-                log.error("unreadable message from the front end: %s", exc)
+            op = _read_op(msg)
+            if op is None:
                 continue
             if isinstance(op, channel.Cancel):
                 self._cancelled.add(op.job)
@@ -202,10 +209,8 @@ class Worker:
                     return
                 continue
             msg = self._next_message()
-            try:
-                op = channel.decode(msg[0].buffer)
-            except ValueError as exc:
-                log.error("unreadable message from the front end: %s", exc)
+            op = _read_op(msg)
+            if op is None:
                 continue
             if isinstance(op, channel.Exit):
                 return

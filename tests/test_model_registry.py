@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from inpaintd.server.models import registry
-from inpaintd.server.models.adapter import ModelAdapter, pad_symmetric_to
+from inpaintd.server.models.adapter import MaskedInputAdapter
 from inpaintd.server.models.registry import Architecture, InputShape
 
 from test_server_support import REPO, ServerProcess, test_images
@@ -69,17 +69,9 @@ def read_toy_config(state_dict: Mapping[str, torch.Tensor],
     return {"width": int(state_dict["toy_head.weight"].shape[0])}
 
 
-class ToyAdapter(ModelAdapter):
-    def prepare(self, image: torch.Tensor, mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        size = self.input_size(*image.shape[-2:])
-        return pad_symmetric_to(image, *size), pad_symmetric_to(mask, *size)
-
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.module(self.to_model(torch.cat([image * (1 - mask), mask], dim=1)))
-
-    def finish(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return out[..., :height, :width].float()
+class ToyAdapter(MaskedInputAdapter):
+    """The toy takes LaMa's input contract (image with the hole blanked, mask as a fourth
+    channel), which the shared adapter provides."""
 
 
 def toy_fast(module: nn.Module, precision: str) -> str:

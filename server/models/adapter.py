@@ -18,7 +18,7 @@ import torch
 from .registry import get
 
 
-__all__ = ["ModelAdapter", "pad_symmetric", "pad_symmetric_to"]
+__all__ = ["ModelAdapter", "MaskedInputAdapter", "pad_symmetric", "pad_symmetric_to"]
 
 
 class ModelAdapter:
@@ -95,6 +95,24 @@ class ModelAdapter:
                            torch.cat([p[1] for p in prepared]))
         del prepared
         return [self.finish(out[k:k + 1], *image.shape[-2:]) for k, image in enumerate(images)]
+
+
+class MaskedInputAdapter(ModelAdapter):
+    """The common generator contract, LaMa's: the image with its hole blanked and the mask
+    as a fourth channel, ``cat([img * (1 - m), m])``, each input padded symmetrically to
+    :meth:`input_size` and the prediction cropped back. An architecture with this contract
+    names this adapter (or subclasses it) instead of writing it again."""
+
+    def prepare(self, image: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.input_size(*image.shape[-2:])
+        return pad_symmetric_to(image, *size), pad_symmetric_to(mask, *size)
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.module(self.to_model(torch.cat([image * (1 - mask), mask], dim=1)))
+
+    def finish(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return out[..., :height, :width].float()
 
 
 def pad_symmetric(x: torch.Tensor, mod: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from .adapter import ModelAdapter, pad_symmetric_to
+from .adapter import MaskedInputAdapter
 from .ffc import FFC_BN_ACT, ConcatTupleLayer, FFCResnetBlock
 
 
@@ -229,7 +229,7 @@ def read_config(state_dict: Mapping[str, torch.Tensor],
     return LamaConfig.from_state_dict(state_dict).to_dict()
 
 
-class LamaAdapter(ModelAdapter):
+class LamaAdapter(MaskedInputAdapter):
     """``bin/predict.py``: symmetric pad to a multiple of 8, ``cat([img*(1-m), m])``.
 
     Inputs of 8 px or less (which the official code can't run) are padded further,
@@ -237,14 +237,3 @@ class LamaAdapter(ModelAdapter):
     """
 
     channels_last = True
-
-    def prepare(self, image: torch.Tensor, mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        size = self.input_size(*image.shape[-2:])
-        return pad_symmetric_to(image, *size), pad_symmetric_to(mask, *size)
-
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.module(self.to_model(torch.cat([image * (1 - mask), mask], dim=1)))
-
-    def finish(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return out[..., :height, :width].float()

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from safetensors import SafetensorError
 from safetensors import safe_open
@@ -178,22 +178,7 @@ def load_ours(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], di
         reason = " ".join(str(err).split())[:300]
         raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from err
 
-    card: Any = None
-    json_path = card_path(path)
-    if json_path.is_file():
-        try:
-            card = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"{json_path}: not a readable JSON card ({err})") from err
-        return state_dict, validate_card(card, str(json_path))
-    if _METADATA_KEY in metadata:
-        try:
-            card = json.loads(metadata[_METADATA_KEY])
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{path}: the card in its metadata is not JSON ({err})") from err
-        log.warning("%s has no card beside it; using the copy in its metadata", path)
-        return state_dict, validate_card(card, str(path))
-    return state_dict, None
+    return state_dict, _card_of(path, lambda: metadata, warn=True)
 
 
 def safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -218,6 +203,13 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     ``NAME.json``, else the copy in its header metadata, else None. Validated;
     CheckpointError for a card that is not valid."""
     path = Path(path)
+    return _card_of(path, lambda: safetensors_header(path).get("__metadata__") or {})
+
+
+def _card_of(path: Path, metadata: Callable[[], Any], warn: bool = False
+             ) -> dict[str, Any] | None:
+    """``NAME.json`` beside ``path``, else the copy in the file's metadata (read only when
+    needed), else None; validated."""
     json_path = card_path(path)
     if json_path.is_file():
         try:
@@ -225,11 +217,13 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise CheckpointError(f"{json_path}: not a readable JSON card ({err})") from err
         return validate_card(card, str(json_path))
-    metadata = safetensors_header(path).get("__metadata__") or {}
-    if not isinstance(metadata, dict) or _METADATA_KEY not in metadata:
+    found = metadata()
+    if not isinstance(found, dict) or _METADATA_KEY not in found:
         return None
     try:
-        card = json.loads(metadata[_METADATA_KEY])
+        card = json.loads(found[_METADATA_KEY])
     except (TypeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: the card in its metadata is not JSON ({err})") from err
+    if warn:
+        log.warning("%s has no card beside it; using the copy in its metadata", path)
     return validate_card(card, str(path))
