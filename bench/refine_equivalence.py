@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from refine_reference import (large_hole, lively_random_lama,  # noqa: E402
+from support.refine_reference import (large_hole, lively_random_lama,  # noqa: E402
                               reference_refine, structured_image)
 
 from inpaintd.server.models.lama import CONFIGS  # noqa: E402

@@ -6,7 +6,7 @@ each piece on the finest scale of a 2048x1536 refine (1549x1161 after the 1.8 MP
 the erosion on the half-size hole), values and time (best of several interleaved runs), and
 then the whole refinement with kornia's pieces swapped in, on the 15-iteration, 3-scale
 case of ``tests/test_refine.py`` (a small LaMa, 512 px), against the official transcription
-``tests/refine_reference.py``. kornia is not a dependency: ``pip install kornia`` first.
+``tests/support/refine_reference.py``. kornia is not a dependency: ``pip install kornia`` first.
 
     python bench/refine_kornia.py [--threads 2] [--no-whole]
 """
@@ -77,7 +77,7 @@ def pieces() -> None:
 
 
 def whole() -> None:
-    from refine_reference import (large_hole, lively_random_lama, reference_refine,
+    from support.refine_reference import (large_hole, lively_random_lama, reference_refine,
                                   structured_image)
 
     from inpaintd.server.models.lama import LamaConfig

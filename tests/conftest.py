@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from shared_data import golden_dir
+from support.shared_data import golden_dir
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_server_support import REPO, RawClient, ServerProcess, test_images
+from support.server import REPO, RawClient, ServerProcess, test_images
 
 pytestmark = pytest.mark.slow
 
@@ -161,4 +161,4 @@ def test_a_bomb_through_the_server_fails_fast_and_the_worker_serves_on(tmp_path:
         shutil.rmtree(models / "yamlbomb")
 
 
-from test_server_support import tiny_home  # noqa: E402,F401  (a fixture)
+from support.server import tiny_home  # noqa: E402,F401  (a fixture)

@@ -138,7 +138,7 @@ from typing import Iterator  # noqa: E402
 
 import tifffile  # noqa: E402
 
-from test_server_support import TINY, ServerProcess, tiny_home  # noqa: E402
+from support.server import TINY, ServerProcess, tiny_home  # noqa: E402
 
 __all__ = ["tiny_home"]  # a fixture, imported to be used here
 

@@ -13,7 +13,7 @@ from inpaintd.server.colour_match import match_colour
 from inpaintd.server.pipeline import card_colour_match, load_inpainter
 from inpaintd.server.weights.store import bundled_dir
 
-from fill_option_testing import (assert_official_fill_unchanged_unless_asked,
+from support.fill_options import (assert_official_fill_unchanged_unless_asked,
                                  assert_refused_with_server, fill_with_option)
 
 

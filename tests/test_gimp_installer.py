@@ -26,7 +26,7 @@ from inpaintd.host_plugins.installer import GIMP_PLUGIN, PluginInstallError, mak
 from inpaintd.host_plugins.plugin_cli import main as plugin_main
 from inpaintd.protocol.plugin.errors import describe_error, unsupported_colour
 from inpaintd.protocol.plugin.vendor_path import folder_name
-from plugin_testing import run_plugin_start
+from support.plugins import run_plugin_start
 
 from test_krita_installer import (  # noqa: E402  (tests/ is on sys.path)
     LOCAL, PY, _fetch, protocol_sources)
@@ -174,7 +174,7 @@ def test_finds_flatpak_windows_and_macos_gimps(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name, series", [("trixie", "3.0"), ("sid-experimental", "3.2")])
 def test_finds_the_gimp_of_a_real_debian_root(name: str, series: str, tmp_path: Path) -> None:
     """The executables Debian's gimp package installs (a root of tests/test_gimp_real.py)."""
-    from plugin_testing import gimp_harness
+    from support.plugins import gimp_harness
 
     root = gimp_harness().roots.ROOTS[name]
     if not root.complete():

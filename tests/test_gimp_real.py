@@ -43,7 +43,7 @@ import pytest
 from inpaintd.protocol.plugin.errors import EMPTY_CONTEXT, NO_SELECTION
 from inpaintd.protocol.plugin.geometry import Bounds, crop_bounds
 from inpaintd.protocol.plugin.host_pixels import result_layer
-from plugin_testing import gimp_harness, krita_harness, make_studio_lama
+from support.plugins import gimp_harness, krita_harness, make_studio_lama
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -722,7 +722,7 @@ def download(host: Any, pixels: dict[str, np.ndarray],
     studio-lama, Download (it resumes), Cancel download after one more step of progress,
     Download again, to the end (the dialog tests the connection again and picks it); a
     screenshot; OK: the fill."""
-    import studio_download
+    from support import studio_download as studio_download
 
     home = _home_with(host, pixels, mode="download", margin=MARGIN)
     store = home.path / "inpaintd_home"

@@ -27,7 +27,7 @@ from inpaintd.host_plugins.installer import (
     make_target,
 )
 from inpaintd.host_plugins.plugin_cli import main as plugin_main
-from plugin_testing import run_plugin_start
+from support.plugins import run_plugin_start
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 

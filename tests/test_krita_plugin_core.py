@@ -44,7 +44,7 @@ from inpaintd.protocol.plugin.settings import (
     settings_path,
     setup_logging,
 )
-from plugin_testing import krita_harness
+from support.plugins import krita_harness
 
 
 

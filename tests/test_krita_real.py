@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 from inpaintd.protocol.plugin.host_pixels import host_to_rgba, rgba_to_host
-from plugin_testing import krita_harness, make_studio_lama
+from support.plugins import krita_harness, make_studio_lama
 
 
 
@@ -151,7 +151,7 @@ def _download_server(home: Path) -> Iterator[Any]:
     """A server on this computer whose home names the studio's model in sources.json (and
     holds only the bundled ones), its file on a slow HTTP server: what the settings'
     Download gets. Its home is under the host's root, where Krita's download writes."""
-    from studio_download import studio_source
+    from support.studio_download import studio_source
 
     with studio_source(home), harness.serve(home) as srv:
         yield srv

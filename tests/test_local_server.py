@@ -28,7 +28,7 @@ from inpaintd.protocol.plugin.local_server import (
     write_record,
 )
 from inpaintd.protocol.plugin.settings import PluginSettings
-from plugin_testing import krita_harness
+from support.plugins import krita_harness
 from test_krita_plugin_core import _inputs
 
 harness = krita_harness()

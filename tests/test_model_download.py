@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from inpaintd.protocol.plugin.model_download import ModelDownload
-from studio_download import slow_handler
+from support.studio_download import slow_handler
 
 COMMAND = [sys.executable, "-m", "inpaintd.server.cli"]
 SIZE = 6 << 20

@@ -29,7 +29,7 @@ from inpaintd.server.models import registry
 from inpaintd.server.models.adapter import MaskedInputAdapter
 from inpaintd.server.models.registry import Architecture, InputShape
 
-from test_server_support import REPO, ServerProcess, test_images
+from support.server import REPO, ServerProcess, test_images
 
 HERE = Path(__file__).resolve().parent
 #: How a subprocess (the CLI, the server and its worker) learns the toy architecture.

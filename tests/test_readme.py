@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_server_support import REPO, ServerProcess
+from support.server import REPO, ServerProcess
 
 README = (REPO / "README.md").read_text()
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from refine_reference import (_blur, _erode_mask, _pyramid, large_hole, lively_random_lama,
+from support.refine_reference import (_blur, _erode_mask, _pyramid, large_hole, lively_random_lama,
                               reference_refine, structured_image)
 
 from inpaintd.protocol.errors import BadInputError

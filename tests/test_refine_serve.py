@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from refine_reference import large_hole, lively_random_lama, structured_image
+from support.refine_reference import large_hole, lively_random_lama, structured_image
 
 from inpaintd.protocol import Client
 from inpaintd.protocol.errors import BadInputError, BadMessageError
@@ -17,7 +17,7 @@ from inpaintd.server.pipeline import load_inpainter
 from inpaintd.server.refine import RefineOptions
 from inpaintd.server.channels import fill_any_channels
 
-from test_server_support import RawClient, ServerProcess
+from support.server import RawClient, ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,7 @@ from inpaintd.protocol.errors import CheckpointError, UnsafeCheckpointError
 from inpaintd.server.weights.placeholders import Placeholder, placeholder_to_plain
 from inpaintd.server.weights.torch_archives import safe_load
 from inpaintd.server.weights.torchscript import is_torchscript_archive, torchscript_state_dict
-from shared_data import golden_dir
+from support.shared_data import golden_dir
 
 
 def _golden() -> Path:

@@ -29,7 +29,7 @@ import pytest
 from inpaintd.protocol import Client
 from inpaintd.protocol.errors import NoWorkersError
 
-from test_server_support import (REPO, TINY, ServerProcess, free_port, make_tiny_model,
+from support.server import (REPO, TINY, ServerProcess, free_port, make_tiny_model,
                                  many_holes, test_images)
 
 

@@ -29,7 +29,7 @@ from inpaintd.server.channels import fill_any_channels
 from inpaintd.server import worker_channel as channel
 from inpaintd.server.engine_api import JobResult
 
-from test_server_support import (TINY, RawClient, ServerProcess, make_tiny_model, many_holes,
+from support.server import (TINY, RawClient, ServerProcess, make_tiny_model, many_holes,
                                  test_images)
 
 PEN = "tinypen"

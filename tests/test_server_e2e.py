@@ -25,7 +25,7 @@ from inpaintd.protocol.errors import CancelledError, InpaintdError, RequestTimeo
 from inpaintd.server.pipeline import load_inpainter
 from inpaintd.server.channels import fill_any_channels
 
-from test_server_support import (REPO, TINY, RawClient, ServerProcess, free_port, many_holes,
+from support.server import (REPO, TINY, RawClient, ServerProcess, free_port, many_holes,
                                  server_module, stage_order_ok, test_images, tiny_home)
 
 __all__ = ["tiny_home"]  # a fixture, imported to be used here

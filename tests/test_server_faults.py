@@ -24,7 +24,7 @@ import zmq.auth
 
 from inpaintd.server.keys import init_keys
 
-from test_server_support import (REPO, TINY, RawClient, ServerProcess, free_port, server_module,
+from support.server import (REPO, TINY, RawClient, ServerProcess, free_port, server_module,
                                  test_images, tiny_home)
 
 __all__ = ["tiny_home"]
@@ -344,7 +344,7 @@ def test_revoking_a_key_cancels_its_queued_and_running_jobs(tmp_path: Path,
                                                             tiny_home: Path) -> None:
     from inpaintd.server.keys import add_client
 
-    from test_server_support import many_holes
+    from support.server import many_holes
 
     keys = tmp_path / "keys"
     init_keys(keys)
@@ -562,7 +562,7 @@ def test_refused_handshakes_are_logged_a_few_lines_with_a_count(tmp_path: Path,
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_imported_weights_get_the_umask_mode_not_0600(tmp_path: Path, umask: int) -> None:
-    from shared_data import golden_dir
+    from support.shared_data import golden_dir
 
     home = tmp_path / "home"
     env = dict(os.environ, INPAINTD_HOME=str(home))

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from inpaintd.protocol import Client
 from inpaintd.protocol.codec import SIGNATURE, header, pack_array
 
-from test_server_support import TINY, RawClient, ServerProcess, test_images, tiny_home
+from support.server import TINY, RawClient, ServerProcess, test_images, tiny_home
 
 __all__ = ["tiny_home"]
 

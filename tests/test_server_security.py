@@ -19,7 +19,7 @@ from inpaintd.protocol import Client
 from inpaintd.protocol.errors import RequestTimeoutError
 from inpaintd.server.keys import add_client, init_keys
 
-from test_server_support import (REPO, TINY, RawClient, ServerProcess, free_port, many_holes,
+from support.server import (REPO, TINY, RawClient, ServerProcess, free_port, many_holes,
                                  server_module, test_images, tiny_home)
 
 __all__ = ["tiny_home"]

@@ -344,7 +344,7 @@ def test_model_names_are_never_read_as_paths(tmp_path: Path, monkeypatch: pytest
     from inpaintd.server.weights.store import models_dir
     from inpaintd.server.worker import model_path
 
-    from test_server_support import make_tiny_model
+    from support.server import make_tiny_model
 
     installed = make_tiny_model(models_dir().parent)
     work = tmp_path / "cwd"

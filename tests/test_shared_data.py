@@ -1,4 +1,4 @@
-"""Every test finds ../shared through one helper (tests/shared_data.py) that honours
+"""Every test finds ../shared through one helper (tests/support/shared_data.py) that honours
 INPAINTD_SHARED."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared_data import REPO, SHARED, require_shared
+from support.shared_data import REPO, SHARED, require_shared
 
 TESTS = REPO / "tests"
 
@@ -19,8 +19,10 @@ def _run_copied_tests(tmp_path: Path, env_shared: str | None) -> subprocess.Comp
     """Run test_train_split.py from a copy of tests/ that has no ../shared beside it."""
     copy = tmp_path / "checkout" / "tests"
     copy.mkdir(parents=True)
-    for name in ("conftest.py", "shared_data.py", "test_train_split.py"):
+    for name in ("conftest.py", "test_train_split.py"):
         shutil.copy(TESTS / name, copy / name)
+    shutil.copytree(TESTS / "support", copy / "support",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if k != "INPAINTD_SHARED"}
     if env_shared is not None:
         env["INPAINTD_SHARED"] = env_shared
@@ -44,11 +46,11 @@ def test_no_test_works_out_the_shared_folder_itself() -> None:
     pattern = re.compile(r"""/\s*["']shared["']|["']\.\./shared|parents\[\d\]\.parent"""
                          r"""|INPAINTD_SHARED["']""")
     offenders = []
-    for path in sorted(TESTS.glob("*.py")):
+    for path in sorted(TESTS.rglob("*.py")):
         if path.name in ("shared_data.py", Path(__file__).name):
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("#", 1)[0]
             if pattern.search(code):
                 offenders.append(f"{path.name}:{number}: {line.strip()}")
-    assert not offenders, "use tests/shared_data.py:\n" + "\n".join(offenders)
+    assert not offenders, "use tests/support/shared_data.py:\n" + "\n".join(offenders)

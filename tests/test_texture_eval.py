@@ -17,7 +17,7 @@ from inpaintd.server.train.eval_cli import main as eval_main
 from inpaintd.server.train.evaluate import (Method, evaluate, format_table, opencv_method)
 from inpaintd.server.train.split import (MANIFEST, TWINS_OF_VALIDATION, VAL_PACKAGES,
                                          read_packages, split_files, split_folders)
-from shared_data import require_shared
+from support.shared_data import require_shared
 
 
 def _texture(size: int = 128, seed: int = 0) -> np.ndarray:

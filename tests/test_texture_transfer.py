@@ -16,7 +16,7 @@ from inpaintd.server.texture_transfer import GAIN, transfer_texture
 from inpaintd.server.train.texture import SWDAccumulator, hf_ratio
 from inpaintd.server.weights.store import bundled_dir
 
-from fill_option_testing import (assert_official_fill_unchanged_unless_asked,
+from support.fill_options import (assert_official_fill_unchanged_unless_asked,
                                  assert_refused_with_server, fill_with_option)
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from inpaintd.protocol.errors import BadInputError
 from inpaintd.server.train.split import VAL_FILES, group_key, split_files
-from shared_data import require_shared
+from support.shared_data import require_shared
 
 
 def test_val_list_is_a_fixed_set_over_every_family() -> None:

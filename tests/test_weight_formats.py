@@ -25,7 +25,7 @@ from inpaintd.protocol.errors import CheckpointError
 from inpaintd.server.weights import store
 from inpaintd.server.weights.card import card_path, load_ours, save_ours
 from inpaintd.server.weights.formats import RawCheckpoint, load_checkpoint, resolve_interpolations
-from shared_data import golden_dir
+from support.shared_data import golden_dir
 
 
 def _golden() -> Path:

@@ -115,6 +115,7 @@ try:
         missing_model_sentence,
     )
     from inpaintd.protocol.plugin.settings import (
+        NUMBER_FIELDS,
         SAMPLE_CHOICES,
         SAMPLE_LAYER,
         SAMPLE_VISIBLE,
@@ -130,6 +131,7 @@ except ImportError as exc:  # shown as one sentence when the artist runs the fil
         f"The plug-in's libraries could not be loaded ({exc}); reinstall it with "
         f"`inpaintd plugin install gimp`.")
     MODELS = ()
+    NUMBER_FIELDS = {}  # the filter only says _IMPORT_ERROR then: any range will do
     CANCELLED = "The fill was cancelled."
     SAMPLE_VISIBLE, SAMPLE_LAYER = "visible", "layer"
     SAMPLE_CHOICES = {SAMPLE_VISIBLE: "Visible image", SAMPLE_LAYER: "Current layer"}
@@ -846,17 +848,14 @@ class InpaintPlugIn(Gimp.PlugIn):
             "endpoint", "Ser_ver", "The inpaintd server, tcp://HOST:PORT",
             saved.endpoint if saved else "tcp://127.0.0.1:5557",
             GObject.ParamFlags.READWRITE)
-        procedure.add_int_argument(
-            "margin", "Context mar_gin", "Least context around the selection, in pixels",
-            0, 4096, saved.margin if saved else 32, GObject.ParamFlags.READWRITE)
-        procedure.add_int_argument(
-            "grow", "Gro_w selection", "Widen the hole by this many pixels before the fill "
-            "(negative: shrink), so an object's rim is filled too",
-            -256, 256, defaults.grow if defaults else 2, GObject.ParamFlags.READWRITE)
-        procedure.add_int_argument(
-            "feather", "_Feather edge", "Fade the new layer's edge over this many pixels "
-            "inside the hole", 0, 256, defaults.feather if defaults else 0,
-            GObject.ParamFlags.READWRITE)
+        # Ranges and help from the settings' one definition (NUMBER_FIELDS), as Krita's.
+        for name, label in (("margin", "Context mar_gin"), ("grow", "Gro_w selection"),
+                            ("feather", "_Feather edge")):
+            field = NUMBER_FIELDS.get(name)
+            low, high = (int(field.minimum), int(field.maximum)) if field else (-4096, 4096)
+            procedure.add_int_argument(
+                name, label, field.help if field else label.replace("_", ""), low, high,
+                getattr(defaults, name) if defaults else 0, GObject.ParamFlags.READWRITE)
         if model == "lama":
             procedure.add_string_argument(
                 "lama-model", "_Model", "The server's LaMa model: lama (bundled), big-lama "

@@ -27,7 +27,7 @@ import zmq
 from inpaintd.protocol.codec import (decode_message, encode_message, header, pack_array,
                                      split_chunks, validate_reply)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = "tiny"
 
 
