@@ -1,7 +1,7 @@
 """``inpaintd plugin install krita|gimp`` and ``inpaintd plugin bundle krita|gimp``.
 
 ``add_plugin_parser(subparsers)`` registers the ``plugin`` command on the main ``inpaintd``
-parser; the work is in :mod:`inpaintd.host_plugins.installer`. Kept apart so that the CLI
+parser; the work is in :mod:`inpaintd.host_plugins.install` (per host). Kept apart so that the CLI
 does not import the installer (or pip) until the command runs. ``inpaintd`` finds it through
 the ``inpaintd.commands`` entry point (pyproject.toml; ``inpaintd.server.commandline``):
 nothing here imports the server, nor the server this.
@@ -24,7 +24,8 @@ def _numpy(args: argparse.Namespace) -> Optional[bool]:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from .installer import main_install, main_install_gimp
+    from .install.gimp import main_install_gimp
+    from .install.krita import main_install
 
     if args.host == "gimp":
         print(main_install_gimp(args.gimp_dir, args.python_version, args.platform,
@@ -36,7 +37,8 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from .installer import main_bundle, main_bundle_gimp
+    from .install.gimp import main_bundle_gimp
+    from .install.krita import main_bundle
 
     if args.host == "gimp":
         print(main_bundle_gimp(args.output, args.python_version, args.platform, args.wheels,

@@ -18,7 +18,7 @@ the ones platformdirs' ``user_config_dir("inpaintd", appauthor=False, roaming=Tr
 (checked for the three OSes), in a dozen lines; taking the library would add a wheel to
 every plug-in, and break the install that vendors the protocol alone for a distribution's
 GIMP whose Python brings its own pyzmq and msgpack but no platformdirs
-(``host_plugins/installer.py``, ``vendor_into`` with no targets).
+(``host_plugins/install/common.py``, ``vendor_into`` with no targets).
 """
 
 from __future__ import annotations
