@@ -388,7 +388,7 @@ def main_install_gimp(gimp_dir: Optional[str], python_version: Optional[str],
     lines += [f"  {note}" for note in target.notes]
     lines += [f"  note: {note}" for note in notes]
     lines.append("restart GIMP, then use Filters > Enhance > Inpaint (LaMa)... with a selection "
-                 "(start the server with `inpaintd serve`)")
+                 "(the first fill starts this inpaintd's server when none is running)")
     return "\n".join(lines)
 
 

@@ -253,7 +253,7 @@ def main_install(krita_dir: Optional[str], python_version: Optional[str],
     if report.kritarc is not None:
         lines.append(f"  enabled in {report.kritarc}")
     lines.append("restart Krita, then use Filter > Inpaint (LaMa) with a selection "
-                 "(start the server with `inpaintd serve`)")
+                 "(the first fill starts this inpaintd's server when none is running)")
     return "\n".join(lines)
 
 
