@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inpaintd.server.loading import LoadedModel, load_model
+from inpaintd.server.inference.loading import LoadedModel, load_model
 from inpaintd.server.models.lama import FFCResNetGenerator, LamaConfig
-from inpaintd.server.pipeline import Inpainter
+from inpaintd.server.inference.pipeline import Inpainter
 
 
 def _model(spec: str | None) -> LoadedModel:

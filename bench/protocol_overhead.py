@@ -48,18 +48,12 @@ def _save_compact_lama(home: Path) -> None:
               home / "models" / f"{BENCH_MODEL}.safetensors")
 
 
-def _server_module() -> str:
-    from inpaintd.server import cli
-
-    for action in cli.build_parser()._subparsers._group_actions:  # type: ignore[union-attr]
-        if "serve" in getattr(action, "choices", {}):
-            return "inpaintd.server.cli"
-    return "inpaintd.server.serve_cli"
+SERVER_MODULE = "inpaintd.server.cli"
 
 
 def _start_server(home: Path, model: str, device: str) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, INPAINTD_HOME=str(home))
-    return start_server([sys.executable, "-m", _server_module(), "serve", "--device", device,
+    return start_server([sys.executable, "-m", SERVER_MODULE, "serve", "--device", device,
                          "--preload", model, "--max-message-mb", "16"], env)
 
 
@@ -75,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from inpaintd.protocol import Client
-    from inpaintd.server.pipeline import load_inpainter
+    from inpaintd.server.inference.pipeline import load_inpainter
     from inpaintd.server.weights.store import inpaintd_home
 
     tmp = None

@@ -69,7 +69,7 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     from inpaintd.protocol import Client
-    from inpaintd.server.pipeline import load_inpainter
+    from inpaintd.server.inference.pipeline import load_inpainter
 
     image, mask = job()
     inpainter = load_inpainter("lama", "cpu")

@@ -5,7 +5,7 @@ The acceptance check of issue 15 at full cost: random weights in big-lama's layo
 far our fill (the product path, uint8, rounded) is from the reference's (uint8, truncated as
 the official ``bin/predict.py`` writes it) on the hole pixels, how far the refinement moved
 the fill from a plain forward (so the comparison is seen to discriminate), and time and
-peak RSS of each. ``tests/test_refine.py`` runs the same comparison with fewer iterations,
+peak RSS of each. ``tests/unit/server/inference/test_refine.py`` runs the same comparison with fewer iterations,
 which CI can afford; this is the one to run once per change of the refiner.
 
     python bench/refine_equivalence.py [--size 1024] [--iters 15] [--checkpoint]
@@ -28,7 +28,7 @@ from support.refine_reference import (large_hole, lively_random_lama,  # noqa: E
                               reference_refine, structured_image)
 
 from inpaintd.server.models.lama import CONFIGS  # noqa: E402
-from inpaintd.server.refine import RefineOptions, refine_fill  # noqa: E402
+from inpaintd.server.inference.refine import RefineOptions, refine_fill  # noqa: E402
 
 
 def _rss_gib() -> float:

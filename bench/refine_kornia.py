@@ -1,11 +1,11 @@
 """kornia's blur, erosion and resize against the refiner's hand-written ones (issue 24).
 
 LaMa's official refinement imports kornia's ``gaussian_blur2d``, ``erosion`` and ``resize``;
-``server/refine.py`` writes them in torch. This measures whether kornia would do as well:
+``server/inference/refine.py`` writes them in torch. This measures whether kornia would do as well:
 each piece on the finest scale of a 2048x1536 refine (1549x1161 after the 1.8 MP budget;
 the erosion on the half-size hole), values and time (best of several interleaved runs), and
 then the whole refinement with kornia's pieces swapped in, on the 15-iteration, 3-scale
-case of ``tests/test_refine.py`` (a small LaMa, 512 px), against the official transcription
+case of ``tests/unit/server/inference/test_refine.py`` (a small LaMa, 512 px), against the official transcription
 ``tests/support/refine_reference.py``. kornia is not a dependency: ``pip install kornia`` first.
 
     python bench/refine_kornia.py [--threads 2] [--no-whole]
@@ -28,7 +28,7 @@ from kornia.filters import gaussian_blur2d  # noqa: E402
 from kornia.geometry.transform import resize  # noqa: E402
 from kornia.morphology import erosion  # noqa: E402
 
-from inpaintd.server import refine as R  # noqa: E402
+from inpaintd.server.inference import refine as R  # noqa: E402
 
 
 def best_ms(runs: dict[str, Callable[[], object]], n: int = 5) -> dict[str, float]:

@@ -44,12 +44,12 @@ def _inputs() -> tuple[np.ndarray, np.ndarray]:
 def _child(model: str, refine: bool, strategy: str, memory: float, iters: int) -> None:
     import torch
 
-    from inpaintd.server.loading import LoadedModel
+    from inpaintd.server.inference.loading import LoadedModel
     from inpaintd.server.models.lama import CONFIGS, FFCResNetGenerator
-    from inpaintd.server.pipeline import Inpainter, load_inpainter
-    from inpaintd.server.refine import GIB, RefineOptions
-    from inpaintd.server.speed.optimize import optimize
-    from inpaintd.server.speed.precision import use_physical_cores
+    from inpaintd.server.inference.pipeline import Inpainter, load_inpainter
+    from inpaintd.server.inference.refine import GIB, RefineOptions
+    from inpaintd.server.inference.speed.optimize import optimize
+    from inpaintd.server.inference.speed.precision import use_physical_cores
 
     use_physical_cores()
     if model == "big-lama":

@@ -55,7 +55,7 @@ def main() -> None:
 
     import os
 
-    from inpaintd.server.pipeline import load_inpainter
+    from inpaintd.server.inference.pipeline import load_inpainter
     from inpaintd.server.train.cases import find_cases, make_cases, read_case
 
     data = args.data or str(Path(os.environ.get("INPAINTD_SHARED", "../shared")) / "data"

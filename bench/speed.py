@@ -30,12 +30,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from inpaintd.server.loading import LoadedModel
+from inpaintd.server.inference.loading import LoadedModel
 from inpaintd.server.models.lama import CONFIGS, FFCResNetGenerator
 from inpaintd.server.models.pennet import InpaintGenerator
-from inpaintd.server.pipeline import Inpainter
-from inpaintd.server.speed.optimize import optimize
-from inpaintd.server.speed.precision import (cpu_flags, cpu_has_native_bf16, physical_cores,
+from inpaintd.server.inference.pipeline import Inpainter
+from inpaintd.server.inference.speed.optimize import optimize
+from inpaintd.server.inference.speed.precision import (cpu_flags, cpu_has_native_bf16, physical_cores,
                                              use_physical_cores)
 
 HERE = Path(__file__).resolve().parent

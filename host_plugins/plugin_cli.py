@@ -3,7 +3,7 @@
 ``add_plugin_parser(subparsers)`` registers the ``plugin`` command on the main ``inpaintd``
 parser; the work is in :mod:`inpaintd.host_plugins.install` (per host). Kept apart so that the CLI
 does not import the installer (or pip) until the command runs. ``inpaintd`` finds it through
-the ``inpaintd.commands`` entry point (pyproject.toml; ``inpaintd.server.commandline``):
+the ``inpaintd.commands`` entry point (pyproject.toml; ``inpaintd.server.cli.frame``):
 nothing here imports the server, nor the server this.
 """
 

@@ -5,8 +5,8 @@ own Python interpreters. numpy, pyzmq and zstandard are imported only where need
 ``Client`` (and ``Job``, ``JobProgress``) load on first access, so the codec works without pyzmq.
 
 Never imports :mod:`inpaintd.server` or :mod:`inpaintd.host_plugins`. Inside, each layer
-imports only those below it: ``plugin`` (the plug-ins' core) > ``client`` > ``client_io`` >
-``client_job`` > ``client_upload``, ``client_keys`` > ``codec``, ``endpoint`` > ``messages``
+imports only those below it: ``plugin`` (the plug-ins' core) > ``client`` (a package: ``client`` >
+``io_thread`` > ``job`` > ``upload``, ``keys``) > ``codec``, ``endpoint`` > ``messages``
 > ``errors``, ``version`` (pyproject.toml ``[tool.importlinter]``).
 """
 

@@ -41,7 +41,7 @@ __all__ = ["Reach", "probe", "check_connection", "ConnectionReport", "describe_w
 
 def _curve(settings: PluginSettings) -> tuple[bytes, bytes, bytes] | None:
     """(server public, client public, client secret) as the Client would use them."""
-    from ..client_keys import curve_keys  # the Client's own key rules, errors included
+    from ..client.keys import curve_keys  # the Client's own key rules, errors included
 
     kwargs = settings.client_kwargs()
     return curve_keys(kwargs.get("server_key"), kwargs.get("client_keys"))

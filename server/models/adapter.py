@@ -5,7 +5,7 @@ Why a module of its own, beside the models: each architecture's adapter (its off
 inference code's input and output handling) lives with its model
 (:class:`~inpaintd.server.models.lama.LamaAdapter`,
 :class:`~inpaintd.server.models.pennet.PennetAdapter`) and is named in its registry record;
-the pipeline (:mod:`inpaintd.server.pipeline`) only ever calls this interface. It imports
+the pipeline (:mod:`inpaintd.server.inference.pipeline`) only ever calls this interface. It imports
 nothing of the pipeline or the loader, so the models stay below them.
 """
 
@@ -33,7 +33,7 @@ class ModelAdapter:
     channels_last: bool = False
 
     def __init__(self, model: Any) -> None:
-        """``model``: a :class:`~inpaintd.server.loading.LoadedModel` (the layer above)."""
+        """``model``: a :class:`~inpaintd.server.inference.loading.LoadedModel` (the layer above)."""
         self.model = model
         self.module = model.module
         self.architecture = get(model.architecture)

@@ -12,7 +12,7 @@ section, or is read off the shapes of a ``state_dict`` when a checkpoint arrives
 The end of the module is how inpaintd runs it (:func:`build`, :func:`read_config`,
 :class:`LamaAdapter`): what LaMa's record in :mod:`.registry` names, with its fast path
 (BatchNorms folded into the FFC convolutions), which is
-:func:`inpaintd.server.speed.fuse.make_lama_fast`.
+:func:`inpaintd.server.inference.speed.fuse.make_lama_fast`.
 """
 
 from __future__ import annotations

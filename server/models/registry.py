@@ -105,7 +105,7 @@ class Architecture:
     #: or read off the tensor shapes; raises ValueError when it can't.
     read_config: Callable[[Mapping[str, "torch.Tensor"], Optional[Mapping[str, Any]]],
                           dict[str, Any]]
-    #: A :class:`~inpaintd.server.loading.LoadedModel` -> its
+    #: A :class:`~inpaintd.server.inference.loading.LoadedModel` -> its
     #: :class:`~inpaintd.server.models.adapter.ModelAdapter`, which runs it as its official
     #: inference code does.
     adapter: Callable[[Any], Any]
@@ -114,7 +114,7 @@ class Architecture:
     make_fast: Callable[["nn.Module", str], str]
     #: The precisions its fast path runs; any other request runs it at ``fp32``.
     precisions: tuple[str, ...] = ("fp32",)
-    #: Whether LaMa-style coarse-to-fine refinement (:mod:`inpaintd.server.refine`) applies.
+    #: Whether LaMa-style coarse-to-fine refinement (:mod:`inpaintd.server.inference.refine`) applies.
     can_refine: bool = False
     #: Recognisers are tried in this order, lowest first: a generic pattern (LaMa's
     #: ``model.N.``) goes after the specific ones.
@@ -321,7 +321,7 @@ LAMA = register(Architecture(
     name="lama", title="LaMa", input=InputShape(multiple=8, min_side=16),
     recognise=recognise_lama, recognise_order=100,
     build=_lama("build"), read_config=_lama("read_config"), adapter=_lama("LamaAdapter"),
-    make_fast=lazy("inpaintd.server.speed.fuse:make_lama_fast"),
+    make_fast=lazy("inpaintd.server.inference.speed.fuse:make_lama_fast"),
     precisions=("fp32", "bf16", "fp16"), can_refine=True,
     train_task=lazy("inpaintd.server.train.lama_task:LamaTask"), train_preset="lama-compact-cpu"))
 

@@ -9,7 +9,8 @@ Modules, one job each:
 - :mod:`.presets`: training recipes by name (``--config``).
 - :mod:`.lama_task`, :mod:`.pennet_task`: what one training step of each generator is.
 - :mod:`.trainer`: the loop: checkpoints, resume, validation, samples, export.
-- :mod:`.train_cli`: ``inpaintd train lama|pennet ...``.
-
-Nothing here is imported by the server at run time; torch-heavy imports stay in the modules.
+The commands ``inpaintd train`` and ``inpaintd eval`` are :mod:`inpaintd.server.cli.train`
+and :mod:`inpaintd.server.cli.eval`. Nothing here is imported by the server at run time
+(serving and training never import each other); it builds on inference, models and weights,
+and torch-heavy imports stay in the modules.
 """

@@ -118,8 +118,8 @@ def model_methods(spec: str, device: str = "auto", name: Optional[str] = None,
     """The model as ``inpaintd fill`` runs it, and with ``refine`` a second column
     ``NAME+refine`` as ``inpaintd fill --refine`` runs it (LaMa only; the official defaults),
     both on one loaded copy of the weights."""
-    from inpaintd.server.pipeline import load_inpainter  # lazily: torch is slow to import
-    from inpaintd.server.refine import RefineOptions
+    from inpaintd.server.inference.pipeline import load_inpainter  # lazily: torch is slow to import
+    from inpaintd.server.inference.refine import RefineOptions
 
     inpainter = load_inpainter(spec, device=device, precision=precision)
     label = name or method_name(spec)

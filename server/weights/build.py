@@ -2,7 +2,7 @@
 weights load strictly.
 
 Why in the weights package: ``weights import`` must prove that a checkpoint runs before it
-writes anything, and the loader (:mod:`inpaintd.server.loading`) builds the same way; both
+writes anything, and the loader (:mod:`inpaintd.server.inference.loading`) builds the same way; both
 sit on this module, so nothing in the weights package reaches up to the loader. It reads
 each architecture's build and config hooks from the model registry
 (:mod:`inpaintd.server.models.registry`).
@@ -37,7 +37,7 @@ class LoadedModel:
     card: dict[str, Any] = field(default_factory=dict)
     #: What the module computes in; "fp32" with ``fast`` False is the reference path.
     precision: str = "fp32"
-    #: True once :func:`inpaintd.server.speed.optimize.optimize` transformed the module.
+    #: True once :func:`inpaintd.server.inference.speed.optimize.optimize` transformed the module.
     fast: bool = False
 
 

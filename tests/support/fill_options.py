@@ -43,7 +43,7 @@ def assert_official_fill_unchanged_unless_asked(ckpt: str, image: np.ndarray,
                                                 mask: np.ndarray, option: str) -> None:
     """An official checkpoint fills the same with the pipeline option ``option`` left alone
     as with it off; turned on, it changes the hole and nothing else."""
-    from inpaintd.server.pipeline import load_inpainter
+    from inpaintd.server.inference.pipeline import load_inpainter
 
     auto = load_inpainter(ckpt, device="cpu", fast=False).fill(image, mask)
     off = load_inpainter(ckpt, device="cpu", fast=False, **{option: False}).fill(image, mask)

@@ -7,6 +7,14 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inpaintd.host_plugins.installer import PluginInstallError, Target, download_wheels, expand_platform
+from inpaintd.protocol.plugin.fill import MODELS, plan_fill
+from inpaintd.protocol.plugin.geometry import Bounds
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,3 +72,47 @@ def run_plugin_start(python: Path, plugin: Path, host: str, then: str = ""
             f"'_vendor', {host!r}))" + (f"; {then}" if then else ""))
     return subprocess.run([str(python), "-s", "-c", code, str(plugin)], capture_output=True,
                           text=True, cwd=plugin.parent)
+
+
+# --- shared by the installer tests of both hosts -------------------------------------
+
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def protocol_sources() -> list[str]:
+    """Every module of ``inpaintd.protocol``, sub-packages included, as vendored paths: what
+    the plug-ins may import, so what each bundle must carry."""
+    import inpaintd.protocol
+
+    root = Path(inpaintd.protocol.__file__).resolve().parent
+    return sorted(f"inpaintd/protocol/{p.relative_to(root).as_posix()}"
+                  for p in root.rglob("*.py"))
+
+
+#: The plug-in target of this machine's Python.
+LOCAL = Target(PY, expand_platform("linux_x86_64"), with_numpy=True)
+
+
+def fetch_wheels(target: Target, dest: Path) -> list[Path]:
+    try:
+        return download_wheels(target, dest)
+    except PluginInstallError as exc:
+        if any(w in str(exc) for w in ("connection", "Connection", "resolve", "Network",
+                                       "network", "timed out", "No matching distribution")):
+            pytest.skip(f"PyPI is not reachable for the wheels: {exc}")
+        raise
+
+
+# --- shared by the plug-in core's tests and the local server's --------------------------
+
+def fill_inputs(size: int = 64, depth: str = "U8") -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2)
+    rgba = rng.integers(0, 255, (size, size, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    soft = np.zeros((size, size), np.uint8)
+    soft[size // 4: size // 2, size // 4: size // 2] = 255
+    soft[size // 4 - 1, size // 4: size // 2] = 60
+    plan = plan_fill(Bounds(size // 4, size // 4 - 1, size // 4, size // 4 + 1),
+                     Bounds(0, 0, size, size), 0, MODELS[0], depth, "BGRA")
+    plan = type(plan)(plan.selection, Bounds(0, 0, size, size), plan.model, depth, "BGRA")
+    return plan, rgba, soft, np.where(soft > 0, 255, 0).astype(np.uint8)

@@ -5,7 +5,7 @@ It follows the loop structure of the official ``refine_predict`` / ``_infer`` /
 step by step, on one device, and does what kornia does there in the plainest torch: a 2-D
 5x5 Gaussian kernel over a reflect-padded image, ``F.interpolate`` for the resizes, and
 erosion as a minimum over unfolded 15x15 windows (OpenCV's ellipse, the border padded with
-1). It shares no code with ``inpaintd.server.refine``, so the product can be checked
+1). It shares no code with ``inpaintd.server.inference.refine``, so the product can be checked
 against it.
 """
 

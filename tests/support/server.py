@@ -31,15 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = "tiny"
 
 
-def server_module() -> str:
-    """``inpaintd.server.cli`` once it registers ``serve``; the server commands alone before."""
-    from inpaintd.server import cli
-
-    parser = cli.build_parser()
-    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
-        if "serve" in getattr(action, "choices", {}):
-            return "inpaintd.server.cli"
-    return "inpaintd.server.serve_cli"
+#: ``python -m`` this: the ``inpaintd`` command, as the plug-ins' recorded server runs it.
+SERVER_MODULE = "inpaintd.server.cli"
 
 
 def make_tiny_model(home: Path, name: str = TINY) -> Path:
@@ -82,7 +75,7 @@ class ServerProcess:
         if "--bind" in self.args[2:]:  # a test's own --bind replaces ours
             self.args = self.args[2:]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", server_module(), "serve", *self.args], env=env, cwd=REPO,
+            [sys.executable, "-m", SERVER_MODULE, "serve", *self.args], env=env, cwd=REPO,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + self.start_timeout
@@ -313,7 +306,7 @@ def tiny_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_support_tiny_model_loads(tiny_home: Path) -> None:
     """The helper model is what the server tests rely on: it must load and fill."""
-    from inpaintd.server.pipeline import load_inpainter
+    from inpaintd.server.inference.pipeline import load_inpainter
 
     image, mask = test_images()
     out = load_inpainter(str(tiny_home / "models" / f"{TINY}.safetensors"), "cpu").fill(image,

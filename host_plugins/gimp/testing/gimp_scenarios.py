@@ -1,5 +1,5 @@
 """Runs inside GIMP 3 (``gimp-console --batch-interpreter python-fu-eval``): the scenarios
-of tests/test_gimp_real.py, calling the plug-in through the PDB like a script would. The
+of tests/hosts/test_gimp_real.py, calling the plug-in through the PDB like a script would. The
 same file runs in GIMP 3.0 and 3.2.
 
 Reads its JSON config from ``$INPAINTD_GIMP_CONFIG`` and writes ``results.json`` (plus raw

@@ -187,15 +187,8 @@ def make_tiny_models(home: Path) -> None:
                "training": {}, "scores": {}}, home / "models" / "pennet.safetensors")
 
 
-def _serve_module() -> str:
-    """``inpaintd.server.cli`` once it has ``serve``; the server commands alone before."""
-    from inpaintd.server import cli
-
-    parser = cli.build_parser()
-    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
-        if "serve" in getattr(action, "choices", {}):
-            return "inpaintd.server.cli"
-    return "inpaintd.server.serve_cli"
+#: What ``inpaintd`` runs as (``python -m``), console script or not.
+SERVE_MODULE = "inpaintd.server.cli"
 
 
 class Server:
@@ -208,7 +201,7 @@ class Server:
         self._ready = threading.Event()
         env = dict(os.environ, INPAINTD_HOME=str(home), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", _serve_module(), "serve", "--bind", self.endpoint,
+            [sys.executable, "-m", SERVE_MODULE, "serve", "--bind", self.endpoint,
              "--device", "cpu", *args], env=env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()

@@ -1,4 +1,4 @@
-"""Scenarios run inside headless Krita by tests/test_krita_real.py (not installed).
+"""Scenarios run inside headless Krita by tests/hosts/test_krita_real.py (not installed).
 
 ``kritarunner -s krita_scenarios -f main`` with this folder on PYTHONPATH and
 ``INPAINTD_KRITA_TEST`` naming a JSON config. Each scenario drives the installed plug-in's

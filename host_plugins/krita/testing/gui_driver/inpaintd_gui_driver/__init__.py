@@ -1,4 +1,4 @@
-"""A test-only Krita plug-in that drives the real GUI (tests/test_krita_real.py).
+"""A test-only Krita plug-in that drives the real GUI (tests/hosts/test_krita_real.py).
 
 Enabled in a throw-away kritarc beside the inpaintd plug-in, under ``xvfb-run krita``. Once
 the first window exists it: records the Filter menu, opens the test image, makes an
