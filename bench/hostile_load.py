@@ -13,6 +13,12 @@ GIL), against a real ``inpaintd serve`` on a loopback port:
   ``hyper_parameters`` are a graph of shared references 40 deep (plus a ``${...}`` doubling
   chain in a LaMa folder's ``config.yaml``), asked for again and again.
 
+``--attack connections`` (issue 25, case 1) is instead 50 plain connections from another
+address (127.0.0.2) that each keep 16 uploads open without sending a byte (restarted when
+the server ends them): the slots one address can take. ``--attack nonreader`` (case 5) is
+one client that submits 512x512 fills without end and never reads a reply (its uploads fit
+the first credit): the replies a server keeps for a client that stopped reading.
+
 Two honest clients fill a 256x256 RGB image (a 64x64 hole) with the bundled LaMa, one job
 at a time each, with the server idle and under the attack, in alternating rounds (so that
 a shared machine's drifting load falls on both alike). Prints the median and p95 latency
@@ -21,7 +27,8 @@ memory (front end, and worker) against its configured upload budget. Acceptance 
 13): honest p95 within 2x of idle, no ``busy``, and the front end's RSS growth within the
 budget.
 
-    python bench/hostile_load.py [--rounds 3] [--jobs 6] [--budget-mb 512] [--max-mpx 4]
+    python bench/hostile_load.py [--attack mixed|connections|nonreader] [--rounds 3]
+        [--jobs 6] [--budget-mb 512] [--reply-budget-mb 64] [--max-mpx 4]
 """
 
 from __future__ import annotations
@@ -172,11 +179,85 @@ def bomber(endpoint: str, stop: Any, counts: Any) -> None:
             k += 1
 
 
-def attack(endpoint: str, max_pixels: int, stop: Any, ready: Any, counts: Any) -> None:
-    threads = [threading.Thread(target=slowloris, args=(endpoint, i, stop)) for i in range(4)]
-    threads += [threading.Thread(target=big_uploads, args=(endpoint, i, stop, max_pixels))
-                for i in range(4)]
-    threads.append(threading.Thread(target=bomber, args=(endpoint, stop, counts)))
+def _elsewhere(endpoint: str) -> str:
+    """``endpoint`` reached from 127.0.0.2: another machine, as the server counts parties."""
+    return endpoint.replace("tcp://", "tcp://127.0.0.2:0;", 1)
+
+
+def many_connections(endpoint: str, stop: Any, conns: int = 50, uploads: int = 16) -> None:
+    """``conns`` connections from one other address, each holding ``uploads`` uploads that
+    never send a byte; an upload the server ends (or refuses) is asked for again."""
+    import zmq
+
+    from inpaintd.protocol.codec import encode_message
+
+    ctx = zmq.Context.instance()
+    socks = []
+    for _ in range(conns):
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(_elsewhere(endpoint))
+        socks.append(sock)
+    image, mask = _desc(256, 256, 3, "uint8"), _desc(256, 256, 1, "uint8")
+    open_ = [0] * conns
+    serial = 0
+    while not stop.is_set():
+        for n, sock in enumerate(socks):
+            while open_[n] < uploads:
+                serial += 1
+                sock.send_multipart(encode_message(_header(
+                    "inpaint", id=f"c{n}-{serial}", model=HONEST_MODEL, image=image,
+                    mask=mask)))
+                open_[n] += 1
+            while (hdr := _recv(sock, 0)):
+                if hdr.get("type") == "error":
+                    open_[n] -= 1
+        time.sleep(0.2)
+    for sock in socks:
+        sock.close(0)
+
+
+def non_reader(endpoint: str, stop: Any) -> None:
+    """Submits 512x512 fills, four every 0.3 s, and reads nothing."""
+    import zmq
+
+    from inpaintd.protocol.codec import encode_message
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8).tobytes()
+    mask = np.zeros((512, 512), np.uint8)
+    mask[200:300, 200:300] = 255
+    stream = image + mask.tobytes()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.setsockopt(zmq.RCVHWM, 1)
+    sock.setsockopt(zmq.RCVBUF, 4096)
+    sock.connect(_elsewhere(endpoint))
+    serial = 0
+    while not stop.is_set():
+        for _ in range(4):
+            serial += 1
+            rid = f"n{serial}"
+            sock.send_multipart(encode_message(_header(
+                "inpaint", id=rid, model=HONEST_MODEL, image=_desc(512, 512, 3, "uint8"),
+                mask=_desc(512, 512, 1, "uint8"))))
+            sock.send_multipart(encode_message(_header("data", id=rid, offset=0), [stream]))
+        time.sleep(0.3)
+    sock.close(0)
+
+
+def attack(endpoint: str, max_pixels: int, stop: Any, ready: Any, counts: Any,
+           kind: str = "mixed") -> None:
+    if kind == "connections":
+        threads = [threading.Thread(target=many_connections, args=(endpoint, stop))]
+    elif kind == "nonreader":
+        threads = [threading.Thread(target=non_reader, args=(endpoint, stop))]
+    else:
+        threads = [threading.Thread(target=slowloris, args=(endpoint, i, stop))
+                   for i in range(4)]
+        threads += [threading.Thread(target=big_uploads, args=(endpoint, i, stop, max_pixels))
+                    for i in range(4)]
+        threads.append(threading.Thread(target=bomber, args=(endpoint, stop, counts)))
     for t in threads:
         t.start()
     ready.set()
@@ -265,6 +346,9 @@ def main() -> int:
     ap.add_argument("--budget-mb", type=float, default=512, help="--upload-budget-mb")
     ap.add_argument("--max-mpx", type=float, default=4, help="the server's --max-pixels, Mpx")
     ap.add_argument("--stall", type=float, default=5, help="the server's --upload-timeout")
+    ap.add_argument("--attack", choices=("mixed", "connections", "nonreader"), default="mixed",
+                    help="which attack (module docstring)")
+    ap.add_argument("--reply-budget-mb", type=float, default=64, help="--reply-budget-mb")
     args = ap.parse_args()
 
     import psutil
@@ -274,7 +358,8 @@ def main() -> int:
     write_bombs(home / "models")
     cmd = [sys.executable, "-m", "inpaintd.server.cli", "serve", "--device", "cpu",
            "--preload", HONEST_MODEL, "--upload-timeout", str(args.stall),
-           "--upload-budget-mb", str(args.budget_mb), "--max-pixels", str(max_pixels)]
+           "--upload-budget-mb", str(args.budget_mb), "--max-pixels", str(max_pixels),
+           "--reply-budget-mb", str(args.reply_budget_mb)]
     proc, endpoint = start_server(cmd, dict(os.environ, INPAINTD_HOME=str(home)))
     idle: list[float] = []
     hostile: list[float] = []
@@ -294,7 +379,8 @@ def main() -> int:
                 idle_busy += busy
                 stop, ready = manager.Event(), manager.Event()
                 attacker = ctx.Process(target=attack,
-                                       args=(endpoint, max_pixels, stop, ready, counts))
+                                       args=(endpoint, max_pixels, stop, ready, counts,
+                                             args.attack))
                 attacker.start()
                 ready.wait(60)
                 time.sleep(3)  # under way: slots taken, uploads buffered, bombs loading
@@ -316,7 +402,10 @@ def main() -> int:
             proc.kill()
     med_i, med_h = statistics.median(idle), statistics.median(hostile)
     budget = args.budget_mb * (1 << 20)
+    if args.attack == "nonreader":  # unread replies: the reply budget, 8 results in libzmq
+        budget = (args.reply_budget_mb + 8 * 0.75) * (1 << 20)
     growth = mem.front - front0
+    print(f"attack: {args.attack}")
     print(f"honest fills (256x256, {HONEST_MODEL}, 2 clients x {args.jobs} jobs x "
           f"{args.rounds} rounds per phase):")
     print(f"  idle:    median {med_i * 1000:7.0f} ms   p95 {p95(idle) * 1000:7.0f} ms   "
@@ -327,12 +416,14 @@ def main() -> int:
           f"{p95(hostile) / p95(idle):.2f}x   (acceptance: p95 <= 2x)")
     print("  p95 attack/idle per round: " + ", ".join(f"{h / i:.2f}x" for i, h in rounds))
     print(f"server front end RSS: {front0 / 2**20:.0f} MiB idle, peak {mem.front / 2**20:.0f}"
-          f" MiB under attack (+{growth / 2**20:.0f} MiB; upload budget "
-          f"{args.budget_mb:.0f} MiB: {growth / budget:.2f}x)")
+          f" MiB under attack (+{growth / 2**20:.0f} MiB; budget "
+          f"{budget / 2**20:.0f} MiB: {growth / budget:.2f}x)")
     print(f"worker RSS peak: {idle_mem.worker / 2**20:.0f} MiB idle, {mem.worker / 2**20:.0f}"
           f" MiB under attack")
     print(f"bomb requests answered: {bomb_answers}; server alive: {alive}")
     log = getattr(proc, "lines", [])
+    print(f"server log: {sum('stopped reading' in line for line in log)} client(s) dropped "
+          f"for unread replies, {sum('busy: refused' in line for line in log)} busy line(s)")
     print(f"server log: {sum('killing worker' in line for line in log)} worker kill(s), "
           f"{sum(' busy' in line for line in log)} job(s) ended busy, "
           f"{sum(' timeout' in line for line in log)} upload(s) ended timeout")

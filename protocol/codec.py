@@ -131,7 +131,8 @@ def _byte_view(frame: Any) -> memoryview:
 
 
 def _check_tree(obj: Any) -> str | None:
-    """Why a decoded header breaks SPEC 2 (depth, key types, bin/ext values), else None.
+    """Why a decoded header breaks SPEC 2 (depth, repeated or non-string keys, bin/ext
+    values), else None.
 
     Iterative, so a hostile depth can't exhaust the Python stack.
     """
@@ -141,6 +142,8 @@ def _check_tree(obj: Any) -> str | None:
         if isinstance(value, dict):
             if depth > MAX_DEPTH:
                 return f"the header nests deeper than {MAX_DEPTH} levels"
+            if type(value) is _RepeatedKeyMap:
+                return f"a map repeats the key {str(value.repeated)[:64]!r}"
             for key, item in value.items():
                 if not isinstance(key, str):
                     return "map keys must be strings"
@@ -156,12 +159,36 @@ def _check_tree(obj: Any) -> str | None:
     return None
 
 
+class _RepeatedKeyMap(dict):  # type: ignore[type-arg]
+    """A decoded map that repeats a key: marked so :func:`_check_tree` refuses it (SPEC 2)."""
+
+    repeated: Any = None
+
+
+def _pairs(items: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """msgpack's ``object_pairs_hook``: msgpack itself keeps a repeated key's last value
+    silently, so two ``id`` keys would read as the second one. A map that repeats a key
+    comes back marked, and the header is refused once its ``id`` has been looked at."""
+    out = dict(items)
+    if len(out) == len(items):
+        return out
+    marked = _RepeatedKeyMap(out)
+    seen: set[Any] = set()
+    for key, _ in items:
+        if key in seen:
+            marked.repeated = key
+            break
+        seen.add(key)
+    return marked
+
+
 def decode_message(frames: Sequence[Any]) -> Message:
     """Decode one received multipart message (without the ROUTER's routing-id frame).
 
-    Checks the signature, the header's size, msgpack limits, nesting, key and value types,
-    and the major version. It does not check the schema: call :func:`validate_request` or
-    :func:`validate_reply` next (the version check is repeated there, cheaply).
+    Checks the signature, the header's size, msgpack limits, repeated keys, nesting, key
+    and value types, and the version's form and major number. It does not check the
+    schema: call :func:`validate_request` or :func:`validate_reply` next (the version check
+    is repeated there, cheaply).
 
     Raises NotOurs (drop silently), or BadMessageError / VersionMismatchError with ``.re``
     set to the header's ``id`` (else its ``re``) if readable, else None.
@@ -187,7 +214,7 @@ def decode_message(frames: Sequence[Any]) -> Message:
                              f"the header frame is {len(raw_header)} bytes; the limit is "
                              f"{MAX_HEADER_BYTES}", None)
     try:
-        decoded = msgpack.unpackb(raw_header, **UNPACK_LIMITS)
+        decoded = msgpack.unpackb(raw_header, object_pairs_hook=_pairs, **UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ...
         raise protocol_error(BadMessageError,
                              f"the header is not msgpack within the limits of SPEC section 2: "
@@ -197,6 +224,8 @@ def decode_message(frames: Sequence[Any]) -> Message:
                              f"the header must be a msgpack map, got "
                              f"{type(decoded).__name__}", None)
     re = readable_id(decoded, "id") or readable_id(decoded, "re")
+    if isinstance(decoded, _RepeatedKeyMap) and decoded.repeated in ("id", "re"):
+        re = None  # two ids: answering either would be a guess
     problem = _check_tree(decoded)
     if problem:
         raise protocol_error(BadMessageError, problem, re)

@@ -156,6 +156,14 @@ class NoWorkersError(InpaintdError):
     retryable = True
 
 
+class ShuttingDownError(InpaintdError):
+    """The server is stopping (SIGTERM, --exit-when-idle...) and ended this job, uploading,
+    queued or running. Not a bug: send it again, to the restarted server."""
+
+    code = "shutting_down"
+    retryable = True
+
+
 def _all_subclasses(cls: type[InpaintdError]) -> list[type[InpaintdError]]:
     out = [cls]
     for sub in cls.__subclasses__():

@@ -57,7 +57,8 @@ MAX_NAME_LEN = 64
 MAX_WIRE_SIDE = 2**31 - 1
 _MAX_U63 = 2**63 - 1
 
-_VERSION_RE = _re.compile(r"[0-9]{1,6}\.[0-9]{1,6}")
+#: ``MAJOR.MINOR``: decimal numbers of up to 6 digits, no sign, no leading zeros (SPEC 3).
+_VERSION_RE = _re.compile(r"(?:0|[1-9][0-9]{0,5})\.(?:0|[1-9][0-9]{0,5})")
 
 
 def protocol_error(cls: type[InpaintdError], message: str, re: str | None) -> InpaintdError:
@@ -333,6 +334,13 @@ REQUEST_FIELDS: dict[str, Fields] = {
     "cancel": {"target": (True, _ID)},
 }
 
+#: Request fields a minor version added: type -> field -> the minor that added it. On a
+#: request that names an older minor version they are unknown fields (``bad_message``),
+#: as they are to a server of that version (SPEC 3).
+REQUEST_FIELDS_SINCE: dict[str, dict[str, int]] = {
+    "inpaint": {"refine": 2},
+}
+
 REPLY_FIELDS: dict[str, Fields] = {
     "welcome": {
         "server": (True, _str(0, 256)),
@@ -405,8 +413,8 @@ def check_version(version: Any, re: str | None = None) -> None:
     if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
         shown = repr(version)[:40]
         raise protocol_error(BadMessageError,
-                             f"version: expected 'major.minor' like {PROTOCOL_VERSION!r}, "
-                             f"got {shown}", re)
+                             f"version: expected 'major.minor' without leading zeros, like "
+                             f"{PROTOCOL_VERSION!r}, got {shown}", re)
     if int(version.split(".")[0]) != int(PROTOCOL_VERSION.split(".")[0]):
         raise protocol_error(VersionMismatchError,
                              f"protocol version {version} is not supported: this side speaks "
@@ -432,6 +440,8 @@ def _validate(header: Any, kind: str, id_key: str, common: Fields,
                              f"{', '.join(schemas)}", re)
     fields = dict(common)
     fields.update(schemas[mtype])
+    if kind == "request":
+        _refuse_newer_fields(header, mtype, re)
     if mtype == "error" and kind == "reply":
         fields["re"] = (False, _ID)  # absent on errors to an unreadable request
     try:
@@ -445,6 +455,21 @@ def _validate(header: Any, kind: str, id_key: str, common: Fields,
             raise protocol_error(BadMessageError,
                                  f"{mtype}: {nframes} data frame(s), expected {want}", re)
     return out
+
+
+def _refuse_newer_fields(header: dict[str, Any], mtype: str, re: str | None) -> None:
+    """A field that a later minor version added is unknown to an older request (SPEC 3)."""
+    since = REQUEST_FIELDS_SINCE.get(mtype)
+    if not since:
+        return
+    minor = int(header["version"].split(".")[1])
+    newer = [name for name, added in since.items() if name in header and added > minor]
+    if newer:
+        major = header["version"].split(".")[0]
+        raise protocol_error(BadMessageError,
+                             f"{mtype}: unknown field(s) {', '.join(map(repr, newer))} in a "
+                             f"{header['version']} request (added in protocol "
+                             f"{major}.{since[newer[0]]})", re)
 
 
 def _semantic(mtype: str, kind: str, out: dict[str, Any]) -> None:

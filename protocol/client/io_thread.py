@@ -57,7 +57,7 @@ from ..errors import (
 #: The public client's logger: this thread's warnings are the Client's.
 log = logging.getLogger("inpaintd.protocol.client")
 
-__all__ = ["ClientIO", "Request"]
+__all__ = ["ClientIO", "Request", "routing_id"]
 
 #: SPEC 1: ZeroMQ's own heartbeats, in milliseconds.
 HEARTBEAT_IVL_MS = 5_000
@@ -69,6 +69,18 @@ _ZERO_COPY_MIN = 64 * 1024
 _TOMBSTONES = 4096
 #: Messages read per loop turn before timers and commands get a look-in.
 _RECV_BATCH = 64
+
+
+def routing_id() -> bytes:
+    """A routing id for this client's connection: 16 random bytes, the first never zero.
+
+    Why the client chooses it: a ROUTER numbers the peers that don't choose from a counter
+    (``0x00`` and four bytes, in sequence), and libzmq aborts the whole server process when
+    a counter value it hands out was already claimed by a peer with ``ZMQ_ROUTING_ID``. A
+    client with its own id (never starting with ``0x00``) takes no number from that
+    counter, so ids claimed there can't harm it, and its own id can't be guessed.
+    """
+    return bytes([1 + secrets.randbelow(255)]) + secrets.token_bytes(15)
 
 
 class Request:
@@ -129,6 +141,7 @@ class ClientIO:
         sock = self._ctx.socket(zmq.DEALER)
         try:
             sock.linger = 0
+            sock.setsockopt(zmq.ROUTING_ID, routing_id())
             sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
             sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)

@@ -21,6 +21,7 @@ from ..errors import (
     ModelMissingError,
     OutOfMemoryError,
     RequestTimeoutError,
+    ShuttingDownError,
     TooLargeError,
     UnknownModelError,
     VersionMismatchError,
@@ -117,6 +118,8 @@ def describe_error(exc: BaseException, endpoint: str,
         return CANCELLED
     if isinstance(exc, BusyError):
         return f"The server at {endpoint} is busy: try again in a moment."
+    if isinstance(exc, ShuttingDownError):
+        return f"The server at {endpoint} was stopping as this fill ran: try again once it is back."
     if isinstance(exc, RequestTimeoutError):
         return (f"{where[0].upper()}{where[1:]} stopped answering; check that it is still "
                 f"running ({START_HINT}).")

@@ -102,11 +102,10 @@ class LamaConfig:
         Widths, depth, the global ratio and LFU are all visible in the tensor shapes; only the
         output activation has no parameters, so it is assumed (sigmoid, as in big-lama).
         """
-        try:
-            stem = sd["model.1.ffc.convl2l.weight"]
-        except KeyError as exc:
-            raise ValueError("not a LaMa generator: no model.1.ffc.convl2l.weight") from exc
-        ngf, input_nc = int(stem.shape[0]), int(stem.shape[1])
+        if "model.1.ffc.convl2l.weight" not in sd:
+            raise ValueError("not a LaMa generator: no model.1.ffc.convl2l.weight")
+        # Every shape read below is checked first: a malformed checkpoint is a clear reason.
+        ngf, input_nc = _sizes(sd, "model.1.ffc.convl2l.weight", 4, "the stem convolution")[:2]
         blocks = {int(m.group(1)) for k in sd if (m := re.match(r"model\.(\d+)\.conv1\.", k))}
         n_blocks = len(blocks)
         n_down = (min(blocks) - 2) if blocks else None
@@ -114,16 +113,27 @@ class LamaConfig:
             # No residual blocks: count the FFC_BN_ACT layers after the stem.
             n_down = len({int(m.group(1)) for k in sd
                           if (m := re.match(r"model\.(\d+)\.ffc\.", k))}) - 1
-        last = max(int(k.split(".")[1]) for k in sd if k.startswith("model."))
-        output_nc = int(sd[f"model.{last}.weight"].shape[0])
+        elif n_down < 0:
+            raise ValueError(f"its residual blocks start at model.{min(blocks)}, before the "
+                             "stem ends")
+        last = max(int(m.group(1)) for k in sd if (m := re.match(r"model\.(\d+)\.", k)))
+        if last <= 1:
+            raise ValueError("it has a stem (model.1) but no output convolution after it")
+        output_nc = _sizes(sd, f"model.{last}.weight", 4, "the output convolution")[0]
         ratio = 0.0
         enable_lfu = False
         if blocks:
             b = min(blocks)
             g = sd.get(f"model.{b}.conv1.bn_g.weight")
             lo = sd.get(f"model.{b}.conv1.bn_l.weight")
-            dim = (0 if g is None else g.shape[0]) + (0 if lo is None else lo.shape[0])
-            ratio = (0 if g is None else g.shape[0]) / dim
+            n_g = 0 if g is None else _sizes(sd, f"model.{b}.conv1.bn_g.weight", 1,
+                                             "a BatchNorm", allow_empty=True)[0]
+            n_l = 0 if lo is None else _sizes(sd, f"model.{b}.conv1.bn_l.weight", 1,
+                                              "a BatchNorm", allow_empty=True)[0]
+            if n_g + n_l == 0:
+                raise ValueError(f"its first residual block (model.{b}) has no BatchNorm "
+                                 "channels (conv1.bn_l / conv1.bn_g)")
+            ratio = n_g / (n_g + n_l)
             enable_lfu = any(k.startswith(f"model.{b}.conv1.ffc.convg2g.lfu.") for k in sd)
         widest = max(int(v.shape[0]) for k, v in sd.items()
                      if k.startswith("model.") and k.endswith(".weight") and v.ndim == 4)
@@ -132,6 +142,22 @@ class LamaConfig:
         return cls(input_nc=input_nc, output_nc=output_nc, ngf=ngf, n_downsampling=n_down,
                    n_blocks=n_blocks, max_features=max_features,
                    ratio=_nice_ratio(ratio), enable_lfu=enable_lfu, add_out_act=add_out_act)
+
+
+def _sizes(sd: Mapping[str, torch.Tensor], key: str, ndim: int, what: str,
+           allow_empty: bool = False) -> tuple[int, ...]:
+    """The shape of ``sd[key]``, which must be an ``ndim``-D tensor with no size 0 (unless
+    ``allow_empty``); ValueError naming ``what`` it is otherwise."""
+    t = sd.get(key)
+    if t is None:
+        raise ValueError(f"{what} {key} is missing")
+    shape = tuple(int(n) for n in getattr(t, "shape", ()))
+    if len(shape) != ndim:
+        raise ValueError(f"{what} {key} has shape {list(shape)} ({len(shape)}-D); it must "
+                         f"be {ndim}-D")
+    if not allow_empty and 0 in shape:
+        raise ValueError(f"{what} {key} has a size of 0: {list(shape)}")
+    return shape
 
 
 def _nice_ratio(r: float) -> float:
@@ -225,8 +251,25 @@ def read_config(state_dict: Mapping[str, torch.Tensor],
     """A checkpoint without our card: the official ``generator:`` section it carries, else
     the shapes of its weights. ValueError when neither describes a LaMa generator."""
     if official:
-        return LamaConfig.from_official_yaml(official).to_dict()
-    return LamaConfig.from_state_dict(state_dict).to_dict()
+        config = LamaConfig.from_official_yaml(official)
+    else:
+        config = LamaConfig.from_state_dict(state_dict)
+    _check_config(config)
+    return config.to_dict()
+
+
+def _check_config(c: LamaConfig) -> None:
+    """ValueError when a config read off a checkpoint can't describe a generator (a width of
+    0, a negative depth, a ratio outside [0, 1]): the reason, not a failure while building."""
+    for name in ("input_nc", "output_nc", "ngf", "max_features"):
+        if getattr(c, name) < 1:
+            raise ValueError(f"{name} is {getattr(c, name)}; a LaMa generator needs at least 1")
+    for name in ("n_downsampling", "n_blocks"):
+        if getattr(c, name) < 0:
+            raise ValueError(f"{name} is {getattr(c, name)}; it can't be negative")
+    for name in ("ratio", "init_ratio", "downsample_ratio"):
+        if not 0.0 <= getattr(c, name) <= 1.0:
+            raise ValueError(f"{name} is {getattr(c, name)}; it must be in [0, 1]")
 
 
 class LamaAdapter(MaskedInputAdapter):

@@ -364,7 +364,13 @@ def read_config(state_dict: Mapping[str, torch.Tensor],
     w = state_dict.get("dw_conv01.0.weight")
     if w is None:
         raise ValueError("not a PEN-Net generator (no dw_conv01)")
-    return {"cnum": int(w.shape[0])}
+    shape = [int(n) for n in getattr(w, "shape", ())]
+    if len(shape) != 4:
+        raise ValueError(f"the first convolution dw_conv01.0.weight has shape {shape} "
+                         f"({len(shape)}-D); it must be 4-D")
+    if shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"the first convolution dw_conv01.0.weight has a size of 0: {shape}")
+    return {"cnum": shape[0]}
 
 
 class PennetAdapter(ModelAdapter):

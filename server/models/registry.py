@@ -290,7 +290,7 @@ def recognise_lama(keys: Collection[str]) -> Optional[str]:
     """
     groups: dict[str, int] = {}
     for key in keys:
-        m = _LAMA_KEY.match(key)
+        m = _LAMA_KEY.match(key) if isinstance(key, str) else None
         if m:
             groups[m.group(1)] = groups.get(m.group(1), 0) + 1
     if not groups:
@@ -301,7 +301,8 @@ def recognise_lama(keys: Collection[str]) -> Optional[str]:
 def recognise_pennet(keys: Collection[str]) -> Optional[str]:
     """PEN-Net's first encoder convolution, ``dw_conv01.0.weight``, under any prefix."""
     for key in keys:
-        if key == _PENNET_ANCHOR or key.endswith("." + _PENNET_ANCHOR):
+        if isinstance(key, str) and (key == _PENNET_ANCHOR
+                                     or key.endswith("." + _PENNET_ANCHOR)):
             return key[: -len(_PENNET_ANCHOR)]
     return None
 

@@ -49,6 +49,9 @@ class Job:
     reply_encoding: str
     total: int  # bytes in the upload stream
     label: str = ""  # the client, for logs
+    #: Whose share of the queue and the upload budget it counts against: the CURVE key, else
+    #: the peer's address (:mod:`.peers`), so more connections don't buy more of either.
+    party: str = ""
     number: int = 0  # unique per engine; names the job on the worker channel
     state: JobState = JobState.UPLOADING
     accepted_at: float = field(default_factory=time.monotonic)
@@ -140,7 +143,7 @@ class JobEngine(Protocol):
         ...
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Fail what is queued or running (``internal``: shutting down), stop the workers."""
+        """Fail what is queued or running (``shutting_down``), stop the workers."""
         ...
 
     def poll_items(self) -> list[tuple[Any, int]]:

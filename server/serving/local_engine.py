@@ -41,7 +41,7 @@ from typing import Any, Optional
 import zmq
 
 from inpaintd.protocol.errors import (CancelledError, InpaintdError, InternalError,
-                                      WorkerCrashedError, error_from_code)
+                                      ShuttingDownError, WorkerCrashedError, error_from_code)
 
 from . import worker_channel as channel
 from .engine_api import EngineListener, Job, JobEngine, JobResult, JobState
@@ -180,7 +180,7 @@ class LocalEngine(JobReporter, JobEngine):
                 worker.proc.kill()
                 worker.proc.join(timeout)
             worker.sock.close(linger=0)
-        gone = InternalError("the server is shutting down")
+        gone = ShuttingDownError("the server is shutting down")
         running, self.running = self.running, []
         for job in running:
             self._end(job)

@@ -126,6 +126,10 @@ class ServerConfig:
         4096.0, "--upload-budget-mb", "uploads buffered at once, all clients together; each "
         "client gets a fair share, and one upload at most half (default {default})",
         metavar="MB")
+    reply_budget_mb: float = option(
+        512.0, "--reply-budget-mb", "replies the server keeps for one client that is not "
+        "reading them; past it the client is dropped and its jobs cancelled (default "
+        "{default})", metavar="MB")
     hang_timeout_s: float = option(300.0, "--hang-timeout", "restart the worker when a job "
                                    "makes no progress for S seconds (default {default})",
                                    metavar="S")
@@ -176,6 +180,10 @@ class ServerConfig:
         return int(self.upload_budget_mb * MiB)
 
     @property
+    def reply_budget_bytes(self) -> int:
+        return int(self.reply_budget_mb * MiB)
+
+    @property
     def chunk_bytes(self) -> int:
         return min(4 * MiB, self.max_message_bytes // 2)
 
@@ -201,6 +209,8 @@ class ServerConfig:
             raise BadInputError("--upload-min-rate must be 0 (no floor) or more")
         if self.upload_budget_bytes < 2 * self.max_message_bytes:
             raise BadInputError("--upload-budget-mb must be at least twice --max-message-mb")
+        if not self.reply_budget_mb > 0:
+            raise BadInputError("--reply-budget-mb must be positive")
         if self.max_pixels < 1:
             raise BadInputError("--max-pixels must be at least 1")
         if self.max_batch < 0:

@@ -25,10 +25,15 @@ import sys
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any, Callable, Optional
 
 import zmq
+
+try:  # no file is opened for it when the process is out of descriptors
+    import resource
+except ImportError:  # Windows
+    resource = None  # type: ignore[assignment]
 
 from inpaintd.protocol.codec import (BufferDesc, NotOurs, available_encodings, decode_message,
                                      encode_message, error_header, header, pack_array,
@@ -36,13 +41,14 @@ from inpaintd.protocol.codec import (BufferDesc, NotOurs, available_encodings, d
 from inpaintd.protocol.messages import speaks_at_least
 from inpaintd.protocol.errors import (BadInputError, BadMessageError, BusyError, CancelledError,
                                       InpaintdError, InternalError, ModelMissingError,
-                                      NotFoundError, RequestTimeoutError, TooLargeError,
-                                      UnknownModelError)
+                                      NotFoundError, RequestTimeoutError, ShuttingDownError,
+                                      TooLargeError, UnknownModelError)
 from inpaintd.protocol.version import __version__
 
 from .local_engine import LocalEngine
 from .engine_api import Job, JobEngine, JobResult, JobState
 from .job_queue import clean as _clean
+from .peers import Peers, RateLimit, party_of
 from .options import MiB, ServerConfig
 from .options import DEFAULT_BIND, check_bind, is_loopback  # noqa: F401  (re-exported)
 from ..models import registry
@@ -58,7 +64,11 @@ HEARTBEAT_TTL_MS = 30_000
 #: Messages a peer may have waiting in the server, per connection; small, as every message
 #: may be a whole chunk (research notes, section 2).
 RCVHWM = 32
-SNDHWM = 1000
+#: Replies libzmq queues for a peer before a send says "again" and the reply waits in the
+#: front end's outbox, where its bytes count against the peer's reply budget. libzmq counts
+#: whole messages, not bytes (a result is one message), so this is kept small: a peer that
+#: stops reading holds at most this many replies inside libzmq.
+SNDHWM = 8
 #: A peer whose replies could not be delivered for this long is dropped.
 OUTBOX_TIMEOUT_S = 60.0
 #: A waiting or running job's latest progress is repeated after this long without one. A
@@ -170,8 +180,13 @@ class Server:
                                  cancel_grace=config.cancel_grace_s,
                                  log_level=config.log_level)
         self.catalog = ModelCatalog(lambda: self.engine.loaded_models)
-        self._labels: OrderedDict[str, str] = OrderedDict()
+        self.peers = Peers()
+        self._busy_log = RateLimit(60.0)
+        self._failure_log = RateLimit(60.0)
         self._outbox: dict[bytes, deque[tuple[float, list[Any]]]] = {}
+        #: Bytes waiting in each peer's outbox (the replies it has not read), against
+        #: ``config.reply_budget_bytes``.
+        self._outbox_bytes: dict[bytes, int] = {}
         self._dropping: set[bytes] = set()
         self._stop = threading.Event()
         self._closed = False
@@ -194,6 +209,7 @@ class Server:
                                 "added (`inpaintd keys add-client NAME`)",
                                 self.security.allow.directory)
             self.engine.start()
+            self.catalog.models()  # its modules imported and store read while descriptors are plenty
             self.router = self._bind()
         except BaseException:
             self.close()
@@ -243,7 +259,7 @@ class Server:
         if self._closed:
             return
         self._closed = True
-        gone = InternalError("the server is shutting down")
+        gone = ShuttingDownError("the server is shutting down")
         for job in [j for j in self.jobs.values() if j.state is JobState.UPLOADING]:
             self._fail_now(job, gone)
         self.engine.stop()
@@ -316,25 +332,29 @@ class Server:
             except Exception:  # noqa: BLE001 - one bad message must not stop the server
                 log.exception("unexpected error handling a message; dropped")
 
-    def _identify(self, route: bytes, frame: Any) -> tuple[Optional[str], str]:
-        """(identity, label for logs): the CURVE key when on (SPEC 7), else the route."""
+    def _identify(self, route: bytes, frame: Any) -> tuple[Optional[str], str, str]:
+        """(identity, party, label for logs): the CURVE key when on (SPEC 7), else the
+        connection and the peer's address (:mod:`.peers`)."""
         if self.security is None:
-            ident = "route:" + route.hex()
-            return ident, self._labels.get(ident, route.hex()[:10])
+            try:
+                address = frame.get("Peer-Address")
+            except zmq.ZMQError:
+                address = ""
+            return "route:" + route.hex(), party_of(address), self.peers.label(route)
         try:
             user_id = frame.get("User-Id")
         except zmq.ZMQError:
             user_id = None
         name = self.security.allow.name_of(user_id)
         if name is None:
-            return None, ""  # key removed since the handshake: serve nothing
-        return "key:" + user_id, name
+            return None, "", ""  # key removed since the handshake: serve nothing
+        return "key:" + user_id, "key:" + user_id, name
 
     def _handle(self, frames: list[Any]) -> None:
         if len(frames) < 2:
             return
         route = frames[0].bytes
-        identity, label = self._identify(route, frames[-1])
+        identity, party, label = self._identify(route, frames[-1])
         if identity is None:
             return
         try:
@@ -357,7 +377,7 @@ class Server:
                 self._send(route, header("status", re=req["id"], boot_id=self.boot_id,
                                          **self._status(req["version"])))
             elif kind == "inpaint":
-                self._on_inpaint(route, identity, label, req)
+                self._on_inpaint(route, identity, party, label, req)
             elif kind == "data":
                 self._on_data(route, identity, req, msg.frames[0])
             elif kind == "cancel":
@@ -365,6 +385,31 @@ class Server:
         except InpaintdError as exc:
             exc.re = req["id"]  # type: ignore[attr-defined]
             self._reject(route, identity, exc)
+        except OSError as exc:
+            # Out of file descriptors (EMFILE) or another system limit: the request still
+            # gets its one final reply (SPEC 8.1), and the log says what ran out, once a minute.
+            self._reject(route, identity, self._system_failure(req, exc))
+        except Exception as exc:  # noqa: BLE001 - a bug here must still answer the request
+            log.exception("unexpected error handling a %s request", kind)
+            failure = InternalError(f"the server failed on this request ({type(exc).__name__})")
+            failure.re = req["id"]  # type: ignore[attr-defined]
+            self._reject(route, identity, failure)
+
+    def _system_failure(self, req: dict[str, Any], exc: OSError) -> InpaintdError:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            failure: InpaintdError = BusyError("the server is out of file descriptors; try "
+                                               "again in a moment")
+            allow, held_back = self._failure_log.allow("fds")
+            if allow:
+                log.warning("out of file descriptors (%s, limit %s): answering busy%s; raise "
+                            "the open-file limit (LimitNOFILE= in the systemd unit, ulimit -n)",
+                            exc.strerror, _open_file_limit(),
+                            f" ({held_back} more since the last line)" if held_back else "")
+        else:
+            log.exception("system error handling a %s request", req["type"])
+            failure = InternalError(f"the server failed on this request ({exc.strerror})")
+        failure.re = req["id"]  # type: ignore[attr-defined]
+        return failure
 
     def _reject(self, route: bytes, identity: str, exc: InpaintdError) -> None:
         """Answer a bad request. An error naming a job in flight ends that job (SPEC 4.3)."""
@@ -382,10 +427,7 @@ class Server:
 
     def _on_hello(self, route: bytes, identity: str, req: dict[str, Any]) -> None:
         if req.get("client") and self.security is None:
-            self._labels[identity] = f"{_clean(req['client'][:32])}@{route.hex()}"
-            self._labels.move_to_end(identity)
-            while len(self._labels) > 1024:
-                self._labels.popitem(last=False)
+            self.peers.name(route, req["client"])
         self._send(route, header("welcome", re=req["id"], boot_id=self.boot_id,
                                  server=f"inpaintd {__version__}", device=self.engine.device,
                                  models=self.catalog.models(), encodings=available_encodings(),
@@ -405,13 +447,17 @@ class Server:
     def _status(self, version: str) -> dict[str, Any]:
         st = self.engine.status()
         clients = {j.client for j in self.jobs.values()}
-        return {"queue": st["queue"], "running": st["running"], "clients": len(clients),
+        uploading = sum(1 for j in self.jobs.values() if j.state is JobState.UPLOADING)
+        # ``queue``: every job that holds a slot and is not running, uploads included (SPEC 4.4)
+        return {"queue": st["queue"] + uploading, "running": st["running"],
+                "clients": len(clients),
                 "models": self.catalog.models(), "device": st["device"],
                 **self._since_1_1(version),
                 "device_memory": st["device_memory"], "worker": st["worker"],
                 "uptime_s": round(time.monotonic() - self.started_at, 3)}
 
-    def _on_inpaint(self, route: bytes, identity: str, label: str, req: dict[str, Any]) -> None:
+    def _on_inpaint(self, route: bytes, identity: str, party: str, label: str,
+                    req: dict[str, Any]) -> None:
         rid = req["id"]
         if (identity, rid) in self.jobs:
             raise BadMessageError(f"request id {rid!r} is already in flight")
@@ -419,12 +465,19 @@ class Server:
         image = BufferDesc.from_wire(req["image"], path="image", re=rid)
         mask = BufferDesc.from_wire(req["mask"], path="mask", re=rid)
         image.check_limits(self.config.max_pixels, self.config.max_side, re=rid)
-        self._admit(identity, image.nbytes + mask.nbytes)
+        try:
+            self._admit(identity, party, image.nbytes + mask.nbytes)
+        except BusyError as exc:
+            allow, held_back = self._busy_log.allow(party)
+            if allow:
+                log.info("busy: refused a job of client %s: %s%s", label, exc.message,
+                         f" ({held_back} more refused since the last line)" if held_back else "")
+            raise
         refine = self._refine_of(req, model.architecture)
         job = Job(client=identity, request_id=rid, route=route, model=req["model"],
                   strategy=req["strategy"], image=image.to_wire(), mask=mask.to_wire(),
                   reply_encoding=req["options"]["reply_encoding"],
-                  total=image.nbytes + mask.nbytes, label=label, refine=refine,
+                  total=image.nbytes + mask.nbytes, label=label, party=party, refine=refine,
                   batch_key=None if refine else batch_key(
                       req["model"], model.architecture, req["strategy"], image.height,
                       image.width))
@@ -445,15 +498,16 @@ class Server:
                                 f"{architecture}")
         return {"memory_gib": self.config.refine_memory_gib}
 
-    def _admit(self, identity: str, nbytes: int) -> None:
-        """Raise ``busy`` unless a new job of ``nbytes`` fits the queue and the upload budget,
-        and this client's fair share of both.
+    def _admit(self, identity: str, party: str, nbytes: int) -> None:
+        """Raise ``busy`` unless a new job of ``nbytes`` fits this party's share of the queue
+        and of the upload budget, and the queue and the budget themselves.
 
-        A client's share is what is left for one more client: with ``n`` clients waiting
-        (this one included), ``max_queue // (n + 1)`` slots and ``budget // (n + 1)`` bytes.
-        So however many jobs the clients already waiting hold, a client that has none finds
-        a free slot and room for an upload of its share: a few connections can't take every
-        slot (and every byte) with slow uploads.
+        A party is a CURVE key, or a peer address without CURVE (:mod:`.peers`): opening
+        more connections buys no more of either. Its share is what is left for one more
+        party: with ``n`` parties waiting (this one included), ``max_queue // (n + 1)`` jobs
+        and ``budget // (n + 1)`` bytes. A party with nothing waiting is let in past a full
+        queue or budget (by at most a quarter of it): however many jobs the others hold, a
+        newcomer always finds a slot.
         """
         cfg = self.config
         budget = cfg.upload_budget_bytes
@@ -461,34 +515,37 @@ class Server:
             raise TooLargeError(f"an upload of {nbytes / MiB:.0f} MiB is more than this "
                                 f"server buffers for one client ({budget // 2 / MiB:.0f} MiB,"
                                 " half of --upload-budget-mb)")
-        waiting = [j for j in self.jobs.values()
-                   if j.state in (JobState.UPLOADING, JobState.QUEUED)]
-        if len(waiting) >= cfg.max_queue:
-            raise BusyError(f"the server is busy: {len(waiting)} jobs queued")
-        mine = sum(1 for j in self.jobs.values() if j.client == identity)
+        mine = sum(1 for j in self.jobs.values() if j.party == party)
         if mine >= cfg.max_jobs_per_client:
             raise BusyError(f"this client already has {mine} jobs in flight (the limit is "
                             f"{cfg.max_jobs_per_client})")
-        clients = {j.client for j in waiting} | {identity}
-        share = max(1, cfg.max_queue // (len(clients) + 1))
-        mine_waiting = sum(1 for j in waiting if j.client == identity)
+        waiting = [j for j in self.jobs.values()
+                   if j.state in (JobState.UPLOADING, JobState.QUEUED)]
+        parties = {j.party for j in waiting} | {party}
+        share = max(1, cfg.max_queue // (len(parties) + 1))
+        mine_waiting = sum(1 for j in waiting if j.party == party)
         if mine_waiting >= share:
             raise BusyError(f"this client already has {mine_waiting} jobs waiting, its share "
-                            f"of the queue while {len(clients)} clients wait")
+                            f"of the queue while {len(parties)} clients wait")
+        reserve = max(1, cfg.max_queue // 4)
+        if len(waiting) >= cfg.max_queue and (mine_waiting or
+                                              len(waiting) >= cfg.max_queue + reserve):
+            raise BusyError(f"the server is busy: {len(waiting)} jobs queued")
         held = [j for j in self.jobs.values() if j.state in (JobState.UPLOADING,
                                                               JobState.QUEUED) or j.chunks]
-        buffered = sum(j.total for j in held)
-        if buffered + nbytes > budget:
-            raise BusyError(f"the server is busy: {buffered / MiB:.0f} MiB of uploads are "
-                            "buffered, the most it holds at once")
-        byte_clients = {j.client for j in held} | {identity}
-        byte_share = budget // (len(byte_clients) + 1)
-        my_bytes = sum(j.total for j in held if j.client == identity)
+        byte_parties = {j.party for j in held} | {party}
+        byte_share = budget // (len(byte_parties) + 1)
+        my_bytes = sum(j.total for j in held if j.party == party)
         if my_bytes + nbytes > byte_share:
             raise BusyError(f"this client already has {my_bytes / MiB:.0f} MiB of uploads "
                             f"buffered; {nbytes / MiB:.0f} MiB more is over its share "
-                            f"({byte_share / MiB:.0f} MiB) while {len(byte_clients)} "
+                            f"({byte_share / MiB:.0f} MiB) while {len(byte_parties)} "
                             "clients upload")
+        buffered = sum(j.total for j in held)
+        if buffered + nbytes > budget and (my_bytes or
+                                           buffered + nbytes > budget + budget // 4):
+            raise BusyError(f"the server is busy: {buffered / MiB:.0f} MiB of uploads are "
+                            "buffered, the most it holds at once")
 
     def _on_data(self, route: bytes, identity: str, req: dict[str, Any], chunk: memoryview
                  ) -> None:
@@ -656,9 +713,26 @@ class Server:
         parts = [route, *encode_message(head, frames)]
         pending = self._outbox.get(route)
         if pending:
-            pending.append((time.monotonic(), parts))
+            self._hold(route, parts)
             return
         self._try_send(route, parts)
+
+    def _hold(self, route: bytes, parts: list[Any]) -> None:
+        """Keep a reply for a peer that is not reading, within its byte budget: past it the
+        peer is dropped (its jobs cancelled, its replies discarded), so one client that
+        stops reading can't grow the server (``--reply-budget-mb``)."""
+        size = _size(parts)
+        held = self._outbox_bytes.get(route, 0) + size
+        if held > self.config.reply_budget_bytes and route in self._outbox:  # one always fits
+            log.warning("client %s stopped reading: %.0f MiB of replies unread, over the "
+                        "budget of %.0f MiB; dropping it", self.peers.label(route),
+                        held / MiB, self.config.reply_budget_bytes / MiB)
+            self._outbox.pop(route, None)
+            self._outbox_bytes.pop(route, None)
+            self._peer_gone(route)
+            return
+        self._outbox.setdefault(route, deque()).append((time.monotonic(), parts))
+        self._outbox_bytes[route] = held
 
     def _try_send(self, route: bytes, parts: list[Any]) -> bool:
         """True when sent or dropped for good; False when the peer's pipe is full."""
@@ -667,7 +741,7 @@ class Server:
             self.router.send_multipart(parts, zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
-            self._outbox.setdefault(route, deque()).append((time.monotonic(), parts))
+            self._hold(route, parts)
             return False
         except zmq.ZMQError as exc:
             if exc.errno != errno.EHOSTUNREACH:
@@ -687,19 +761,23 @@ class Server:
                 except zmq.Again:
                     if final or now - queued_at > OUTBOX_TIMEOUT_S:
                         log.warning("client %s stopped reading replies; dropping it",
-                                    route.hex()[:10])
+                                    self.peers.label(route))
                         del self._outbox[route]
+                        self._outbox_bytes.pop(route, None)
                         self._peer_gone(route)
                     break
                 except zmq.ZMQError as exc:
                     if exc.errno != errno.EHOSTUNREACH:
                         raise
                     self._outbox.pop(route, None)
+                    self._outbox_bytes.pop(route, None)
                     self._peer_gone(route)
                     break
                 pending.popleft()
+                self._outbox_bytes[route] -= _size(parts)
             if route in self._outbox and not self._outbox[route]:
                 del self._outbox[route]
+                self._outbox_bytes.pop(route, None)
 
     def _peer_gone(self, route: bytes) -> None:
         """The peer disconnected: drop its replies, and stop its jobs (once)."""
@@ -709,9 +787,21 @@ class Server:
         try:
             jobs = [j for j in self.jobs.values() if j.route == route]
             if jobs:
-                log.info("client %s is gone; cancelling its %d job(s)", route.hex()[:10],
-                         len(jobs))
+                log.info("client %s is gone; cancelling its %d job(s)",
+                         self.peers.label(route), len(jobs))
             for job in jobs:
                 self._end_job(job, CancelledError("the client disconnected"))
         finally:
             self._dropping.discard(route)
+
+
+def _open_file_limit() -> str:
+    """This process's soft open-file limit, for the log line that says it ran out."""
+    if resource is None:
+        return "unknown"
+    return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def _size(parts: list[Any]) -> int:
+    """The bytes of a reply's frames (routing id excluded)."""
+    return sum(memoryview(p).nbytes for p in parts[1:])

@@ -24,6 +24,7 @@ import ctypes
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -184,8 +185,12 @@ class Worker:
                 self.inpainters[name] = load_inpainter(entry, str(self.device),
                                                        precision=self.precision_spec)
             except CheckpointError as exc:
-                self._failed[name] = (stamp, exc)
-                raise
+                # The full message (with the file's path) is for the server's log; the client
+                # gets the model's name instead (see client_checkpoint_error).
+                log.warning("model %s did not load: %s", name, exc.message)
+                safe = client_checkpoint_error(exc, name, entry.path)
+                self._failed[name] = (stamp, safe)
+                raise safe from None
             self._failed.pop(name, None)
             log.info("loaded model %s on %s in %.0f ms", name, self.device,
                      (time.perf_counter() - t0) * 1000)
@@ -464,6 +469,50 @@ def _files_stamp(path: str) -> tuple[Any, ...]:
             continue
         stamp.append((str(f), st.st_mtime_ns, st.st_size))
     return tuple(stamp)
+
+
+#: Characters that end a path inside an error message.
+_PATH_TAIL = r"[^\s:;,()'\"]*"
+
+
+def client_checkpoint_error(exc: CheckpointError, name: str,
+                            path: "Optional[os.PathLike[str] | str]") -> CheckpointError:
+    """A model's load failure as a client may read it: the same class (code, and it is not
+    retryable: the same files fail again), naming the model where the message named the
+    server's files. ``/srv/home/models/foo.ckpt: ...`` becomes ``model 'foo': ...``; a file
+    of a model folder keeps its place (``model 'foo' (foo/config.yaml): ...``); any other
+    path under the model store or the package keeps only its file name."""
+    from pathlib import Path
+
+    from ..weights import store
+
+    message = exc.message
+    if path is not None:
+        model = Path(path)
+        roots = {str(model), str(model.absolute())}
+        try:
+            roots.add(str(model.resolve()))
+        except (OSError, RuntimeError):
+            pass
+        if model.suffix:  # its card: foo.safetensors -> foo.json
+            roots |= {r[: -len(model.suffix)] for r in list(roots)}
+
+        for root in sorted((r for r in roots if os.sep in r), key=len, reverse=True):
+
+            def own(m: "re.Match[str]", parent: str = os.path.dirname(root)) -> str:
+                if m.group(0) in roots:
+                    return f"model {name!r}"
+                return f"model {name!r} ({os.path.relpath(m.group(0), parent or '.')})"
+
+            message = re.sub(re.escape(root) + _PATH_TAIL, own, message)
+    others = {str(store.inpaintd_home().absolute()), str(store.bundled_dir())}
+    for root in sorted((r for r in others if len(r) > 1), key=len, reverse=True):
+
+        def short(m: "re.Match[str]", root: str = root) -> str:
+            return "the model store" if m.group(0) == root else Path(m.group(0)).name
+
+        message = re.sub(re.escape(root) + _PATH_TAIL, short, message)
+    return type(exc)(message)
 
 
 def model_path(name: str) -> str:

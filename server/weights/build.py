@@ -10,6 +10,7 @@ each architecture's build and config hooks from the model registry
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,20 @@ from ..models import build_generator, registry
 from .formats import RawCheckpoint
 
 __all__ = ["LoadedModel", "build_from_checkpoint", "check_shapes", "config_of"]
+
+#: What a config reader or a build may raise on a malformed checkpoint (a tensor of the
+#: wrong rank indexed, a missing one looked up, a width of 0 divided by): the file is bad,
+#: which is a CheckpointError with the reason, never a traceback or an ``internal`` error.
+_MALFORMED = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, AttributeError)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception from a reader, as the reason in one line."""
+    if isinstance(exc, ValueError) and not isinstance(exc, UnicodeError):
+        text = str(exc)
+    else:  # a reader's own slip: say what kind, ``KeyError: 'model.1.weight'``
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:300] or type(exc).__name__
 
 
 @dataclass
@@ -51,8 +66,8 @@ def config_of(raw: RawCheckpoint) -> dict[str, Any]:
         raise CheckpointError(f"{raw.source}: unknown architecture {raw.architecture!r}")
     try:
         return arch.read_config(raw.state_dict, raw.lama_generator_config)
-    except ValueError as exc:
-        raise CheckpointError(f"{raw.source}: {exc}") from None
+    except _MALFORMED as exc:
+        raise CheckpointError(f"{raw.source}: {_reason(exc)}") from None
 
 
 def check_shapes(raw: RawCheckpoint, config: dict[str, Any]) -> None:
@@ -60,10 +75,14 @@ def check_shapes(raw: RawCheckpoint, config: dict[str, Any]) -> None:
     on the ``meta`` device (no memory): before any real allocation, so a card that claims
     a huge model for a few bytes of weights is refused, not allocated (gigabytes)."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            # A width of 0 is refused by the shape comparison below; torch's warning about
+            # its zero-element tensors would only add lines to a one-line error.
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
             skeleton = build_generator(raw.architecture, config)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{raw.source}: its config can't be built ({exc})") from None
+    except (*_MALFORMED, RuntimeError) as exc:
+        raise CheckpointError(f"{raw.source}: its config can't be built "
+                              f"({_reason(exc)})") from None
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     del skeleton
     got = {k: tuple(v.shape) for k, v in raw.state_dict.items()}

@@ -27,6 +27,7 @@ Torch-free, like everything the front end imports.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import threading
 import time
@@ -39,6 +40,8 @@ from inpaintd.protocol.errors import (CheckpointError, InpaintdError, ModelMissi
 
 from ..models import registry
 from . import store
+
+log = logging.getLogger("inpaintd.weights")
 
 __all__ = ["BUNDLED", "Catalog", "ModelEntry", "architecture_of", "resolve_spec"]
 
@@ -116,6 +119,13 @@ def architecture_of(path: Path) -> str:
 
 # --- the catalog ---------------------------------------------------------------------------
 
+def _known_downloads() -> dict[str, str]:
+    """Known downloads (built in and ``$INPAINTD_HOME/sources.json``) and their architectures."""
+    from .fetch import known_sources
+
+    return {name: s.architecture for name, s in known_sources().items()}
+
+
 class Catalog:
     """The models a process may name: installed ones (scanned, cached ``ttl_s``) and known
     missing ones. Thread-safe."""
@@ -126,13 +136,32 @@ class Catalog:
         self._scanned_at = -1e18
         self._scanned_home: Optional[Path] = None
         self._installed: dict[str, Path] = {}
+        self._known: dict[str, str] = {}
+        self._failed_at = -1e18
 
     def _scan(self) -> dict[str, Path]:
+        """The store's models (and the known downloads), re-read at most every ``ttl_s``.
+
+        A re-read that fails (the process is out of file descriptors: a scan opens the
+        store's folder and ``sources.json``) keeps the last listing, so a request is still
+        answered from it; the failure is logged at most once a minute."""
         now = time.monotonic()
         home = store.inpaintd_home()
         with self._lock:
             if now - self._scanned_at > self.ttl_s or home != self._scanned_home:
-                self._installed = store.installed_models()
+                try:
+                    installed = store.installed_models()
+                    known = _known_downloads()
+                except OSError as exc:
+                    if home == self._scanned_home:
+                        if now - self._failed_at > 60.0:
+                            self._failed_at = now
+                            log.warning("could not re-read the model store (%s); serving "
+                                        "the last listing", exc)
+                        self._scanned_at = now  # retry after ttl_s, not on every call
+                        return self._installed
+                    raise
+                self._installed, self._known = installed, known
                 self._scanned_at, self._scanned_home = now, home
             return self._installed
 
@@ -143,10 +172,8 @@ class Catalog:
 
     def missing(self) -> dict[str, ModelEntry]:
         """Names known here that this machine lacks: bundled ones and known downloads."""
-        from .fetch import known_sources
-
         installed = self._scan()
-        known = {name: s.architecture for name, s in known_sources().items()}
+        known = dict(self._known)
         known.update(BUNDLED)
         return {name: ModelEntry(name, arch) for name, arch in sorted(known.items())
                 if name not in installed}

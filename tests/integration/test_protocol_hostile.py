@@ -137,6 +137,20 @@ def _framing():
     yield [SIGNATURE, msgpack.packb(dict(VALID[2], mask=dict(MASK, width=63, nbytes=2016)))]
     yield [memoryview(SIGNATURE), memoryview(msgpack.packb(VALID[1]))]
     yield [bytearray(SIGNATURE), bytearray(msgpack.packb(VALID[1]))]
+    # loose parsing (issue 25): repeated keys, versions with leading zeros, newer fields
+    yield [SIGNATURE, _map_bytes(*VALID[0].items(), ("id", "h2"))]
+    yield [SIGNATURE, _map_bytes(*VALID[0].items(), ("client", "again"))]
+    yield [SIGNATURE, _map_bytes(*VALID[2].items(), ("image", MASK))]
+    for version in ("01.2", "1.02", "00.0", "1.2\n"):
+        yield [SIGNATURE, msgpack.packb(dict(VALID[0], version=version))]
+    yield [SIGNATURE, msgpack.packb(dict(VALID[2], refine=True, version="1.1"))]
+
+
+def _map_bytes(*pairs):
+    """A msgpack map packed pair by pair, so a key may repeat (msgpack.packb can't)."""
+    assert len(pairs) < 16
+    return bytes([0x80 | len(pairs)]) + b"".join(msgpack.packb(k) + msgpack.packb(v)
+                                                 for k, v in pairs)
 
 
 CASES = list(_mutations()) + list(_framing())
@@ -164,6 +178,63 @@ def test_valid_requests_stay_valid():
     for h in VALID:
         nframes = 1 if h["type"] == "data" else 0
         assert check(encode_message(h, [b"x"] * nframes)) == "ok"
+
+
+def test_loose_headers_are_refused_by_the_codec():
+    """Issue 25: what used to slip through is now bad_message, answered where an id can
+    be trusted (two ``id`` keys give none)."""
+    from inpaintd.protocol.errors import BadMessageError
+
+    def refused(frames):
+        with pytest.raises(BadMessageError) as info:
+            msg = decode_message(frames)
+            validate_request(msg.header, nframes=len(msg.frames))
+        return info.value.re
+
+    assert refused([SIGNATURE, _map_bytes(*VALID[0].items(), ("id", "h2"))]) is None
+    assert refused([SIGNATURE, _map_bytes(*VALID[0].items(), ("client", "x"))]) == "h1"
+    assert refused([SIGNATURE, msgpack.packb(dict(VALID[0], version="01.2"))]) == "h1"
+    assert refused([SIGNATURE, msgpack.packb(dict(VALID[2], refine=True,
+                                                  version="1.1"))]) == "j1"
+    assert check([SIGNATURE, msgpack.packb(dict(VALID[2], refine=True))]) == "ok"
+
+
+@pytest.mark.slow
+def test_loose_headers_are_refused_over_a_socket(tmp_path):
+    """The same cases against a live server, sent as raw frames on a DEALER: each gets
+    ``bad_message`` to its id, two ``id`` keys get no reply at all, and the server then
+    answers a status probe (a connection's messages are handled in order, so every reply
+    the cases caused has arrived before the probe's)."""
+    from support.server import RawClient, ServerProcess
+
+    hello = [("type", "hello"), ("version", "1.2")]
+    cases = {
+        "dup-client": [SIGNATURE, _map_bytes(*hello, ("id", "dup-client"), ("client", "a"),
+                                             ("client", "b"))],
+        "dup-type": [SIGNATURE, _map_bytes(("type", "status"), *hello, ("id", "dup-type"))],
+        "dup-mask": [SIGNATURE, _map_bytes(*dict(VALID[2], id="dup-mask").items(),
+                                             ("mask", MASK))],
+        "zero-version": [SIGNATURE, msgpack.packb(dict(VALID[0], id="zero-version",
+                                                       version="01.2"))],
+        "refine-1.1": [SIGNATURE, msgpack.packb(dict(VALID[2], id="refine-1.1", refine=True,
+                                                     version="1.1"))],
+    }
+    with ServerProcess(tmp_path) as srv, RawClient(srv.endpoint) as raw:
+        raw.send_frames([SIGNATURE, _map_bytes(*hello, ("id", "two-a"), ("id", "two-b"))])
+        for frames in cases.values():
+            raw.send_frames(frames)
+        probe = raw.request("status")
+        got = raw.next_for(probe, 30)
+        assert got is not None and got[0]["type"] == "status", got
+        replies = {hdr.get("re"): hdr for hdr, _ in raw.stash}
+        assert set(replies) == set(cases), replies  # nothing for two-a / two-b
+        for rid, hdr in replies.items():
+            assert (hdr["type"], hdr["code"], hdr["retryable"]) == (
+                "error", "bad_message", False), hdr
+        assert "'client'" in replies["dup-client"]["message"]
+        assert "refine" in replies["refine-1.1"]["message"]
+        assert "leading zeros" in replies["zero-version"]["message"]
+        assert srv.proc is not None and srv.proc.poll() is None
 
 
 # --- hypothesis --------------------------------------------------------------------

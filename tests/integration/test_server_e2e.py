@@ -25,7 +25,8 @@ from inpaintd.protocol.errors import CancelledError, InpaintdError, RequestTimeo
 from inpaintd.server.inference.pipeline import load_inpainter
 from inpaintd.server.inference.channels import fill_any_channels
 
-from support.server import (REPO, TINY, RawClient, ServerProcess, free_port, many_holes,
+from support.server import (REPO, TINY, RawClient, ServerProcess, endpoint_from, free_port,
+                            many_holes,
                                  SERVER_MODULE, stage_order_ok, test_images, tiny_home)
 
 __all__ = ["tiny_home"]  # a fixture, imported to be used here
@@ -457,7 +458,8 @@ def test_killed_client_has_its_job_cancelled_while_it_runs(supervised: ServerPro
 def test_max_queue_answers_busy(supervised: ServerProcess) -> None:
     image, mask = many_holes(size=2048, grid=4, hole=200)
     small = test_images(seed=14)
-    with RawClient(supervised.endpoint) as raw, RawClient(supervised.endpoint) as other:
+    with RawClient(supervised.endpoint) as raw, \
+            RawClient(endpoint_from("127.0.0.2", supervised.endpoint)) as other:
         running = raw.submit(image, mask, strategy="crop")
         _wait_running(raw, running)
         # One queued job each: alone, a client may hold only its share (here 1 of 2).

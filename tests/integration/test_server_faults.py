@@ -24,7 +24,8 @@ import zmq.auth
 
 from inpaintd.server.serving.keys import init_keys
 
-from support.server import (REPO, TINY, RawClient, ServerProcess, free_port, SERVER_MODULE,
+from support.server import (REPO, TINY, RawClient, ServerProcess, endpoint_from, free_port,
+                            SERVER_MODULE,
                                  test_images, tiny_home)
 
 __all__ = ["tiny_home"]
@@ -274,7 +275,9 @@ def test_slowloris_uploads_cannot_hold_the_queue(tiny_home: Path) -> None:
 
     with ServerProcess(tiny_home, "--upload-timeout", "3") as srv:
         ctx = zmq.Context()
-        attackers = [RawClient(srv.endpoint, ctx=ctx) for _ in range(4)]
+        # From another address than the honest client's: another machine (one share).
+        attackers = [RawClient(endpoint_from("127.0.0.2", srv.endpoint), ctx=ctx)
+                     for _ in range(4)]
         try:
             accepted: list[tuple[RawClient, str]] = []
             for a, raw in enumerate(attackers):
@@ -317,7 +320,8 @@ def test_the_upload_budget_answers_busy_and_keeps_room_for_others(tiny_home: Pat
     big = _desc(1024, 1024, 4, "float32")
     with ServerProcess(tiny_home, "--upload-budget-mb", "64") as srv:
         ctx = zmq.Context()
-        clients = [RawClient(srv.endpoint, ctx=ctx) for _ in range(3)]
+        clients = [RawClient(endpoint_from(f"127.0.0.{2 + i}", srv.endpoint), ctx=ctx)
+                   for i in range(3)]  # three machines: three shares
         try:
             replies = [_start_upload(c, big, _desc(1024, 1024, 1), f"big{i}")
                        for i, c in enumerate(clients)]
@@ -576,3 +580,43 @@ def test_imported_weights_get_the_umask_mode_not_0600(tmp_path: Path, umask: int
     assert [p.suffix for p in written] == [".json", ".safetensors"]
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+# --- issue 25: shutting down is its own, retryable, code -------------------------------
+
+def test_sigterm_ends_jobs_in_flight_with_shutting_down_not_internal(tiny_home: Path
+                                                                      ) -> None:
+    """SIGTERM while a job is handed to the worker (or waits for it), another waits behind
+    it and a third is half uploaded: each ends with ``shutting_down``, retryable (send it
+    again to the restarted server), not ``internal``, which SPEC 6 keeps for bugs. The
+    worker is stopped (SIGSTOP) so no job can finish before the signal lands."""
+    from inpaintd.protocol.codec import header
+
+    with ServerProcess(tiny_home, "--hang-timeout", "60") as srv:
+        pid = _worker_pid(srv.endpoint)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with RawClient(srv.endpoint) as raw:
+                in_engine = [raw.submit(*test_images(seed=11)),
+                             raw.submit(*test_images(seed=12))]
+                for rid in in_engine:
+                    raw.await_queued(rid)
+                uploading = "half-uploaded"
+                reply = _start_upload(raw, _desc(128, 96), _desc(128, 96, 1), uploading)
+                assert reply["type"] == "accepted", reply
+                raw.send(header("data", id=uploading, offset=0), [b"x" * 1000])
+                assert srv.proc is not None
+                srv.proc.send_signal(signal.SIGTERM)
+                for rid in [*in_engine, uploading]:
+                    _, out = raw.result(rid, 30)
+                    assert isinstance(out, dict), out
+                    assert (out["code"], out["retryable"]) == ("shutting_down", True), out
+                    assert "shutting down" in out["message"]
+            assert srv.proc.wait(30) == 0, srv.lines[-10:]
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert not any("Traceback" in line for line in srv.lines), srv.lines[-20:]
+

@@ -50,6 +50,12 @@ def make_tiny_model(home: Path, name: str = TINY) -> Path:
     return save_ours(module.state_dict(), card, home / "models" / f"{name}.safetensors")
 
 
+def endpoint_from(address: str, endpoint: str) -> str:
+    """``endpoint`` reached from the loopback ``address`` (libzmq's ``tcp://SRC:0;HOST:PORT``):
+    another machine, as the server counts clients without CURVE (one share per address)."""
+    return endpoint.replace("tcp://", f"tcp://{address}:0;", 1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,8 +66,10 @@ class ServerProcess:
     """``python -m inpaintd.server.cli serve ...`` as a real subprocess, cleaned up always."""
 
     def __init__(self, home: Path, *args: str, port: Optional[int] = None,
-                 start_timeout: float = 90.0) -> None:
+                 start_timeout: float = 90.0, prefix: Sequence[str] = ()) -> None:
         self.home = home
+        #: What runs the server (``prlimit --nofile=300 --``, say), before the Python.
+        self.prefix = list(prefix)
         self.port = port or free_port()
         self.args = ["--bind", f"tcp://127.0.0.1:{self.port}", "--device", "cpu", *args]
         self.start_timeout = start_timeout
@@ -75,7 +83,8 @@ class ServerProcess:
         if "--bind" in self.args[2:]:  # a test's own --bind replaces ours
             self.args = self.args[2:]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", SERVER_MODULE, "serve", *self.args], env=env, cwd=REPO,
+            [*self.prefix, sys.executable, "-m", SERVER_MODULE, "serve", *self.args], env=env,
+            cwd=REPO,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + self.start_timeout

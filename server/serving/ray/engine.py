@@ -20,8 +20,8 @@ import logging
 import time
 from typing import Any, Optional
 
-from inpaintd.protocol.errors import (BadInputError, InpaintdError, InternalError,
-                                      NoWorkersError)
+from inpaintd.protocol.errors import (BadInputError, InpaintdError, NoWorkersError,
+                                      ShuttingDownError)
 
 from ..job_queue import FRACTION_COMPOSITING, FRACTION_RUNNING, FairQueue, JobReporter
 from ..engine_api import EngineListener, Job, JobEngine, JobResult, JobState
@@ -80,7 +80,7 @@ class RayEngine(JobReporter, JobEngine):
                  len(self.pool.slots), self.gpus_per_worker, self.startup_timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
-        gone = InternalError("the server is shutting down")
+        gone = ShuttingDownError("the server is shutting down")
         for job in list(self.running.values()):
             self._finish(job)
             self.listener.job_failed(job, gone)

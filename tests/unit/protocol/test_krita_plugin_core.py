@@ -150,6 +150,7 @@ ENDPOINT = "tcp://127.0.0.1:5557"
 
 @pytest.mark.parametrize("exc, words", [
     (E.BusyError("64 jobs queued"), "is busy"),
+    (E.ShuttingDownError("the server is shutting down"), "try again once it is back"),
     (E.RequestTimeoutError("no answer"), "stopped answering"),
     (E.TooLargeError("over max_pixels\nsecond line"), "too large"),
     (E.UnknownModelError("unknown model 'x'"), "can't use this model"),

@@ -220,6 +220,47 @@ def test_malformed_version(version):
 
 def test_minor_version_is_accepted():
     validate_request(dict(header("hello", id="j1"), version="1.7"))
+    validate_request(dict(header("hello", id="j1"), version="1.10"))
+
+
+@pytest.mark.parametrize("version", ["01.2", "1.02", "00.1", "1.00", "001.0", "+1.2", "1.-2",
+                                     "1.2 ", "1.2\n"])
+def test_versions_with_leading_zeros_or_signs_are_malformed(version):
+    """SPEC 3: ``MAJOR.MINOR``, decimal, no leading zeros; "01.2" is not "1.2"."""
+    _raises(BadMessageError, dict(header("hello", id="j1"), version=version))
+    with pytest.raises(BadMessageError) as info:
+        decode_message(encode_message(dict(header("hello", id="j1"), version=version)))
+    assert info.value.re == "j1"
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_refine_on_a_request_older_than_1_2_is_an_unknown_field(version):
+    """``refine`` came with 1.2: a 1.0/1.1 request carrying it is refused as a 1.1 server
+    refuses it (SPEC 3 and 4.3), whatever its value."""
+    for value in (True, False):
+        err = _raises(BadMessageError, inpaint(version=version, refine=value))
+        assert "refine" in str(err) and version in str(err)
+    assert "refine" not in validate_request(inpaint(version=version))
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3", "1.17"])
+def test_refine_from_1_2_on(version):
+    assert validate_request(inpaint(version=version, refine=True))["refine"] is True
+    _raises(BadMessageError, inpaint(version=version, refine=1))
+
+
+def test_shutting_down_is_its_own_retryable_code():
+    from inpaintd.protocol.errors import (InpaintdError, InternalError, ShuttingDownError,
+                                          error_codes, error_from_code)
+
+    err = error_from_code("shutting_down", "the server is shutting down")
+    assert type(err) is ShuttingDownError and not isinstance(err, InternalError)
+    assert err.code == "shutting_down" and err.retryable is True
+    assert error_codes()["shutting_down"] is ShuttingDownError
+    hdr = error_header("j1", err.code, err.message, err.retryable, "b")
+    assert validate_reply(decode_message(encode_message(hdr)).header)["retryable"] is True
+    newer = error_from_code("some_future_code", "x")  # a newer server's code (SPEC 6)
+    assert type(newer) is InpaintdError and newer.code == "some_future_code"
 
 
 @pytest.mark.parametrize("rid", ["", "x" * 65])
@@ -336,6 +377,44 @@ def test_non_string_keys_and_bin_and_ext():
     _decode_fails(msgpack.packb(dict(header("hello", id="j1"), x=msgpack.ExtType(1, b"a"))))
     _decode_fails(msgpack.packb(dict(header("hello", id="j1"),
                                      x=msgpack.Timestamp(1, 0)), datetime=False))
+
+
+def _map_bytes(*pairs):
+    """A msgpack map packed pair by pair, so a key may repeat (msgpack.packb can't)."""
+    assert len(pairs) < 16
+    return bytes([0x80 | len(pairs)]) + b"".join(msgpack.packb(k) + msgpack.packb(v)
+                                                 for k, v in pairs)
+
+
+def test_repeated_keys_are_refused_at_any_depth():
+    """SPEC 2: a map may not repeat a key. msgpack alone keeps the last value, so two
+    ``id`` keys used to read as the second one."""
+    hello = [("type", "hello"), ("version", "1.2")]
+    decode_message([SIGNATURE, _map_bytes(*hello, ("id", "a"))])  # the builder is sound
+    # Two ids (equal or not): no id to trust, so nobody to answer.
+    for second in ("b", "a"):
+        err = _decode_fails(_map_bytes(*hello, ("id", "a"), ("id", second)))
+        assert "repeats" in str(err) and "'id'" in str(err)
+    _decode_fails(_map_bytes(*hello, ("id", "a"), ("re", "x"), ("re", "y")))
+    # Any other key repeated: refused, answered to the id.
+    err = _decode_fails(_map_bytes(*hello, ("id", "j1"), ("client", "x"), ("client", "y")),
+                        re="j1")
+    assert "'client'" in str(err)
+    _decode_fails(_map_bytes(("type", "hello"), ("type", "status"), ("id", "j1"),
+                             ("version", "1.2")), re="j1")
+    image = _map_bytes(*IMAGE.items(), ("width", 4))
+    packed = msgpack.packb(header("inpaint", id="j1", model="lama", mask=MASK))
+    nested = bytes([packed[0] + 1]) + packed[1:] + msgpack.packb("image") + image
+    err = _decode_fails(nested, re="j1")
+    assert "'width'" in str(err)
+    deep = msgpack.packb(header("hello", id="j1"))
+    inner = _map_bytes(("k", 1), ("k", 1))
+    for _ in range(5):  # a repeat five lists down
+        inner = b"\x91" + inner
+    _decode_fails(bytes([deep[0] + 1]) + deep[1:] + msgpack.packb("x") + inner, re="j1")
+    # The same bytes are refused by the client too (replies go through the same decoder).
+    _decode_fails(_map_bytes(("type", "accepted"), ("re", "j1"), ("version", "1.2"),
+                             ("boot_id", "b"), ("credit", 1), ("credit", 10**9)), re="j1")
 
 
 def test_msgpack_container_limits():

@@ -14,14 +14,16 @@ from inpaintd.server import DEFAULT_MODEL
 from inpaintd.server.serving import options
 from inpaintd.server.serving.options import ServerConfig, add_options, config_from_args
 
-#: Every flag `serve` had when the options were defined once (issue 24): none may go or be
-#: renamed, since scripts and the plug-ins' local servers spell them.
+#: Every flag `serve` had when the options were defined once (issue 24), and those added
+#: since (--reply-budget-mb, issue 25): none may go or be renamed, since scripts and the
+#: plug-ins' local servers spell them.
 FLAGS = {
     "--bind", "--device", "--precision", "--preload", "--curve", "--insecure",
     "--refine-memory", "--max-message-mb", "--max-queue", "--max-pixels",
     "--max-jobs-per-client", "--upload-timeout", "--upload-min-rate", "--upload-budget-mb",
     "--hang-timeout", "--cancel-grace", "--exit-when-idle", "--exit-with-parent", "--max-batch",
     "--ray", "--gpus-per-worker", "--no-workers-timeout", "--worker-startup-timeout",
+    "--reply-budget-mb",
 }
 
 
