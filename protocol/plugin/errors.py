@@ -8,10 +8,10 @@ without a host. A plug-in shows the sentence and writes the traceback (if any) t
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Optional
 
+from ..client.reach import Reach
 from ..errors import (
     BadInputError,
     BusyError,
@@ -44,21 +44,6 @@ CANCELLED = "The fill was cancelled."
 EMPTY_CONTEXT = ("There is nothing to fill from: every pixel around the selection is "
                  "transparent. Make the picture visible there, or pick the layer that holds "
                  "it and set Sample to \"Current layer\" in Inpaint settings.")
-
-
-class Reach(enum.Enum):
-    """What a probe found at an endpoint (``connection.probe``; re-exported there).
-
-    Defined here, beside the sentence for each (:func:`describe_reach`), so that the
-    connection check builds on these sentences without the two modules importing each other.
-    """
-
-    OK = "ok"
-    UNREACHABLE = "unreachable"
-    REFUSED_KEY = "refused_key"
-    WRONG_SERVER_KEY = "wrong_server_key"
-    NEEDS_KEY = "needs_key"
-    NOT_CURVE = "not_curve"
 
 
 class PluginError(Exception):

@@ -75,10 +75,9 @@ class _RemoteInpainter:
 
     def __init__(self, endpoint: str, model: str, server_key: Optional[str],
                  client_key: Optional[str], timeout: float, refine: bool = False) -> None:
-        from inpaintd.protocol import Client
+        from .connect import connect
 
-        self.client = Client(endpoint, timeout=timeout, server_key=server_key,
-                             client_keys=client_key, name="inpaintd-fill")
+        self.client = connect(endpoint, server_key, client_key, timeout, "inpaintd-fill")
         self.model = model
         self.refine = refine
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
@@ -91,7 +92,14 @@ def run(groups: Sequence[Commands], argv: Optional[Sequence[str]] = None) -> int
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="inpaintd: %(levelname)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+        return status
+    except BrokenPipeError:
+        # `inpaintd status | head -2`: the reader has what it wanted. Nothing more is
+        # written (Python would report the pipe again when it flushes at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except InpaintdError as exc:
         print(f"inpaintd: error: {exc}", file=sys.stderr)
         return exc.exit_status

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 from pathlib import Path
+from typing import Optional
 
 from .help import COMMAND_HELP
 
@@ -37,10 +40,50 @@ def cmd_keys_add_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(moment: "Optional[datetime.datetime]", never: str = "never") -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment is not None else never
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from ..serving.keys import list_clients
+
+    directory = Path(args.dir).expanduser() if args.dir else default_keys_dir()
+    clients = list_clients(directory)
+    if args.json:
+        print(json.dumps([{"name": c.name, "key": c.public,
+                           "created": c.created.isoformat() if c.created else None,
+                           "last_use": c.last_use.isoformat() if c.last_use else None,
+                           "secret_here": c.secret_here} for c in clients], indent=2))
+        return 0
+    if not clients:
+        print(f"no client keys in {directory / 'clients'} (add one: inpaintd keys add-client "
+              "NAME)")
+        return 0
+    width = max(len(c.name) for c in clients)
+    print(f"{'NAME':<{width}}  {'KEY':<40}  {'CREATED':<16}  LAST USE")
+    for c in clients:
+        note = "  (its secret is still in issued/: hand it over, then delete it)" \
+            if c.secret_here else ""
+        print(f"{c.name:<{width}}  {c.public:<40}  {_when(c.created, '?'):<16}  "
+              f"{_when(c.last_use)}{note}")
+    return 0
+
+
+def cmd_keys_remove(args: argparse.Namespace) -> int:
+    from ..serving.keys import remove_client
+
+    directory = Path(args.dir).expanduser() if args.dir else default_keys_dir()
+    removed = remove_client(directory, args.name)
+    print(f"removed {args.name}: " + ", ".join(str(p) for p in removed))
+    print("a running server refuses this key within 2 s and cancels its queued and running "
+          "jobs")
+    return 0
+
+
 def add_keys_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("keys", help=COMMAND_HELP["keys"],
-                       description="Make the server's keypair and allow-list clients. The "
-                       "directory defaults to $INPAINTD_HOME/keys.")
+                       description="Make the server's keypair, and add, list and remove the "
+                       "clients it allows. The directory defaults to $INPAINTD_HOME/keys.")
     ksub = p.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     init = ksub.add_parser("init", help="create the server keypair")
     init.add_argument("--dir", metavar="DIR", help="the key directory")
@@ -51,3 +94,12 @@ def add_keys_parser(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--dir", metavar="DIR", help="the key directory")
     add.add_argument("--force", action="store_true", help="replace an existing client key")
     add.set_defaults(func=cmd_keys_add_client)
+    ls = ksub.add_parser("list", help="the allowed clients: name, key, created, last use")
+    ls.add_argument("--dir", metavar="DIR", help="the key directory")
+    ls.add_argument("--json", action="store_true", help="print them as a JSON list")
+    ls.set_defaults(func=cmd_keys_list)
+    rm = ksub.add_parser("remove", help="take a client off the allow-list (its jobs are "
+                         "cancelled)")
+    rm.add_argument("name", metavar="NAME", help="the client, as `keys list` shows it")
+    rm.add_argument("--dir", metavar="DIR", help="the key directory")
+    rm.set_defaults(func=cmd_keys_remove)

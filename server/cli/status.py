@@ -13,10 +13,10 @@ from .help import COMMAND_HELP
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from inpaintd.protocol import Client
+    from .connect import connect
 
-    return Client(args.server, timeout=args.timeout, server_key=args.server_key,
-                  client_keys=args.client_key, name="inpaintd status")
+    return connect(args.server, args.server_key, args.client_key, args.timeout,
+                   "inpaintd status")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ The key directory (SPEC.md section 7) looks like SSH's::
     DIR/clients/NAME.key      an allowed client's public key (the allow-list)
     DIR/issued/NAME.key_secret  a client's keypair made by ``keys add-client``: hand it
                               to that artist, then delete it here
+    DIR/last_use.json         when each client key was last served (the server writes it)
 
 The files are ZeroMQ's certificate format (``zmq.auth``), so keys made with other ZeroMQ
 tools work too: to allow a client that made its own keypair, copy its public ``.key`` file
@@ -21,6 +22,8 @@ connection that authenticated before the removal (ZAP alone runs only at the han
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 import re
@@ -29,6 +32,7 @@ import struct
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,6 +50,10 @@ SERVER_NAME = "server"
 ZAP_DOMAIN = "inpaintd"
 #: How often the allow-list directory is checked for changes (SPEC 7 promises 2 s).
 RELOAD_INTERVAL_S = 1.0
+#: Where the server records when each client key was last served, for ``keys list``.
+LAST_USE_FILE = "last_use.json"
+#: The record is written at most this often (and when the server stops).
+LAST_USE_WRITE_S = 10.0
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -113,6 +121,118 @@ def add_client(directory: Path, name: str, force: bool = False) -> tuple[Path, P
         os.chmod(pub, 0o644)
         shutil.move(pub, public)
     return public, secret
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """One allowed client, as ``inpaintd keys list`` shows it."""
+
+    name: str
+    #: The public key in its Z85 text form: what the server's log names.
+    public: str
+    #: When the keypair was made (its certificate's own line, else the file's time).
+    created: Optional[datetime.datetime]
+    #: When a server last served it (``last_use.json``), None if never.
+    last_use: Optional[datetime.datetime]
+    #: Its secret is still in ``issued/``: hand it over, then delete it there.
+    secret_here: bool
+
+
+_GENERATED = re.compile(r"Generated on (\d{4}-\d\d-\d\d[ T][\d:.]+)")
+
+
+def _created(path: Path) -> Optional[datetime.datetime]:
+    try:
+        text = path.read_text(errors="replace")[:512]
+        found = _GENERATED.search(text)
+        if found:
+            return datetime.datetime.fromisoformat(found.group(1).replace(" ", "T"))
+        return datetime.datetime.fromtimestamp(path.stat().st_mtime)
+    except (OSError, ValueError):
+        return None
+
+
+def read_last_use(directory: Path) -> dict[str, datetime.datetime]:
+    """``DIR/last_use.json``: client name -> when a server last served its key."""
+    try:
+        raw = json.loads((Path(directory).expanduser() / LAST_USE_FILE).read_text())
+        return {str(k): datetime.datetime.fromtimestamp(float(v)) for k, v in raw.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def list_clients(directory: Path) -> list[ClientKey]:
+    """Every allowed client key in ``DIR/clients/``, by name (bad files are skipped)."""
+    directory = Path(directory).expanduser()
+    if not (directory / f"{SERVER_NAME}.key").is_file():
+        raise BadInputError(f"{directory} has no server keypair; run `inpaintd keys init "
+                            f"--dir {directory}` first")
+    used = read_last_use(directory)
+    out = []
+    for path in sorted((directory / "clients").glob("*.key")):
+        try:
+            public, _ = zmq.auth.load_certificate(path)
+        except (OSError, ValueError):
+            continue
+        if not public:
+            continue
+        out.append(ClientKey(path.stem, public.decode("ascii"), _created(path),
+                             used.get(path.stem),
+                             (directory / "issued" / f"{path.stem}.key_secret").exists()))
+    return out
+
+
+def remove_client(directory: Path, name: str) -> list[Path]:
+    """Take ``name`` off the allow-list (and delete its issued secret, if still here).
+
+    A running server re-reads the list within 2 s: the key's new requests are refused and
+    its queued and running jobs cancelled (SPEC 7). Returns the files removed."""
+    directory = Path(directory).expanduser()
+    check_name(name)
+    public = directory / "clients" / f"{name}.key"
+    if not public.is_file():
+        known = ", ".join(c.name for c in list_clients(directory)) or "none"
+        raise BadInputError(f"no client {name!r} in {directory / 'clients'} (clients: "
+                            f"{known})")
+    removed = []
+    for path in (public, directory / "issued" / f"{name}.key_secret"):
+        if path.exists():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+class LastUse:
+    """When each client key was last served, kept in memory by the front end and written
+    to ``DIR/last_use.json`` at most every :data:`LAST_USE_WRITE_S` (and at stop)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / LAST_USE_FILE
+        self._lock = threading.Lock()
+        self._seen: dict[str, float] = {}
+        self._dirty = False
+        self._written_at = -float("inf")
+
+    def note(self, name: str) -> None:
+        with self._lock:
+            self._seen[name] = time.time()
+            self._dirty = True
+
+    def write(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not self._dirty or (not force and now - self._written_at < LAST_USE_WRITE_S):
+                return
+            record = {**{k: v.timestamp() for k, v in read_last_use(self.path.parent).items()},
+                      **self._seen}
+            self._dirty, self._written_at = False, now
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".last_use-")
+            with os.fdopen(fd, "w") as out:
+                json.dump(record, out, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("could not write %s: %s", self.path, exc)
 
 
 def _z85_key(value: bytes, path: Path, what: str) -> bytes:
@@ -203,7 +323,9 @@ class RefusalLog:
                 return
             since, self._since, self._last = self._since, 0, now
         more = f" (and {since} more refused in the last {self.every_s:g} s)" if since else ""
-        log.warning("refused a CURVE client with an unknown key %s%s", key, more)
+        text = key.decode("ascii", "replace")
+        log.warning("refused a CURVE client whose key %s is not on the allow-list "
+                    "(`inpaintd keys list` shows the keys allowed)%s", text, more)
 
 
 class AllowList:
@@ -270,7 +392,7 @@ class AllowList:
         """ZAP: allow the handshake only for an allow-listed key."""
         allowed = self.name_of(key.decode("ascii", "replace")) is not None
         if not allowed:
-            self._refusals.note(key[:8])
+            self._refusals.note(key[:40])
         return allowed
 
 
@@ -281,6 +403,7 @@ class CurveSecurity:
         self.directory = Path(directory).expanduser()
         self.public, self.secret = server_keypair(self.directory)
         self.allow = AllowList(self.directory / "clients")
+        self.last_use = LastUse(self.directory)
         self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("inpaintd.zap"))
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="inpaintd-keys", daemon=True)
@@ -305,9 +428,11 @@ class CurveSecurity:
                 self.allow.reload(force=False)
             except OSError as exc:  # the directory vanished or is unreadable for a moment
                 log.warning("could not re-read %s: %s", self.allow.directory, exc)
+            self.last_use.write()
 
     def stop(self) -> None:
         self._stop.set()
         if self._watcher.is_alive():
             self._watcher.join(2 * RELOAD_INTERVAL_S)
+        self.last_use.write(force=True)
         self._auth.stop()

@@ -348,6 +348,7 @@ class Server:
         name = self.security.allow.name_of(user_id)
         if name is None:
             return None, "", ""  # key removed since the handshake: serve nothing
+        self.security.last_use.note(name)
         return "key:" + user_id, "key:" + user_id, name
 
     def _handle(self, frames: list[Any]) -> None:
