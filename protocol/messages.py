@@ -36,7 +36,7 @@ from .errors import (
     VersionMismatchError,
 )
 
-PROTOCOL_VERSION = "1.2"
+PROTOCOL_VERSION = "1.3"
 
 #: dtype name -> bytes per sample. Samples are little-endian on the wire.
 DTYPES: dict[str, int] = {"uint8": 1, "uint16": 2, "float32": 4}
@@ -45,6 +45,7 @@ STRATEGIES: tuple[str, ...] = ("auto", "full", "crop", "resize")
 STAGES: tuple[str, ...] = ("queued", "loading", "running", "compositing")
 MODEL_STATES: tuple[str, ...] = ("loaded", "available", "missing")
 WORKER_STATES: tuple[str, ...] = ("idle", "busy", "starting")
+JOB_STATES: tuple[str, ...] = ("uploading", "queued", "running")
 
 REQUEST_TYPES: tuple[str, ...] = ("hello", "status", "inpaint", "data", "cancel")
 REPLY_TYPES: tuple[str, ...] = (
@@ -318,6 +319,17 @@ _MODEL = _map({"name": (True, _str(1, MAX_NAME_LEN)),
                "architecture": (True, _str(0, MAX_NAME_LEN)),
                "state": (True, _str(1, 16, MODEL_STATES))})
 
+#: A job in flight, as ``status`` lists it to an admin (since 1.3).
+_JOB = _map({"client": (True, _str(0, MAX_NAME_LEN)), "model": (True, _str(1, MAX_NAME_LEN)),
+             "state": (True, _str(1, 16, JOB_STATES)), "width": (True, _int()),
+             "height": (True, _int()), "age_s": (True, _num()),
+             "position": (False, _int())})
+#: A job that ended lately (since 1.3): ``outcome`` is ``ok`` or its error code.
+_ENDED_JOB = _map({"client": (True, _str(0, MAX_NAME_LEN)),
+                   "model": (True, _str(1, MAX_NAME_LEN)), "width": (True, _int()),
+                   "height": (True, _int()), "outcome": (True, _str(1, 32)),
+                   "elapsed_ms": (True, _int()), "ago_s": (True, _num())})
+
 REQUEST_FIELDS: dict[str, Fields] = {
     "hello": {"client": (False, _str(0, 64))},
     "status": {},
@@ -366,6 +378,10 @@ REPLY_FIELDS: dict[str, Fields] = {
         "worker": (True, _map({"pid": (True, _int()), "restarts": (True, _int()),
                                "state": (True, _str(1, 16, WORKER_STATES))})),
         "uptime_s": (True, _num()),
+        "jobs": (False, _list(_JOB)),  # since 1.3
+        "recent": (False, _list(_ENDED_JOB, 64)),  # since 1.3
+        "latency_ms": (False, _nullable(_map({k: (True, _int()) for k in (
+            "count", "p50", "p95")}))),  # since 1.3
     },
     "accepted": {"credit": (True, _int())},
     "credit": {"credit": (True, _int())},

@@ -62,6 +62,8 @@ class Job:
     seq: int = 0
     position: Optional[int] = None
     fraction: float = 0.0
+    #: When its last upload byte came (it joined the queue then).
+    uploaded_at: Optional[float] = None
     started_at: Optional[float] = None
     cancel_at: Optional[float] = None
     #: The error this job ends with once the worker lets go of it (a cancel, a bad chunk).

@@ -31,7 +31,7 @@ from .. import DEFAULT_MODEL
 from ..inference.speed.names import PRECISION_HELP, PRECISIONS
 
 __all__ = ["ServerConfig", "Flag", "option", "add_options", "config_from_args", "check_bind",
-           "is_loopback", "DEFAULT_BIND", "MiB"]
+           "is_loopback", "metrics_address", "DEFAULT_BIND", "MiB"]
 
 #: Where ``inpaintd serve`` listens unless told otherwise (the protocol's default endpoint).
 DEFAULT_BIND = DEFAULT_ENDPOINT
@@ -147,6 +147,13 @@ class ServerConfig:
     exit_with_parent: bool = option(
         False, "--exit-with-parent", "stop when the process that started the server ends "
         "(POSIX); the Krita plug-in starts its local server with it")
+    #: Prometheus/OpenMetrics text at http://HOST:PORT/metrics (:mod:`.metrics`); None: off.
+    metrics: Optional[str] = option(
+        None, "--metrics", "serve Prometheus/OpenMetrics metrics at http://HOST:PORT/metrics "
+        "(off by default; a loopback HOST unless --metrics-public)", metavar="HOST:PORT")
+    metrics_public: bool = option(
+        False, "--metrics-public", "let --metrics listen on an address other machines reach; "
+        "the metrics have no password, so only on a network you monitor from")
     #: Most jobs run in one forward; 0 is auto: 4 when the worker's device is CUDA, else 1.
     max_batch: int = option(
         0, "--max-batch", "run up to N queued jobs of one model and one padded size as one "
@@ -218,6 +225,8 @@ class ServerConfig:
         if not self.refine_memory_gib > 0:
             raise BadInputError("--refine-memory must be positive")
         check_bind(self.bind, self.curve_dir is not None, self.insecure)
+        if self.metrics is not None:
+            metrics_address(self.metrics, self.metrics_public)
 
 
 def _flags() -> list[tuple[dataclasses.Field[Any], Flag]]:
@@ -279,6 +288,25 @@ def is_loopback(endpoint: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def metrics_address(text: str, public: bool = False) -> tuple[str, int]:
+    """``--metrics HOST:PORT`` as (host, port); a host other machines can reach is refused
+    unless ``public`` (``--metrics-public``): the metrics need no key to read."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not sep or not host or not 0 <= port <= 65535:
+        raise BadInputError(f"--metrics {text!r}: expected HOST:PORT, like 127.0.0.1:9464")
+    if not public and not is_loopback(f"tcp://{host}:{port}"):
+        raise BadInputError(
+            f"refusing to serve metrics on {text}: anyone who can reach it could read them. "
+            "Use a loopback address (127.0.0.1:PORT), or pass --metrics-public on a network "
+            "you monitor from")
+    return host, port
 
 
 def check_bind(endpoint: str, curve: bool, insecure: bool) -> None:

@@ -47,6 +47,7 @@ from inpaintd.protocol.version import __version__
 
 from .local_engine import LocalEngine
 from .engine_api import Job, JobEngine, JobResult, JobState
+from .job_ledger import JobLedger
 from .job_queue import clean as _clean
 from .peers import Peers, RateLimit, party_of
 from .options import MiB, ServerConfig
@@ -181,6 +182,10 @@ class Server:
                                  log_level=config.log_level)
         self.catalog = ModelCatalog(lambda: self.engine.loaded_models)
         self.peers = Peers()
+        #: Ended jobs and latencies for ``status`` (protocol 1.3).
+        self.ledger = JobLedger()
+        #: ``--metrics``: the Prometheus endpoint (:mod:`.metrics`), made in :meth:`start`.
+        self.metrics: Any = None
         self._busy_log = RateLimit(60.0)
         self._failure_log = RateLimit(60.0)
         self._outbox: dict[bytes, deque[tuple[float, list[Any]]]] = {}
@@ -211,6 +216,8 @@ class Server:
             self.engine.start()
             self.catalog.models()  # its modules imported and store read while descriptors are plenty
             self.router = self._bind()
+            if self.config.metrics is not None:
+                self._serve_metrics(self.config.metrics)
         except BaseException:
             self.close()
             raise
@@ -218,6 +225,37 @@ class Server:
                  "CURVE" if self.security else "no encryption", self.engine.device,
                  self.boot_id[:8])
         return self.endpoint
+
+    def _serve_metrics(self, address: str) -> None:
+        from .metrics import Metrics  # prometheus_client is imported only with --metrics
+        from .options import metrics_address
+
+        host, port = metrics_address(address, self.config.metrics_public)
+        self.metrics = Metrics()
+        self.metrics.refresh(time.monotonic(), self._metrics_state())  # before any scrape
+        self.metrics.serve(host, port)
+
+    def _metrics_state(self) -> dict[str, Any]:
+        """The loop's state as :class:`~.metrics.Metrics` shows it between refreshes."""
+        st = self.engine.status()
+        counts = {state.value: 0 for state in (JobState.UPLOADING, JobState.QUEUED,
+                                               JobState.RUNNING)}
+        held = 0
+        for job in self.jobs.values():
+            if job.state.value in counts:
+                counts[job.state.value] += 1
+            if job.state in (JobState.UPLOADING, JobState.QUEUED) or job.chunks:
+                held += job.total
+        return {"device": st["device"], "precision": st.get("precision", "fp32"),
+                "jobs": counts, "clients": len({j.client for j in self.jobs.values()}),
+                "max_queue": self.config.max_queue, "upload_bytes": held,
+                "upload_budget": self.config.upload_budget_bytes,
+                "reply_bytes": sum(self._outbox_bytes.values()),
+                "reply_bytes_max": max(self._outbox_bytes.values(), default=0),
+                "reply_budget": self.config.reply_budget_bytes,
+                "worker_restarts": st["worker"]["restarts"],
+                "device_memory": st["device_memory"],
+                "uptime_s": round(time.monotonic() - self.started_at, 3)}
 
     def _bind(self) -> zmq.Socket:
         seed_routing_ids()  # before the socket: its id counter starts at rand()
@@ -268,6 +306,8 @@ class Server:
             self.router.close()
         if self.security is not None:
             self.security.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         self.ctx.term()
 
     def serve_forever(self) -> None:
@@ -290,7 +330,9 @@ class Server:
         events = dict(poller.poll(timeout_ms))
         if self.router in events:
             self._receive()
-        self.engine.handle(events)
+        # No new worker once stopping: under systemd's SIGTERM to the whole group the worker
+        # may die a moment before this loop sees the stop.
+        self.engine.handle(events, respawn=not self._stop.is_set())
         now = time.monotonic()
         self._exit_when_due(now, busy=self.router in events)
         self.engine.tick(now)
@@ -299,6 +341,10 @@ class Server:
         self._keepalive(now)
         if self._outbox:
             self._flush_outbox()
+        if self.metrics is not None and self.metrics.due(now):
+            refusals = getattr(self, "refusals", None)
+            self.metrics.refresh(now, self._metrics_state(),
+                                 refusals.counts() if refusals is not None else None)
 
     def _exit_when_due(self, now: float, busy: bool) -> None:
         """``--exit-with-parent``: stop once the parent is gone (POSIX re-parents an
@@ -417,11 +463,15 @@ class Server:
         re = getattr(exc, "re", None)
         if re is None:
             log.debug("dropped an unreadable request: %s", exc)
+            if self.metrics is not None:
+                self.metrics.request_refused("unreadable")
             return
         job = self.jobs.get((identity, re))
         if job is not None:
             self._end_job(job, exc)
             return
+        if self.metrics is not None:
+            self.metrics.request_refused(exc.code)
         self._send(route, error_header(re, exc.code, exc.message, exc.retryable, self.boot_id))
 
     # --- requests ----------------------------------------------------------------------
@@ -455,7 +505,30 @@ class Server:
                 "models": self.catalog.models(), "device": st["device"],
                 **self._since_1_1(version),
                 "device_memory": st["device_memory"], "worker": st["worker"],
-                "uptime_s": round(time.monotonic() - self.started_at, 3)}
+                "uptime_s": round(time.monotonic() - self.started_at, 3),
+                **self._since_1_3(version)}
+
+    def _since_1_3(self, version: str) -> dict[str, Any]:
+        """What an admin sees since protocol 1.3: each job in flight by client (the key's
+        name under CURVE), the jobs that ended lately, and p50/p95 latency."""
+        if not speaks_at_least(version, 3):
+            return {}
+        now = time.monotonic()
+        order = {JobState.RUNNING: 0, JobState.QUEUED: 1, JobState.UPLOADING: 2}
+        flying = sorted((j for j in self.jobs.values() if j.state in order),
+                        key=lambda j: (order[j.state], j.position if j.position is not None
+                                       else 0, j.accepted_at))
+        jobs = []
+        for job in flying[:256]:
+            entry: dict[str, Any] = {
+                "client": job.label[:64], "model": job.model, "state": job.state.value,
+                "width": job.image["width"], "height": job.image["height"],
+                "age_s": round(now - job.accepted_at, 1)}
+            if job.state is JobState.QUEUED and job.position is not None:
+                entry["position"] = job.position
+            jobs.append(entry)
+        return {"jobs": jobs, "recent": self.ledger.recent(),
+                "latency_ms": self.ledger.latency()}
 
     def _on_inpaint(self, route: bytes, identity: str, party: str, label: str,
                     req: dict[str, Any]) -> None:
@@ -571,6 +644,7 @@ class Server:
         job.route = route
         job.last_activity = time.monotonic()
         if job.received == job.total:
+            job.uploaded_at = job.last_activity
             self.engine.enqueue(job)
             return
         credit = min(job.total, job.received + self.config.window_bytes)
@@ -700,6 +774,10 @@ class Server:
 
     def _log_job(self, job: Job, outcome: str, elapsed_ms: int, run_ms: Optional[int]) -> None:
         im = job.image
+        self.ledger.record(job.label, job.model, im["width"], im["height"], outcome,
+                           elapsed_ms)
+        if self.metrics is not None:
+            self.metrics.job_ended(job.model, outcome, elapsed_ms, _stages(job, run_ms))
         size = f"{im['width']}x{im['height']}x{im['channels']} {im['dtype']}"
         run = f" (run {run_ms} ms)" if run_ms is not None else ""
         log.info("job %s client %s model %s %s %d ms%s %s", _clean(job.request_id),
@@ -794,6 +872,18 @@ class Server:
                 self._end_job(job, CancelledError("the client disconnected"))
         finally:
             self._dropping.discard(route)
+
+
+def _stages(job: Job, run_ms: Optional[int]) -> dict[str, float]:
+    """A finished job's seconds in each stage it went through (for ``--metrics``)."""
+    stages: dict[str, float] = {}
+    if job.uploaded_at is not None:
+        stages["upload"] = job.uploaded_at - job.accepted_at
+        if job.started_at is not None:
+            stages["queue"] = job.started_at - job.uploaded_at
+    if run_ms is not None:
+        stages["run"] = run_ms / 1000
+    return stages
 
 
 def _open_file_limit() -> str:

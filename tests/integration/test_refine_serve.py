@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from support.refine_reference import large_hole, lively_random_lama, structured_image
 
-from inpaintd.protocol import Client
+from inpaintd.protocol import PROTOCOL_VERSION, Client
 from inpaintd.protocol.errors import BadInputError, BadMessageError
 from inpaintd.server.models.lama import LamaConfig
 from inpaintd.server.inference.pipeline import load_inpainter
@@ -56,7 +56,7 @@ def test_refine_request_is_the_local_refined_fill(server: ServerProcess, home: P
     img, mask = _inputs()
     seen: list[str] = []
     with Client(server.endpoint, timeout=120) as c:
-        assert c.hello()["version"] == "1.2"
+        assert c.hello()["version"] == PROTOCOL_VERSION
         refined = c.inpaint(img, mask, model=NAME, refine=True,
                             on_progress=lambda _stage, _f, message: seen.append(message))
         plain = c.inpaint(img, mask, model=NAME)

@@ -122,7 +122,7 @@ def test_encode_layout_and_zero_copy():
     buf = memoryview(bytearray(100_000))
     parts = encode_message(header("data", id="j", offset=0), [buf])
     assert parts[0] == SIGNATURE == b"INPD1"
-    assert msgpack.unpackb(parts[1]) == {"type": "data", "version": "1.2", "id": "j",
+    assert msgpack.unpackb(parts[1]) == {"type": "data", "version": PROTOCOL_VERSION, "id": "j",
                                          "offset": 0}
     assert parts[2] is buf
 
@@ -130,7 +130,7 @@ def test_encode_layout_and_zero_copy():
 def test_header_helper_fills_version():
     assert header("status", id="s") == {"type": "status", "version": PROTOCOL_VERSION,
                                         "id": "s"}
-    assert PROTOCOL_VERSION == "1.2"
+    assert PROTOCOL_VERSION == "1.3"
 
 
 def test_inpaint_defaults_filled():

@@ -23,7 +23,7 @@ FLAGS = {
     "--max-jobs-per-client", "--upload-timeout", "--upload-min-rate", "--upload-budget-mb",
     "--hang-timeout", "--cancel-grace", "--exit-when-idle", "--exit-with-parent", "--max-batch",
     "--ray", "--gpus-per-worker", "--no-workers-timeout", "--worker-startup-timeout",
-    "--reply-budget-mb",
+    "--reply-budget-mb", "--metrics", "--metrics-public",
 }
 
 
