@@ -9,6 +9,8 @@
 - :mod:`.worker`: the process that owns the device and runs the pipeline;
   :mod:`.worker_channel`: the typed records between it and the local engine.
 - :mod:`.keys`: the CURVE keypair and the client allow-list.
+- :mod:`.refusals`: refused connections, counted by reason and logged once per peer and
+  minute.
 
 Below the command line (:mod:`inpaintd.server.cli`, which it never imports); above
 inference, models and weights, which never import it. Never imports the host plug-ins.

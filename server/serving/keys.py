@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 import zmq.auth
@@ -299,35 +299,6 @@ def load_keypair(path: Path) -> tuple[bytes, bytes]:
     return public, secret
 
 
-class RefusalLog:
-    """Refused handshakes as WARNING lines, at most one per ``every_s`` seconds.
-
-    Why: each refused handshake used to log a line, so anyone who can reach the port could
-    write thousands of lines a second into the server's log. Now the first refusal is
-    logged, and the next line (at least ``every_s`` later) says how many came in between.
-    """
-
-    def __init__(self, every_s: float = 10.0) -> None:
-        self.every_s = every_s
-        self._lock = threading.Lock()
-        self._last = -float("inf")
-        self._since = 0
-        self.total = 0
-
-    def note(self, key: bytes) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self.total += 1
-            if now - self._last < self.every_s:
-                self._since += 1
-                return
-            since, self._since, self._last = self._since, 0, now
-        more = f" (and {since} more refused in the last {self.every_s:g} s)" if since else ""
-        text = key.decode("ascii", "replace")
-        log.warning("refused a CURVE client whose key %s is not on the allow-list "
-                    "(`inpaintd keys list` shows the keys allowed)%s", text, more)
-
-
 class AllowList:
     """The allowed client keys (z85) and their names, re-read when the directory changes.
 
@@ -343,7 +314,6 @@ class AllowList:
         #: Bumped whenever the set of keys changes, so the server can look for jobs of keys
         #: that were removed (their jobs are cancelled, SPEC 7).
         self.generation = 0
-        self._refusals = RefusalLog()
         self.reload()
 
     def _scan(self) -> Any:
@@ -390,29 +360,112 @@ class AllowList:
 
     def callback(self, domain: str, key: bytes) -> bool:
         """ZAP: allow the handshake only for an allow-listed key."""
-        allowed = self.name_of(key.decode("ascii", "replace")) is not None
-        if not allowed:
-            self._refusals.note(key[:40])
-        return allowed
+        return self.name_of(key.decode("ascii", "replace")) is not None
+
+
+#: Most files :func:`key_files_holding` reads, and the largest it reads (a key file is
+#: a few hundred bytes).
+_SCAN_FILES = 500
+_SCAN_BYTES = 16 << 10
+
+
+def key_files_holding(directory: Path, key: str) -> list[Path]:
+    """The files of the key directory (``DIR``, ``DIR/clients``, ``DIR/issued``) whose text
+    holds ``key`` (Z85), whatever their name or format: where a refused key came from."""
+    directory = Path(directory)
+    needle = key.encode("ascii", "replace")
+    found: list[Path] = []
+    read = 0
+    for folder in (directory / "clients", directory / "issued", directory):
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            continue
+        for path in entries:
+            if read >= _SCAN_FILES:
+                return found
+            try:
+                if not path.is_file() or path.stat().st_size > _SCAN_BYTES:
+                    continue
+                read += 1
+                if needle in path.read_bytes():
+                    found.append(path)
+            except OSError:
+                continue
+    return found
+
+
+#: Told of each key the ZAP handler refuses, on the ZAP thread: (the key in Z85, the
+#: peer's address as libzmq gives it, a function that says in words where in the key
+#: directory the key is, if anywhere). :meth:`.refusals.Refusals.refused_key` is one.
+RefusedKey = Callable[[str, str, Callable[[], str]], None]
+
+
+class _Authenticator(ThreadAuthenticator):
+    """pyzmq's ZAP thread, keeping the peer address of the request it is answering: the
+    credentials callback is given only the domain and the key. The thread answers one
+    request at a time, and calls the callback from within this method."""
+
+    peer_address = ""
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        self.peer_address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else ""
+        try:
+            await super().handle_zap_message(msg)
+        finally:
+            self.peer_address = ""
 
 
 class CurveSecurity:
-    """The server side of CURVE: keys, the ZAP authenticator thread and the reload thread."""
+    """The server side of CURVE: keys, the ZAP authenticator thread and the reload thread.
 
-    def __init__(self, ctx: zmq.Context, directory: Path) -> None:
+    ``refused`` hears of every key the ZAP handler refuses (the server logs and counts them,
+    :mod:`.refusals`); without it they are refused in silence.
+    """
+
+    def __init__(self, ctx: zmq.Context, directory: Path,
+                 refused: Optional[RefusedKey] = None) -> None:
         self.directory = Path(directory).expanduser()
         self.public, self.secret = server_keypair(self.directory)
         self.allow = AllowList(self.directory / "clients")
         self.last_use = LastUse(self.directory)
-        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("inpaintd.zap"))
+        self._refused = refused
+        self._auth = _Authenticator(ctx, log=logging.getLogger("inpaintd.zap"))
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="inpaintd-keys", daemon=True)
 
     def start(self) -> None:
         """Start authenticating; call before the server socket binds."""
         self._auth.start()
-        self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self.allow)
+        self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self)
         self._watcher.start()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP (on the authenticator's thread): allow an allow-listed key, report others."""
+        if self.allow.callback(domain, key):
+            return True
+        if self._refused is not None:
+            text = key[:40].decode("ascii", "replace")
+            self._refused(text, self._auth.peer_address, lambda: self.where_is(text))
+        return False
+
+    def where_is(self, key: str) -> str:
+        """Where a refused key (Z85) is in the key directory, in words for the log."""
+        found = key_files_holding(self.directory, key)
+        if not found:
+            return f"no file in {self.directory} holds it"
+        path = found[0]
+        name = path.relative_to(self.directory).as_posix()
+        if path.parent == self.allow.directory and path.suffix == ".key":
+            return (f"it is in {name}, which the allow-list skipped (not a key file it can "
+                    "read) or has not re-read yet")
+        if path.parent == self.directory / "issued" and path.name.endswith(".key_secret"):
+            public = self.allow.directory / (path.name[:-len(".key_secret")] + ".key")
+            state = "holds another key" if public.exists() else "is missing"
+            return (f"it is the keypair in {name}, but "
+                    f"{public.relative_to(self.directory).as_posix()} {state}")
+        return (f"it is in {name}, which is not on the allow-list (only clients/NAME.key "
+                "files are)")
 
     def configure(self, sock: zmq.Socket) -> None:
         """Make ``sock`` a CURVE server that fails closed (ZAP_ENFORCE_DOMAIN)."""

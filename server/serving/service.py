@@ -50,6 +50,7 @@ from .engine_api import Job, JobEngine, JobResult, JobState
 from .job_ledger import JobLedger
 from .job_queue import clean as _clean
 from .peers import Peers, RateLimit, party_of
+from .refusals import Refusals
 from .options import MiB, ServerConfig
 from .options import DEFAULT_BIND, check_bind, is_loopback  # noqa: F401  (re-exported)
 from ..models import registry
@@ -186,6 +187,8 @@ class Server:
         self.ledger = JobLedger()
         #: ``--metrics``: the Prometheus endpoint (:mod:`.metrics`), made in :meth:`start`.
         self.metrics: Any = None
+        #: Refused connections, counted by reason and logged (CURVE only: :mod:`.refusals`).
+        self.refusals = Refusals()
         self._busy_log = RateLimit(60.0)
         self._failure_log = RateLimit(60.0)
         self._outbox: dict[bytes, deque[tuple[float, list[Any]]]] = {}
@@ -207,7 +210,8 @@ class Server:
             if self.config.curve_dir is not None:
                 from .keys import CurveSecurity
 
-                self.security = CurveSecurity(self.ctx, self.config.curve_dir)
+                self.security = CurveSecurity(self.ctx, self.config.curve_dir,
+                                              refused=self.refusals.refused_key)
                 self.security.start()
                 if not len(self.security.allow):
                     log.warning("no client keys in %s yet: nobody can connect until one is "
@@ -287,6 +291,7 @@ class Server:
             sock.setsockopt(zmq.IPV6, 1)
         if self.security is not None:
             self.security.configure(sock)
+            self.refusals.watch(sock)  # before bind: every handshake is seen
 
     def stop(self) -> None:
         """Ask the loop to finish (thread- and signal-safe)."""
@@ -300,6 +305,7 @@ class Server:
         gone = ShuttingDownError("the server is shutting down")
         for job in [j for j in self.jobs.values() if j.state is JobState.UPLOADING]:
             self._fail_now(job, gone)
+        self.refusals.close()
         self.engine.stop()
         if self.router is not None:
             self._flush_outbox(final=True)
@@ -327,7 +333,10 @@ class Server:
         poller.register(self.router, zmq.POLLIN)
         for item, flags in self.engine.poll_items():
             poller.register(item, flags)
+        for item, flags in self.refusals.poll_items():
+            poller.register(item, flags)
         events = dict(poller.poll(timeout_ms))
+        self.refusals.handle(events)  # first: a refused peer's address is read while it lasts
         if self.router in events:
             self._receive()
         # No new worker once stopping: under systemd's SIGTERM to the whole group the worker
@@ -342,9 +351,7 @@ class Server:
         if self._outbox:
             self._flush_outbox()
         if self.metrics is not None and self.metrics.due(now):
-            refusals = getattr(self, "refusals", None)
-            self.metrics.refresh(now, self._metrics_state(),
-                                 refusals.counts() if refusals is not None else None)
+            self.metrics.refresh(now, self._metrics_state(), self.refusals.counts())
 
     def _exit_when_due(self, now: float, busy: bool) -> None:
         """``--exit-with-parent``: stop once the parent is gone (POSIX re-parents an

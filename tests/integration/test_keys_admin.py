@@ -114,8 +114,9 @@ def test_the_log_names_a_refused_key_as_keys_list_would(tmp_path: Path,
         with RawClient(srv.endpoint, curve=(server_public, stranger_public,
                                             stranger_secret)) as stranger:
             stranger.request("hello")
-            line = srv.wait_for_line("refused a CURVE client", timeout=10)
+            line = srv.wait_for_line("is not on the allow-list", timeout=10)
     assert stranger_public.decode() in line and "keys list" in line
+    assert "refused a connection from 127.0.0.1: its CURVE key " in line, line
 
 
 def test_status_into_a_closed_pipe_says_nothing_more(tiny_home: Path) -> None:

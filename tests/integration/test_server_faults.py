@@ -557,8 +557,11 @@ def test_refused_handshakes_are_logged_a_few_lines_with_a_count(tmp_path: Path,
         finally:
             ctx.term()
         time.sleep(1)
-        refused = [line for line in srv.lines[since:] if "refused a CURVE client" in line]
-    assert 1 <= len(refused) <= 3, refused  # 500 handshakes in a few seconds
+        refused = [line for line in srv.lines[since:] if "refused a connection" in line]
+    # 500 handshakes in a few seconds, from one address: one line for its keys (and one
+    # for each other reason, as a socket closed mid-handshake hangs up).
+    assert len([line for line in refused if "is not on the allow-list" in line]) == 1, refused
+    assert 1 <= len(refused) <= 4, refused
     assert len(srv.lines) - since < 20, srv.lines[since:][:30]
 
 
