@@ -30,6 +30,7 @@ import numpy as np
 
 from bench_server import free_port
 from gpu_check_common import Budget, Lines, PartlyFailed, Plan, one_line, table
+from refine_memory import refine_inputs
 
 SERVER_MODULE = "inpaintd.server.cli"
 MODEL = "lama"
@@ -215,19 +216,6 @@ def _measure(plan: Plan, max_batch: int) -> tuple[Load, int, int]:
 
 # --- 4. refinement ---------------------------------------------------------------------------
 
-def _refine_inputs(w: int, h: int, hole_w: int, hole_h: int) -> tuple[np.ndarray, np.ndarray]:
-    """bench/refine_memory.py's image and hole, at any size."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([128 + 100 * np.sin(xx / 37), 128 + 100 * np.cos(yy / 23),
-                    128 + 60 * np.sin((xx + yy) / 51)], axis=-1)
-    img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-    mask = np.zeros((h, w), np.uint8)
-    y0, x0 = (h - hole_h) // 2, (w - hole_w) // 2 + w // 10
-    mask[y0:y0 + hole_h, x0:x0 + hole_w] = 255
-    return img, mask
-
-
 def _inpainter(model: str, device: str) -> Any:
     """The bundled model, or big-lama's layout with random weights (time and memory don't
     depend on the weights' values), on its fast path at precision auto."""
@@ -252,7 +240,7 @@ def _refine_case(inp: Any, device: str, case: dict[str, Any]) -> dict[str, Any]:
 
     from inpaintd.server.inference.refine import RefineOptions
 
-    img, mask = _refine_inputs(*case["size"], *case["hole"])
+    img, mask = refine_inputs(*case["size"], *case["hole"])
     opts = (RefineOptions(n_iters=case["iters"], min_side=case["min_side"])
             if case["refine"] else None)
     what: list[str] = []
@@ -294,7 +282,7 @@ def refine_child(spec: dict[str, Any]) -> None:
             try:
                 if case["model"] not in inpainters:
                     inp = inpainters[case["model"]] = _inpainter(case["model"], device)
-                    warm_img, warm_mask = _refine_inputs(256, 256, 64, 64)
+                    warm_img, warm_mask = refine_inputs(256, 256, 64, 64)
                     inp.fill(warm_img, warm_mask)  # CUDA context, cuDNN, first allocations
                 result = _refine_case(inpainters[case["model"]], device, case)
             except Exception as exc:  # one case's OOM must not lose the others' figures

@@ -29,15 +29,18 @@ W, H = 2048, 1536
 HOLE_W, HOLE_H = 600, 400
 
 
-def _inputs() -> tuple[np.ndarray, np.ndarray]:
+def refine_inputs(w: int = W, h: int = H, hole_w: int = HOLE_W, hole_h: int = HOLE_H
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth stripes with grain and a hole right of centre (200 px at 2048 wide), at any
+    size: bench/gpu_check.py refines the same picture."""
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     img = np.stack([128 + 100 * np.sin(xx / 37), 128 + 100 * np.cos(yy / 23),
                     128 + 60 * np.sin((xx + yy) / 51)], axis=-1)
     img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-    mask = np.zeros((H, W), np.uint8)
-    y0, x0 = (H - HOLE_H) // 2, (W - HOLE_W) // 2 + 200
-    mask[y0:y0 + HOLE_H, x0:x0 + HOLE_W] = 255
+    mask = np.zeros((h, w), np.uint8)
+    y0, x0 = (h - hole_h) // 2, (w - hole_w) // 2 + w * 200 // 2048
+    mask[y0:y0 + hole_h, x0:x0 + hole_w] = 255
     return img, mask
 
 
@@ -60,7 +63,7 @@ def _child(model: str, refine: bool, strategy: str, memory: float, iters: int) -
         inp = Inpainter(optimize(loaded, "auto"))
     else:
         inp = load_inpainter(model, "cpu")
-    img, mask = _inputs()
+    img, mask = refine_inputs()
     opts = RefineOptions(n_iters=iters, memory=int(memory * GIB)) if refine else None
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     t0, c0 = time.perf_counter(), time.process_time()

@@ -17,33 +17,19 @@ import pytest
 import zmq
 from zmq.auth import load_certificate
 
+from support.keys import cli, curve_of, make_keys
 from support.server import (REPO, SERVER_MODULE, RawClient, ServerProcess,  # noqa: F401
                             many_holes, test_images, tiny_home)
 
 pytestmark = pytest.mark.slow
 
 
-def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", SERVER_MODULE, *args], capture_output=True,
-                          text=True, timeout=120, cwd=REPO,
-                          env=dict(os.environ, INPAINTD_HOME=str(home)))
 
-
-def _keys(home: Path, *names: str) -> Path:
-    assert _cli(home, "keys", "init").returncode == 0
-    for name in names:
-        assert _cli(home, "keys", "add-client", name).returncode == 0
-    return home / "keys"
-
-
-def _curve(keydir: Path, name: str) -> tuple[bytes, bytes, bytes]:
-    public, secret = load_certificate(keydir / "issued" / f"{name}.key_secret")
-    return load_certificate(keydir / "server.key")[0], public, secret
 
 
 def test_keys_list_and_remove(tmp_path: Path) -> None:
-    keydir = _keys(tmp_path, "alice", "bob")
-    out = _cli(tmp_path, "keys", "list")
+    keydir = make_keys(tmp_path, "alice", "bob")
+    out = cli(tmp_path, "keys", "list")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["NAME", "KEY", "CREATED", "LAST", "USE"]
@@ -51,17 +37,17 @@ def test_keys_list_and_remove(tmp_path: Path) -> None:
         key = load_certificate(keydir / "clients" / f"{name}.key")[0].decode()
         row = next(line for line in lines if line.startswith(name + " "))
         assert key in row and "never" in row and "issued/" in row
-    listed = json.loads(_cli(tmp_path, "keys", "list", "--json").stdout)
+    listed = json.loads(cli(tmp_path, "keys", "list", "--json").stdout)
     assert [c["name"] for c in listed] == ["alice", "bob"]
     assert all(len(c["key"]) == 40 and c["last_use"] is None and c["created"] for c in listed)
 
-    out = _cli(tmp_path, "keys", "remove", "bob")
+    out = cli(tmp_path, "keys", "remove", "bob")
     assert out.returncode == 0 and "removed bob" in out.stdout, out.stderr
     assert not (keydir / "clients" / "bob.key").exists()
     assert not (keydir / "issued" / "bob.key_secret").exists()
-    assert [c["name"] for c in json.loads(_cli(tmp_path, "keys", "list", "--json").stdout)] \
+    assert [c["name"] for c in json.loads(cli(tmp_path, "keys", "list", "--json").stdout)] \
         == ["alice"]
-    out = _cli(tmp_path, "keys", "remove", "carol")
+    out = cli(tmp_path, "keys", "remove", "carol")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [
         f"inpaintd: error: no client 'carol' in {keydir / 'clients'} (clients: alice)"]
@@ -70,10 +56,10 @@ def test_keys_list_and_remove(tmp_path: Path) -> None:
 def test_removing_a_key_cancels_its_job_refuses_it_and_serves_the_others(
         tmp_path: Path, tiny_home: Path) -> None:
     home = tmp_path / "admin"
-    keydir = _keys(home, "alice", "bob")
+    keydir = make_keys(home, "alice", "bob")
     with ServerProcess(tiny_home, "--curve", str(keydir)) as srv:
-        with RawClient(srv.endpoint, curve=_curve(keydir, "alice")) as alice, \
-                RawClient(srv.endpoint, curve=_curve(keydir, "bob")) as bob:
+        with RawClient(srv.endpoint, curve=curve_of(keydir, "alice")) as alice, \
+                RawClient(srv.endpoint, curve=curve_of(keydir, "bob")) as bob:
             seen, _ = alice.until(alice.request("status"), ("status",))
             pid = int(seen[-1]["worker"]["pid"])
             running = alice.submit(*many_holes(size=2048, grid=4, hole=200), strategy="crop")
@@ -85,7 +71,7 @@ def test_removing_a_key_cancels_its_job_refuses_it_and_serves_the_others(
                     break
             os.kill(pid, signal.SIGSTOP)  # held inside the job until the key is gone
             try:
-                out = _cli(home, "keys", "remove", "alice")
+                out = cli(home, "keys", "remove", "alice")
                 assert out.returncode == 0, out.stderr
                 t0 = time.monotonic()
                 time.sleep(2.5)  # the server re-reads the allow-list within 2 s
@@ -101,13 +87,13 @@ def test_removing_a_key_cancels_its_job_refuses_it_and_serves_the_others(
             _, out_b = bob.result(bob.submit(*test_images(seed=21)), 60)
             assert isinstance(out_b, np.ndarray), out_b
     # The server wrote when each key was last served (at the latest when it stopped).
-    listed = {c["name"]: c for c in json.loads(_cli(home, "keys", "list", "--json").stdout)}
+    listed = {c["name"]: c for c in json.loads(cli(home, "keys", "list", "--json").stdout)}
     assert set(listed) == {"bob"} and listed["bob"]["last_use"] is not None
 
 
 def test_the_log_names_a_refused_key_as_keys_list_would(tmp_path: Path,
                                                         tiny_home: Path) -> None:
-    keydir = _keys(tmp_path / "admin", "alice")
+    keydir = make_keys(tmp_path / "admin", "alice")
     stranger_public, stranger_secret = zmq.curve_keypair()
     server_public = load_certificate(keydir / "server.key")[0]
     with ServerProcess(tiny_home, "--curve", str(keydir)) as srv:
@@ -140,9 +126,9 @@ def test_status_and_fill_say_why_a_connection_is_refused(tmp_path: Path,
     `status` and `fill --server`, against a real CURVE server (and a plain one)."""
     from support.server import free_port
 
-    keydir = _keys(tmp_path / "admin", "alice")
-    other = _keys(tmp_path / "other")  # another server's keypair
-    stranger = _keys(tmp_path / "strangers", "mallory")  # a key this server never allowed
+    keydir = make_keys(tmp_path / "admin", "alice")
+    other = make_keys(tmp_path / "other")  # another server's keypair
+    stranger = make_keys(tmp_path / "strangers", "mallory")  # a key this server never allowed
     image, mask = test_images(seed=30)
     from PIL import Image
 
@@ -170,13 +156,13 @@ def test_status_and_fill_say_why_a_connection_is_refused(tmp_path: Path,
                              str(tmp_path / "in_mask.png"), "-o", str(tmp_path / "out.png"),
                              "--server", endpoint, *flags]):
                 t0 = time.monotonic()
-                out = _cli(tiny_home, *command)
+                out = cli(tiny_home, *command)
                 took = time.monotonic() - t0
                 lines = out.stderr.strip().splitlines()
                 assert out.returncode != 0 and len(lines) == 1, (name, command[0], out.stderr)
                 assert words in lines[0] and endpoint in lines[0], (name, lines[0])
                 assert took < 2.0 + 3.0, (name, command[0], took)  # probe + start-up
         # And the right keys work.
-        ok = _cli(tiny_home, "status", "--server", srv.endpoint, "--server-key",
+        ok = cli(tiny_home, "status", "--server", srv.endpoint, "--server-key",
                   str(keydir / "server.key"), *alice)
         assert ok.returncode == 0 and ok.stdout.startswith("server "), ok.stderr
