@@ -718,12 +718,14 @@ class Server:
         """Repeat the latest progress of jobs that have been quiet for :data:`KEEPALIVE_S`."""
         for job in [j for j in self.jobs.values()
                     if j.state in (JobState.QUEUED, JobState.RUNNING)
-                    and j.last_progress is not None and j.end_error is None
-                    and now - j.progress_sent_at >= KEEPALIVE_S]:
+                    and j.end_error is None and now - j.progress_sent_at >= KEEPALIVE_S]:
+            last = job.last_progress
+            if last is None:
+                continue
             if job.route in self._outbox:  # not reading yet; the outbox times it out
                 job.progress_sent_at = now
                 continue
-            self._send_progress(job, job.last_progress, now)
+            self._send_progress(job, last, now)
 
     # --- engine events (EngineListener) -------------------------------------------------
 
