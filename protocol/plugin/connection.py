@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..client.reach import probe as probe_endpoint
 from .errors import Reach, describe_error, describe_reach
 from .settings import PluginSettings
 
@@ -34,8 +35,6 @@ def probe(settings: PluginSettings, timeout: float | None = None) -> Reach:
     Never raises for a network condition; raises ``BadInputError`` for unreadable key
     files (the Client would fail the same way).
     """
-    from ..client.reach import probe as probe_endpoint
-
     budget = settings.connect_timeout_s if timeout is None else timeout
     return probe_endpoint(settings.endpoint, _curve(settings), budget)
 

@@ -18,10 +18,15 @@ def default_keys_dir() -> Path:
     return inpaintd_home() / "keys"
 
 
+def _keys_dir(args: argparse.Namespace) -> Path:
+    """``--dir``, else the default (every ``keys`` subcommand takes the same flag)."""
+    return Path(args.dir).expanduser() if args.dir else default_keys_dir()
+
+
 def cmd_keys_init(args: argparse.Namespace) -> int:
     from ..serving.keys import init_keys
 
-    directory = Path(args.dir).expanduser() if args.dir else default_keys_dir()
+    directory = _keys_dir(args)
     public, secret = init_keys(directory, force=args.force)
     print(f"server keypair: {secret} (secret: stays here)")
     print(f"public key:     {public} (give this file to every client)")
@@ -32,7 +37,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 def cmd_keys_add_client(args: argparse.Namespace) -> int:
     from ..serving.keys import add_client
 
-    directory = Path(args.dir).expanduser() if args.dir else default_keys_dir()
+    directory = _keys_dir(args)
     public, secret = add_client(directory, args.name, force=args.force)
     print(f"allowed:   {public} (a running server picks it up within 2 s)")
     print(f"hand over: {secret} and {directory / 'server.key'} to {args.name}, over a "
@@ -47,7 +52,7 @@ def _when(moment: "Optional[datetime.datetime]", never: str = "never") -> str:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from ..serving.keys import list_clients
 
-    directory = Path(args.dir).expanduser() if args.dir else default_keys_dir()
+    directory = _keys_dir(args)
     clients = list_clients(directory)
     if args.json:
         print(json.dumps([{"name": c.name, "key": c.public,
@@ -72,7 +77,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_keys_remove(args: argparse.Namespace) -> int:
     from ..serving.keys import remove_client
 
-    directory = Path(args.dir).expanduser() if args.dir else default_keys_dir()
+    directory = _keys_dir(args)
     removed = remove_client(directory, args.name)
     print(f"removed {args.name}: " + ", ".join(str(p) for p in removed))
     print("a running server refuses this key within 2 s and cancels its queued and running "

@@ -52,6 +52,7 @@ from .job_queue import clean as _clean
 from .peers import Peers, RateLimit, party_of
 from .refusals import Refusals
 from .options import MiB, ServerConfig
+from .options import metrics_address
 from .options import DEFAULT_BIND, check_bind, is_loopback  # noqa: F401  (re-exported)
 from ..models import registry
 from ..inference.strategy import batch_key
@@ -232,7 +233,6 @@ class Server:
 
     def _serve_metrics(self, address: str) -> None:
         from .metrics import Metrics  # prometheus_client is imported only with --metrics
-        from .options import metrics_address
 
         host, port = metrics_address(address, self.config.metrics_public)
         self.metrics = Metrics()
@@ -244,15 +244,13 @@ class Server:
         st = self.engine.status()
         counts = {state.value: 0 for state in (JobState.UPLOADING, JobState.QUEUED,
                                                JobState.RUNNING)}
-        held = 0
         for job in self.jobs.values():
             if job.state.value in counts:
                 counts[job.state.value] += 1
-            if job.state in (JobState.UPLOADING, JobState.QUEUED) or job.chunks:
-                held += job.total
         return {"device": st["device"], "precision": st.get("precision", "fp32"),
                 "jobs": counts, "clients": len({j.client for j in self.jobs.values()}),
-                "max_queue": self.config.max_queue, "upload_bytes": held,
+                "max_queue": self.config.max_queue,
+                "upload_bytes": sum(j.total for j in self._holding_uploads()),
                 "upload_budget": self.config.upload_budget_bytes,
                 "reply_bytes": sum(self._outbox_bytes.values()),
                 "reply_bytes_max": max(self._outbox_bytes.values(), default=0),
@@ -612,8 +610,7 @@ class Server:
         if len(waiting) >= cfg.max_queue and (mine_waiting or
                                               len(waiting) >= cfg.max_queue + reserve):
             raise BusyError(f"the server is busy: {len(waiting)} jobs queued")
-        held = [j for j in self.jobs.values() if j.state in (JobState.UPLOADING,
-                                                              JobState.QUEUED) or j.chunks]
+        held = self._holding_uploads()
         byte_parties = {j.party for j in held} | {party}
         byte_share = budget // (len(byte_parties) + 1)
         my_bytes = sum(j.total for j in held if j.party == party)
@@ -627,6 +624,12 @@ class Server:
                                            buffered + nbytes > budget + budget // 4):
             raise BusyError(f"the server is busy: {buffered / MiB:.0f} MiB of uploads are "
                             "buffered, the most it holds at once")
+
+    def _holding_uploads(self) -> list[Job]:
+        """The jobs whose upload bytes the front end holds (against ``--upload-budget-mb``):
+        uploading or queued, or running with their chunks not yet let go."""
+        return [j for j in self.jobs.values()
+                if j.state in (JobState.UPLOADING, JobState.QUEUED) or j.chunks]
 
     def _on_data(self, route: bytes, identity: str, req: dict[str, Any], chunk: memoryview
                  ) -> None:
